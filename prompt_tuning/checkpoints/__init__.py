@@ -1,0 +1,94 @@
+"""Reading pretrained T5 checkpoints: T5X (legacy and orbax) and Hugging Face.
+
+One entry point, `load_pretrained(path, config=None, mesh=None)`, recognises
+the format, reads one parameter at a time and returns `(config, params)` with
+params laid out for `prompt_tuning.models.T5` (scanned or not, sharded when a
+mesh is given).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Tuple
+
+import jax
+
+from prompt_tuning import partitioning
+from prompt_tuning.checkpoints import hf
+from prompt_tuning.checkpoints import t5x
+from prompt_tuning.checkpoints.assemble import assemble_params
+from prompt_tuning.models.config import T5Config
+
+PyTree = Any
+
+# Fields that change the function the weights compute; a config passed for an
+# HF checkpoint must agree with config.json on all of them. The rest (dtype,
+# scan_layers, remat_policy, dropout_rate, ...) are the caller's to choose.
+_ARCHITECTURE_FIELDS = (
+    "vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim",
+    "num_encoder_layers", "num_decoder_layers", "mlp_activations",
+    "logits_via_embedding", "relative_attention_num_buckets",
+    "relative_attention_max_distance")
+
+
+def _check_architecture(given: T5Config, found: T5Config, path: str) -> None:
+  for field in _ARCHITECTURE_FIELDS:
+    a, b = getattr(given, field), getattr(found, field)
+    if (tuple(a) if isinstance(a, (list, tuple)) else a) != (
+        tuple(b) if isinstance(b, (list, tuple)) else b):
+      raise ValueError(
+          f"{path}: config.{field}={a!r} disagrees with the checkpoint's "
+          f"config.json ({b!r}); pass config=None to use the checkpoint's, or "
+          f"fix the config.")
+
+
+def load_pretrained(
+    path: str | os.PathLike,
+    config: Optional[T5Config] = None,
+    mesh: Optional[jax.sharding.Mesh] = None,
+    rules: Optional[partitioning.Rules] = None,
+) -> Tuple[T5Config, PyTree]:
+  """Loads a pretrained T5 checkpoint.
+
+  Args:
+    path: a Hugging Face directory (`config.json` + `model.safetensors` or a
+      sharded index); or a T5X checkpoint: the `checkpoint` msgpack file, a
+      `checkpoint_<N>` directory (legacy or orbax), or a model directory whose
+      newest `checkpoint_<N>` is taken. Remote paths (`gs://...`) work where
+      TensorStore / `tf.io.gfile` handle them.
+    config: required for T5X checkpoints (they carry no model config); for
+      HF it defaults to one derived from `config.json`, and a given one must
+      agree with it on the architecture.
+    mesh: place each parameter with the sharding of the logical axis rules.
+    rules: logical axis rules (default `partitioning.logical_axis_rules()`).
+
+  Returns:
+    (config, params): params is the nested dict `T5(config).apply` takes.
+
+  Raises:
+    ValueError / FileNotFoundError: one line naming what is wrong and where.
+  """
+  path = os.fspath(path)
+  if hf.is_hf_checkpoint(path):
+    found, loaders = hf.read_hf(path)
+    if config is None:
+      config = found
+    else:
+      _check_architecture(config, found, path)
+    source = path
+  else:
+    ckpt_dir = t5x.find_t5x_checkpoint(path)
+    if config is None:
+      raise ValueError(
+          f"{ckpt_dir}: T5X checkpoints carry no model config; pass one, e.g. "
+          f"load_pretrained(path, config=t5_config('t5_1_1_base')).")
+    if t5x.is_t5x_legacy(ckpt_dir):
+      loaders = t5x.read_t5x_legacy(ckpt_dir)
+    else:
+      loaders = t5x.read_t5x_orbax(ckpt_dir)
+    source = ckpt_dir
+  params = assemble_params(config, loaders, source, mesh, rules)
+  return config, params
+
+
+__all__ = ["load_pretrained", "assemble_params"]

@@ -1,0 +1,295 @@
+"""Building blocks of T5 in flax.linen, with T5X's parameter names and numerics.
+
+Every parameter is created through `nn.with_logical_partitioning`, so it
+carries logical axis names (`embed`, `mlp`, `joined_kv`, `vocab`, ...) that
+`prompt_tuning.partitioning` maps onto the (`data`, `model`) mesh. Numerics
+follow T5X (see the repo's docs): RMS layer norm in float32, unscaled
+attention logits, softmax in float32, no biases anywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+# Large negative bias for masked attention logits (T5X's value). Finite, so a
+# fully masked row (a padding query) gives a uniform softmax instead of NaN.
+MASK_BIAS = -1e10
+
+
+def param_with_axes(module: nn.Module, name: str, init: Initializer,
+                    shape: Sequence[int], axes: Tuple[str, ...],
+                    dtype) -> Array:
+  """Creates a parameter annotated with logical axis names."""
+  return module.param(name, nn.with_logical_partitioning(init, axes),
+                      tuple(shape), dtype)
+
+
+def constrain(x: Array, axes: Tuple[str, ...]) -> Array:
+  """Logical sharding constraint on an activation (no-op without a mesh)."""
+  return nn.with_logical_constraint(x, axes)
+
+
+class RMSNorm(nn.Module):
+  """T5's layer norm: scale only, no mean subtraction, computed in float32."""
+
+  dtype: str = "bfloat16"
+  param_dtype: str = "float32"
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """x: [..., H] -> [..., H] in `dtype`."""
+    x = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+    y = x * jax.lax.rsqrt(var + self.epsilon)
+    scale = param_with_axes(self, "scale", nn.initializers.ones,
+                            (x.shape[-1],), ("embed",), self.param_dtype)
+    return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class Dense(nn.Module):
+  """Bias-free projection with a 2-D kernel `[in, out]` (T5X's stored layout)."""
+
+  features: int
+  kernel_axes: Tuple[str, str]
+  kernel_init: Initializer = nn.initializers.variance_scaling(
+      1.0, "fan_in", "truncated_normal")
+  dtype: str = "bfloat16"
+  param_dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """x: [..., in] -> [..., features]."""
+    kernel = param_with_axes(self, "kernel", self.kernel_init,
+                             (x.shape[-1], self.features), self.kernel_axes,
+                             self.param_dtype)
+    return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class Embed(nn.Module):
+  """Token embedding table `[V, H]`, shared by encoder, decoder and tied logits."""
+
+  num_embeddings: int
+  features: int
+  dtype: str = "bfloat16"
+  param_dtype: str = "float32"
+
+  def setup(self):
+    self.embedding = param_with_axes(
+        self, "embedding", nn.initializers.normal(stddev=1.0),
+        (self.num_embeddings, self.features), ("vocab", "embed"),
+        self.param_dtype)
+
+  def __call__(self, tokens: Array) -> Array:
+    """tokens: [B, T] int -> [B, T, H]. Embeddings are not scaled (T5)."""
+    return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+
+  def attend(self, y: Array) -> Array:
+    """Tied output projection: y [B, L, H] -> [B, L, V] float32."""
+    return jnp.dot(y.astype(self.dtype), self.embedding.astype(self.dtype).T,
+                   preferred_element_type=jnp.float32)
+
+
+def relative_position_buckets(query_length: int, key_length: int,
+                              bidirectional: bool, num_buckets: int,
+                              max_distance: int,
+                              query_offset: int = 0) -> np.ndarray:
+  """Mesh TensorFlow's relative-position bucketing, as T5X computes it.
+
+  Computed with numpy at trace time: lengths are static, so the bucket ids are
+  constants folded into the program.
+
+  Args:
+    query_length: number of query positions.
+    key_length: number of key positions.
+    bidirectional: encoder (True) or causal decoder (False) bucketing.
+    num_buckets: total buckets (split in two halves when bidirectional).
+    max_distance: distances at or beyond this share the last bucket.
+    query_offset: absolute position of the first query.
+
+  Returns:
+    [query_length, key_length] int32 bucket ids.
+  """
+  context = np.arange(query_length, dtype=np.int32)[:, None] + query_offset
+  memory = np.arange(key_length, dtype=np.int32)[None, :]
+  n = -(memory - context)  # positive when the key is to the left
+  ret = np.zeros_like(n)
+  if bidirectional:
+    num_buckets //= 2
+    ret += (n < 0).astype(np.int32) * num_buckets
+    n = np.abs(n)
+  else:
+    n = np.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  with np.errstate(divide="ignore"):
+    scaled = (np.log(n.astype(np.float32) / np.float32(max_exact) +
+                     np.finfo(np.float32).eps) /
+              np.float32(np.log(max_distance / max_exact)) *
+              np.float32(num_buckets - max_exact))
+  val_if_large = max_exact + scaled.astype(np.int32)
+  val_if_large = np.minimum(val_if_large, num_buckets - 1)
+  return (ret + np.where(is_small, n, val_if_large)).astype(np.int32)
+
+
+class RelativePositionBias(nn.Module):
+  """One relative-position bias table per stack, shared by all its layers."""
+
+  num_heads: int
+  num_buckets: int
+  max_distance: int
+  dtype: str = "bfloat16"
+  param_dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, query_length: int, key_length: int,
+               bidirectional: bool) -> Array:
+    """Returns the bias [1, heads, query_length, key_length] (float32)."""
+    table = param_with_axes(
+        self, "rel_embedding",
+        nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+        (self.num_heads, self.num_buckets), ("heads", "relpos_buckets"),
+        self.param_dtype)
+    buckets = relative_position_buckets(query_length, key_length,
+                                        bidirectional, self.num_buckets,
+                                        self.max_distance)
+    bias = jnp.take(table.astype(jnp.float32), buckets, axis=1)  # [H, q, k]
+    return bias[None]
+
+
+def mask_to_bias(mask: Array) -> Array:
+  """Boolean attention mask [B, 1, q, k] -> additive float32 bias."""
+  return jnp.where(mask, 0.0, MASK_BIAS).astype(jnp.float32)
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention without logit scaling, with an optional KV cache.
+
+  In decode mode (`decode_position` given) the keys/values of the one new
+  position are written into the `cache` collection at that position and the
+  query attends to the whole cache; the caller's bias masks future slots.
+  """
+
+  num_heads: int
+  head_dim: int
+  dropout_rate: float = 0.0
+  deterministic: bool = True
+  dtype: str = "bfloat16"
+  param_dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array,
+               decode_position: Optional[Array] = None) -> Array:
+    """Attends `inputs_q` to `inputs_kv`.
+
+    Args:
+      inputs_q: [B, q, H] queries.
+      inputs_kv: [B, k, H] keys/values source.
+      bias: [B or 1, heads or 1, q, k] float32, mask and position bias summed.
+      decode_position: scalar int; when given, q == k == 1 and the new
+        key/value is cached at this position (self-attention decoding).
+
+    Returns:
+      [B, q, H] in `dtype`.
+    """
+    joined = self.num_heads * self.head_dim
+    emb = inputs_q.shape[-1]
+    # The 1/sqrt(head_dim) scaling lives in the query initialisation (T5X).
+    base = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+    query_init = lambda *a: base(*a) / np.sqrt(self.head_dim)
+    proj = functools.partial(Dense, features=joined,
+                             kernel_axes=("embed", "joined_kv"),
+                             kernel_init=base, dtype=self.dtype,
+                             param_dtype=self.param_dtype)
+    split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))
+    query = split(proj(kernel_init=query_init, name="query")(inputs_q))
+    key = split(proj(name="key")(inputs_kv))
+    value = split(proj(name="value")(inputs_kv))
+    query = constrain(query, ("batch", "length", "heads", "kv"))
+    key = constrain(key, ("batch", "length", "heads", "kv"))
+    value = constrain(value, ("batch", "length", "heads", "kv"))
+
+    if decode_position is not None:
+      key, value = self._update_cache(key, value, decode_position)
+
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key,
+                        preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(logits + bias, axis=-1)
+    if not self.deterministic and self.dropout_rate > 0:
+      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), value)
+    out = out.reshape(out.shape[:2] + (joined,))  # [B, q, heads, kv] -> [B, q, heads*kv]
+    return Dense(emb, ("joined_kv", "embed"), kernel_init=base,
+                 dtype=self.dtype, param_dtype=self.param_dtype,
+                 name="out")(out)
+
+  def _update_cache(self, key: Array, value: Array,
+                    position: Array) -> Tuple[Array, Array]:
+    """Writes one step's key/value [B, 1, heads, kv] into the cache.
+
+    The cache must have been created at full length by an `init` in decode
+    mode with a `[B, max_decode_length]` dummy input (see `decoding.py`).
+    """
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape,
+                               key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros,
+                                 value.shape, value.dtype)
+    if self.is_initializing():
+      return key, value
+    start = (0, position, 0, 0)
+    cached_key.value = jax.lax.dynamic_update_slice(
+        cached_key.value, key.astype(cached_key.value.dtype), start)
+    cached_value.value = jax.lax.dynamic_update_slice(
+        cached_value.value, value.astype(cached_value.value.dtype), start)
+    return cached_key.value, cached_value.value
+
+
+def _activation(name: str) -> Callable[[Array], Array]:
+  if name == "linear":
+    return lambda x: x
+  fn = getattr(nn, name, None)
+  if fn is None or not callable(fn):
+    raise ValueError(f"Unknown mlp activation {name!r}: use a flax.linen "
+                     "function name such as 'gelu', 'relu' or 'linear'.")
+  return fn
+
+
+class MlpBlock(nn.Module):
+  """T5 feed-forward block; gated when more than one activation is given."""
+
+  mlp_dim: int
+  activations: Tuple[str, ...]
+  dropout_rate: float = 0.0
+  deterministic: bool = True
+  dtype: str = "bfloat16"
+  param_dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """x: [B, T, H] -> [B, T, H]."""
+    init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+    hidden = None
+    for i, name in enumerate(self.activations):
+      dense_name = "wi" if len(self.activations) == 1 else f"wi_{i}"
+      h = Dense(self.mlp_dim, ("embed", "mlp"), kernel_init=init,
+                dtype=self.dtype, param_dtype=self.param_dtype,
+                name=dense_name)(x)
+      h = _activation(name)(h)
+      hidden = h if hidden is None else hidden * h
+    hidden = constrain(hidden, ("batch", "length", "mlp"))
+    if not self.deterministic and self.dropout_rate > 0:
+      # T5X drops whole hidden vectors per position (broadcast over length).
+      hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
+          hidden, deterministic=False)
+    return Dense(x.shape[-1], ("mlp", "embed"), kernel_init=init,
+                 dtype=self.dtype, param_dtype=self.param_dtype,
+                 name="wo")(hidden)

@@ -1,0 +1,141 @@
+"""The device mesh and the one table that maps logical axes onto it.
+
+Parameters and activations name their axes logically (`embed`, `mlp`,
+`heads`, `batch`, ...); this module alone turns those names into
+`PartitionSpec`s over a mesh with axes `data` and `model`, T5X-style. Nobody
+else builds specs: the train step, the checkpoint readers and the tests ask
+for shardings here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+PyTree = Any
+Rules = Tuple[Tuple[str, Optional[str]], ...]
+
+MESH_AXES = ("data", "model")
+
+# Logical axis -> mesh axis. Model parallelism splits heads, MLP and vocab
+# over `model` (Megatron-style: one all-reduce per block); the batch is split
+# over `data`. The prompt is tiny and read by every example: replicated.
+_BASE_RULES: Rules = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("joined_kv", "model"),
+    ("kv", None),
+    ("length", None),
+    ("relpos_buckets", None),
+    ("layers", None),
+    ("prompt", None),
+    ("prompt_embed", None),
+)
+
+
+def logical_axis_rules(fsdp: bool = False) -> Rules:
+  """Returns the rules table.
+
+  Args:
+    fsdp: also shard the frozen weights' `embed` axis over `data` (ZeRO-3
+      style), for models whose weights do not fit `model`-way split. In
+      activations `batch` claims `data` first, so `embed` stays unsplit there.
+  """
+  return _BASE_RULES + ((("embed", "data"),) if fsdp else (("embed", None),))
+
+
+def create_mesh(mesh_shape: Sequence[int] = (-1, 1),
+                devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """Builds a (`data`, `model`) mesh; one entry may be -1 to fill.
+
+  Args:
+    mesh_shape: (data, model) sizes; e.g. (-1, 2) is 2-way model parallelism
+      with the remaining devices data-parallel.
+    devices: defaults to all devices of all processes.
+
+  Raises:
+    ValueError: one clear line when the shape does not fit the devices.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  shape = list(mesh_shape)
+  if len(shape) != 2:
+    raise ValueError(f"mesh_shape={tuple(mesh_shape)} must have 2 entries "
+                     f"(data, model).")
+  if shape.count(-1) > 1:
+    raise ValueError(f"mesh_shape={tuple(mesh_shape)}: at most one entry may "
+                     f"be -1.")
+  if any(s == 0 or s < -1 for s in shape):
+    raise ValueError(f"mesh_shape={tuple(mesh_shape)}: sizes must be positive "
+                     f"or -1 (fill).")
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if len(devices) % known:
+      raise ValueError(
+          f"mesh_shape={tuple(mesh_shape)} does not divide the "
+          f"{len(devices)} devices: {known} must divide {len(devices)}.")
+    shape[shape.index(-1)] = len(devices) // known
+  if math.prod(shape) != len(devices):
+    raise ValueError(
+        f"mesh_shape={tuple(mesh_shape)} needs {math.prod(shape)} devices but "
+        f"{len(devices)} are available; use -1 for one axis to fill.")
+  try:
+    grid = mesh_utils.create_device_mesh(shape, devices)
+  except (ValueError, AssertionError, NotImplementedError):
+    # Topology-aware placement is a nicety; fall back to device order.
+    grid = np.asarray(devices).reshape(shape)
+  return Mesh(grid, MESH_AXES)
+
+
+def logical_to_spec(axes: Sequence[Optional[str]],
+                    rules: Optional[Rules] = None) -> PartitionSpec:
+  """Logical axis names of one array -> mesh PartitionSpec."""
+  rules = logical_axis_rules() if rules is None else rules
+  return nn.logical_to_mesh_axes(tuple(axes), rules)
+
+
+def logical_specs(boxed_tree: PyTree) -> PyTree:
+  """Tree of logical PartitionSpecs from a tree of LogicallyPartitioned leaves
+  (as `init` or `jax.eval_shape(init)` returns); unannotated leaves get ()."""
+  return nn.get_partition_spec(boxed_tree)
+
+
+def shardings(boxed_tree: PyTree, mesh: Mesh,
+              rules: Optional[Rules] = None) -> PyTree:
+  """Tree of NamedShardings for a tree of LogicallyPartitioned leaves."""
+  rules = logical_axis_rules() if rules is None else rules
+  return nn.logical_to_mesh_sharding(logical_specs(boxed_tree), mesh, rules)
+
+
+def sharding_for(axes: Sequence[Optional[str]], mesh: Mesh,
+                 rules: Optional[Rules] = None) -> NamedSharding:
+  """NamedSharding of one array from its logical axis names."""
+  return NamedSharding(mesh, logical_to_spec(axes, rules))
+
+
+def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
+  """Places a global host batch ([B, ...] leaves) split over `data`.
+
+  Raises:
+    ValueError: when B is not divisible by the data-parallel size.
+  """
+  data_size = mesh.shape["data"]
+
+  def put(x):
+    x = np.asarray(x)
+    if x.shape[0] % data_size:
+      raise ValueError(
+          f"Batch size {x.shape[0]} is not divisible by the data-parallel "
+          f"size {data_size} (mesh {dict(mesh.shape)}); change the batch "
+          f"size or the mesh shape.")
+    spec = PartitionSpec("data", *([None] * (x.ndim - 1)))
+    return jax.device_put(x, NamedSharding(mesh, spec))
+
+  return jax.tree_util.tree_map(put, batch)

@@ -1,0 +1,48 @@
+"""Packaging for prompt-tuning: soft prompts on frozen T5 models (JAX/Flax)."""
+
+import setuptools
+
+# Ranges admit both the set known to work on the CPU machines (jax 0.10.2,
+# flax 0.12.8, ...) and the GPU machine's (jax 0.11.2, flax 0.12.10).
+# `.ci/constraints.txt` pins the exact known-good set for CI.
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.12",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "gin-config>=0.5.0,<0.6",
+    "seqio>=0.0.20,<0.1",
+    # Ask for `tensorflow`, never `tensorflow-cpu`: tensorflow-text pulls
+    # `tensorflow`, and both would install into one folder.
+    "tensorflow>=2.21.0,<2.22",
+    "tensorflow-text>=2.21.1,<2.22",
+    "tensorflow-datasets>=4.9.10,<5",
+    "sentencepiece>=0.2.3,<0.3",
+    "tensorstore>=0.1.86,<0.2",
+    "msgpack>=1.0",
+    "ml_dtypes>=0.5",
+    "numpy>=1.26",
+]
+
+EXTRAS_REQUIRE = {
+    "test": ["pytest>=8", "pytest-xdist>=3.5"],
+    # Optional PyTorch reference tools (HF fixtures, PEFT baselines). torch is
+    # pinned to the CPU build on local disk: an unpinned torch downloads a
+    # multi-GB CUDA build.
+    "torch": ["torch==2.13.0", "transformers>=4.57,<4.58"],
+}
+
+setuptools.setup(
+    name="prompt-tuning",
+    version="0.1.0",
+    description=("Prompt tuning (Lester et al., 2021) on frozen T5 models in "
+                 "JAX/Flax, with T5X-compatible checkpoints and configs."),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["prompt_tuning",
+                                               "prompt_tuning.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    license="Apache-2.0",
+)
