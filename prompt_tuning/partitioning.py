@@ -9,8 +9,10 @@ for shardings here.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Iterator, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -101,23 +103,56 @@ def logical_to_spec(axes: Sequence[Optional[str]],
   return nn.logical_to_mesh_axes(tuple(axes), rules)
 
 
-def logical_specs(boxed_tree: PyTree) -> PyTree:
-  """Tree of logical PartitionSpecs from a tree of LogicallyPartitioned leaves
-  (as `init` or `jax.eval_shape(init)` returns); unannotated leaves get ()."""
-  return nn.get_partition_spec(boxed_tree)
+def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh,
+         what: str) -> PartitionSpec:
+  """Replicates any dimension that its mesh axes do not divide.
+
+  E.g. T5 with 3 heads on a `model`=2 mesh: the [heads, buckets] relpos
+  table cannot be split, so it is replicated (it is tiny) instead of failing.
+  """
+  fitted = []
+  for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (entry,) if isinstance(entry, str) else tuple(entry or ())
+    ways = math.prod(mesh.shape[n] for n in names)
+    if ways > 1 and dim % ways:
+      logging.warning("%s: dimension of size %d is not divisible by mesh "
+                      "axes %s (%d ways); replicating it.", what, dim, names,
+                      ways)
+      entry = None
+    fitted.append(entry)
+  return PartitionSpec(*fitted)
+
+
+def sharding_for(axes: Sequence[Optional[str]], mesh: Mesh,
+                 rules: Optional[Rules] = None,
+                 shape: Optional[Sequence[int]] = None,
+                 what: str = "array") -> NamedSharding:
+  """NamedSharding of one array from its logical axis names.
+
+  With `shape`, dimensions that the mesh does not divide are replicated.
+  """
+  spec = logical_to_spec(axes, rules)
+  if shape is not None:
+    spec = _fit(spec, shape, mesh, what)
+  return NamedSharding(mesh, spec)
 
 
 def shardings(boxed_tree: PyTree, mesh: Mesh,
               rules: Optional[Rules] = None) -> PyTree:
-  """Tree of NamedShardings for a tree of LogicallyPartitioned leaves."""
+  """Tree of NamedShardings for a tree of LogicallyPartitioned leaves (whose
+  values are arrays or ShapeDtypeStructs, as `jax.eval_shape(init)` gives)."""
+  return jax.tree_util.tree_map(
+      lambda box: sharding_for(box.names, mesh, rules, box.value.shape),
+      boxed_tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh, rules: Optional[Rules] = None) -> Iterator[None]:
+  """Activates `mesh` and the rules, so the model's logical activation
+  constraints become real sharding constraints while tracing."""
   rules = logical_axis_rules() if rules is None else rules
-  return nn.logical_to_mesh_sharding(logical_specs(boxed_tree), mesh, rules)
-
-
-def sharding_for(axes: Sequence[Optional[str]], mesh: Mesh,
-                 rules: Optional[Rules] = None) -> NamedSharding:
-  """NamedSharding of one array from its logical axis names."""
-  return NamedSharding(mesh, logical_to_spec(axes, rules))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
 
 
 def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:

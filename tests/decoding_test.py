@@ -79,6 +79,7 @@ def _eos_biased(params):
   return params
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def _teacher_logits(model, params, encoded, mask, decoder_input_tokens):
   """Uncached logits [B, L, V] with every decoder position real."""
   return model.apply({"params": params}, encoded, mask, decoder_input_tokens,
@@ -86,23 +87,27 @@ def _teacher_logits(model, params, encoded, mask, decoder_input_tokens):
 
 
 def _stepwise_greedy(model, params, encoded, mask, length, eos_id):
-  """Greedy by re-running teacher forcing on the growing prefix each step."""
+  """Greedy by re-running teacher forcing on the whole prefix at each step.
+
+  The prefix sits in a fixed [B, length] buffer (one compilation): causal
+  attention keeps the zeros after it from reaching position i.
+  """
   batch = encoded.shape[0]
-  prefix = np.zeros((batch, 1), np.int32)  # the start token
+  inputs = np.zeros((batch, length), np.int32)  # slot 0: the start token
   out = np.zeros((batch, length), np.int32)
   done = np.zeros(batch, bool)
   for i in range(length):
     logits = np.asarray(
-        _teacher_logits(model, params, encoded, mask, prefix))[:, -1]
+        _teacher_logits(model, params, encoded, mask, inputs))[:, i]
     top2 = np.sort(logits, axis=-1)[:, -2:]
     # The comparison is only meaningful if argmax is not a float-noise tie.
     assert np.all(top2[:, 1] - top2[:, 0] > 1e-4)
     token = np.where(done, 0, logits.argmax(-1)).astype(np.int32)
     out[:, i] = token
     done |= token == eos_id
-    if done.all():
+    if done.all() or i + 1 == length:
       break
-    prefix = np.concatenate([prefix, token[:, None]], axis=1)
+    inputs[:, i + 1] = token
   return out
 
 
@@ -223,7 +228,7 @@ def test_beam_scores_equal_rescored_sequences_and_are_sorted(scan_layers):
   assert np.all(np.diff(scores, axis=1) <= 0)
   real = scores > decoding.NEG_INF / 2
   assert real[:, 0].all()
-  rescored = np.asarray(_score(model, params, ENC,
+  rescored = np.asarray(_score(model, params, np.repeat(ENC, beams, axis=0),
                                tokens.reshape(3 * beams, LENGTH)))
   rescored = rescored.reshape(3, beams)
   finished = 0
@@ -266,11 +271,17 @@ def test_score_sums_teacher_forced_log_probs_ignoring_padding():
 
 def test_decode_dispatches_on_method():
   model, params = _model_and_params()
-  greedy = decoding.decode(model, params, ENC, 4, method="greedy")
+  decode = jax.jit(decoding.decode,
+                   static_argnames=("model", "max_decode_length", "method",
+                                    "beam_size"))
+  greedy = decode(model, params, ENC, max_decode_length=LENGTH)
   np.testing.assert_array_equal(
-      greedy, decoding.greedy_decode(model, params, ENC, 4))
-  best = decoding.decode(model, params, ENC, 4, method="beam", beam_size=2)
-  tokens, _ = decoding.beam_search(model, params, ENC, 4, beam_size=2)
+      greedy, _greedy(model, params, ENC, max_decode_length=LENGTH,
+                      eos_id=EOS))
+  best = decode(model, params, ENC, max_decode_length=LENGTH, method="beam",
+                beam_size=4)
+  tokens, _ = _beam(model, params, ENC, max_decode_length=LENGTH, beam_size=4,
+                    alpha=0.6, eos_id=EOS)
   np.testing.assert_array_equal(best, tokens[:, 0])
   with pytest.raises(ValueError, match="greedy"):
-    decoding.decode(model, params, ENC, 4, method="sample")
+    decoding.decode(model, params, ENC, LENGTH, method="sample")

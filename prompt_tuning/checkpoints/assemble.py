@@ -72,10 +72,11 @@ def _load_checked(name: str, loaders: Mapping[str, Loader],
   return array
 
 
-def _place(array: np.ndarray, axes: Tuple[str, ...], mesh, rules) -> jax.Array:
+def _place(array: np.ndarray, name: str, axes: Tuple[str, ...], mesh,
+           rules) -> jax.Array:
   if mesh is None:
     return jnp.asarray(array)
-  sharding = partitioning.sharding_for(axes, mesh, rules)
+  sharding = partitioning.sharding_for(axes, mesh, rules, array.shape, name)
   # From a callback, so that each process only transfers its own shards
   # (multi-host safe) and no device holds a full copy first.
   return jax.make_array_from_callback(array.shape, sharding,
@@ -134,6 +135,6 @@ def assemble_params(config: T5Config, loaders: Mapping[str, Loader],
     else:
       array = _load_checked(name, loaders, expected[name][0], source)
       array = array.astype(dtype)
-    flat[name] = _place(array, axes, mesh, rules)
+    flat[name] = _place(array, name, axes, mesh, rules)
     del array
   return traverse_util.unflatten_dict(flat, sep="/")

@@ -1,0 +1,98 @@
+"""Sharding on 8 fake CPU devices with a (data=4, model=2) mesh."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from prompt_tuning import partitioning
+from prompt_tuning.checkpoints import load_pretrained
+from prompt_tuning.models import T5
+
+HF_T5_1_1 = os.path.join(os.path.dirname(__file__), "fixtures", "hf",
+                         "t5_1_1_style")
+
+
+def test_eight_devices():
+  assert jax.device_count() == 8
+
+
+def test_create_mesh_fills_and_rejects_bad_shapes():
+  mesh = partitioning.create_mesh((-1, 2))
+  assert dict(mesh.shape) == {"data": 4, "model": 2}
+  assert dict(partitioning.create_mesh((2, -1)).shape) == {"data": 2,
+                                                          "model": 4}
+  with pytest.raises(ValueError, match=r"mesh_shape=\(-1, 3\) does not divide "
+                     r"the 8 devices"):
+    partitioning.create_mesh((-1, 3))
+  with pytest.raises(ValueError, match=r"needs 6 devices but 8 are available"):
+    partitioning.create_mesh((3, 2))
+  with pytest.raises(ValueError, match="at most one entry may be -1"):
+    partitioning.create_mesh((-1, -1))
+
+
+def test_shard_batch_requires_divisible_batch():
+  mesh = partitioning.create_mesh((4, 2))
+  batch = partitioning.shard_batch({"x": np.zeros((8, 3), np.int32)}, mesh)
+  assert batch["x"].sharding.spec == P("data", None)
+  with pytest.raises(ValueError, match="Batch size 6 is not divisible by the "
+                     "data-parallel size 4"):
+    partitioning.shard_batch({"x": np.zeros((6, 3))}, mesh)
+
+
+@pytest.mark.parametrize("scan,fsdp", [(False, False), (True, True)])
+def test_loaded_params_are_sharded_by_the_rules(scan, fsdp):
+  mesh = partitioning.create_mesh((4, 2))
+  rules = partitioning.logical_axis_rules(fsdp=fsdp)
+  config, _ = load_pretrained(HF_T5_1_1)
+  config, params = load_pretrained(
+      HF_T5_1_1, config=config.replace(scan_layers=scan), mesh=mesh,
+      rules=rules)
+  embed = "data" if fsdp else None
+  layer = (lambda t: t["layers"]) if scan else (lambda t: t["layers_0"])
+  lead = (None,) if scan else ()
+  enc = layer(params["encoder"])
+  expect = {
+      "token_embedder": (params["token_embedder"]["embedding"],
+                         P("model", embed)),
+      "query": (enc["attention"]["query"]["kernel"],
+                P(*lead, embed, "model")),
+      "out": (enc["attention"]["out"]["kernel"], P(*lead, "model", embed)),
+      "wo": (enc["mlp"]["wo"]["kernel"], P(*lead, "model", embed)),
+      "norm": (enc["pre_mlp_layer_norm"]["scale"], P(*lead, embed)),
+      # 3 heads do not split 2 ways: the tiny table is replicated instead.
+      "relpos": (params["encoder"]["relpos_bias"]["rel_embedding"],
+                 P(None, None)),
+      "logits": (params["decoder"]["logits_dense"]["kernel"],
+                 P(embed, "model")),
+  }
+  for name, (array, spec) in expect.items():
+    assert array.sharding.mesh == mesh, name
+    assert array.sharding.spec == spec, (name, array.sharding.spec)
+
+
+def test_sharded_forward_equals_unsharded():
+  config, params = load_pretrained(HF_T5_1_1)
+  config = config.replace(dtype="float32")
+  data = np.load(os.path.join(HF_T5_1_1, "expected.npz"))
+  # The fixture batch has 2 rows; tile it to 8 so `data`=4 splits it.
+  batch = {k: np.tile(data[k], (4, 1)) for k in
+           ("encoder_input_tokens", "decoder_input_tokens",
+            "decoder_target_tokens")}
+  model = T5(config)
+  single = model.apply({"params": params}, **batch)
+
+  mesh = partitioning.create_mesh((4, 2))
+  rules = partitioning.logical_axis_rules()
+  _, sharded_params = load_pretrained(HF_T5_1_1, config=config, mesh=mesh)
+  sharded_batch = partitioning.shard_batch(batch, mesh)
+
+  forward = jax.jit(lambda p, b: model.apply({"params": p}, **b))
+  with partitioning.mesh_context(mesh, rules):
+    logits = forward(sharded_params, sharded_batch)
+  assert logits.sharding.spec[0] == "data"
+  real = batch["decoder_target_tokens"] > 0
+  np.testing.assert_allclose(np.asarray(logits)[real],
+                             np.asarray(single)[real], atol=1e-5)
