@@ -145,13 +145,20 @@ class Encoder(nn.Module):
     """Encodes embedded inputs.
 
     Args:
-      x: [B, T, H] embedded inputs (prompt positions included, if any).
+      x: [B, T, H] embedded inputs.
       input_mask: [B, T] bool, True for real (non-padding) positions.
       enable_dropout: training-mode dropout.
 
     Returns:
       [B, T, H] encoder output in `dtype`.
     """
+    return self.run_stack(x, input_mask, enable_dropout)
+
+  def run_stack(self, x: Array, input_mask: Array,
+                enable_dropout: bool) -> Array:
+    """The encoder body; called from a compact `__call__` (this one or a
+    subclass's that first prepends a prompt), so its children
+    (`relpos_bias`, `layers_{i}`, `encoder_norm`) keep their names."""
     cfg = self.config
     deterministic = not enable_dropout
     length = x.shape[1]

@@ -1,0 +1,526 @@
+"""Checkpoints of what trains, the best step, and the exported prompt.
+
+A prompt-tuning run saves only its train state (`step`, the trainable
+`params`, `opt_state`, `rng`) plus the input pipeline's position; the frozen
+pretrained T5 is read from its own checkpoint on every start and never
+re-written (an XXL copy per checkpoint would be 44 GB). Layout of a run
+directory, T5X-compatible in naming:
+
+  <model_dir>/checkpoint_<N>/   orbax: items `state`, `data_position`, `metrics`
+  <model_dir>/prompts/step_<N>.npy   the learned prompt, float32 [P, H]
+  <model_dir>/best.json         {"metric", "mode", "value", "step"}
+
+Orbax writes each checkpoint to a temporary directory and renames it when
+complete, so a crash never leaves a half-written checkpoint that looks valid.
+Garbage collection keeps the newest `keep` checkpoints plus the best one by a
+dev metric (the paper selects prompts by early stopping on dev); prompt
+exports are tiny and never deleted. Existing checkpoints are never
+overwritten: saving a step at or below the newest one is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from typing import (Any, Callable, Dict, List, Literal, Mapping, Optional,
+                    Sequence, Tuple)
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+PyTree = Any
+
+_STEP_PREFIX = "checkpoint"
+_STATE = "state"
+_DATA_POSITION = "data_position"
+_METRICS = "metrics"
+_ITEMS = (_STATE, _DATA_POSITION, _METRICS)
+_PROMPTS_DIR = "prompts"
+_BEST_FILE = "best.json"
+_PROMPT_FILE_RE = re.compile(r"^step_(\d+)\.npy$")
+_MODES = ("max", "min")
+
+
+def _is_writer() -> bool:
+  # Orbax coordinates its own multi-process writes; our small side files
+  # (prompt exports, best.json) must have exactly one writer.
+  return jax.process_index() == 0
+
+
+def _atomic_write(path: str, write: Callable[[Any], None]) -> None:
+  """Writes `path` through a temp file and a rename, so readers never see a
+  partial file (os.replace is atomic on POSIX within one filesystem)."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "wb") as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _to_json(value: Any, what: str) -> Any:
+  """Converts numpy/jax scalars to Python ones; fails early on anything JSON
+  cannot hold, before orbax has started a checkpoint directory."""
+
+  def default(x):
+    if isinstance(x, (np.generic, np.ndarray, jax.Array)) and np.ndim(x) == 0:
+      return np.asarray(x).item()
+    raise TypeError(f"{type(x).__name__} is not JSON serializable")
+
+  try:
+    return json.loads(json.dumps(value, default=default))
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{what} must be JSON-serializable: {e}.") from None
+
+
+def _key_name(key: Any) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _flat_paths(tree: PyTree) -> Dict[str, Any]:
+  """'/'-joined leaf paths -> leaves.
+
+  Dataclass fields, NamedTuple fields and dict keys all become names and
+  sequence positions become indices, which is how orbax stores them, so a
+  train state and the checkpoint's metadata tree line up.
+  """
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
+
+
+def _abstract_leaf(x: Any) -> jax.ShapeDtypeStruct:
+  """The restore target for one leaf: its shape, dtype and sharding."""
+  if isinstance(x, jax.ShapeDtypeStruct):
+    if x.sharding is not None:
+      return x
+    sharding = None
+  elif isinstance(x, jax.Array):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  else:
+    x = np.asarray(x)
+    sharding = None
+  # A leaf with no placement goes where an unplaced jnp.asarray would.
+  sharding = sharding or jax.sharding.SingleDeviceSharding(
+      jax.local_devices()[0])
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+
+def _stored_shape(abstract: jax.ShapeDtypeStruct) -> Tuple[int, ...]:
+  # Orbax stores typed PRNG keys as their uint32 key data.
+  if jax.dtypes.issubdtype(abstract.dtype, jax.dtypes.prng_key):
+    return tuple(jax.eval_shape(
+        jax.random.key_data,
+        jax.ShapeDtypeStruct(abstract.shape, abstract.dtype)).shape)
+  return tuple(abstract.shape)
+
+
+def _find_prompt(state: PyTree, path: Sequence[str]) -> Optional[Any]:
+  params = getattr(state, "params", None)
+  if params is None and isinstance(state, Mapping):
+    params = state.get("params")
+  node = params
+  for name in path:
+    if not isinstance(node, Mapping) or name not in node:
+      return None
+    node = node[name]
+  return node
+
+
+def _to_host(x: Any) -> np.ndarray:
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    # A collective: every process must call save(), as orbax requires anyway.
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(jax.device_get(x))
+
+
+@dataclasses.dataclass
+class _KeepNewestAndBest(ocp.checkpoint_managers.PreservationPolicy):
+  """Orbax preservation policy: the newest `keep` steps plus the best step.
+
+  The best step is read at each garbage collection, not fixed when the policy
+  is built, because `record_eval` can name a new best at any time.
+  """
+
+  keep: int
+  best_step: Callable[[], Optional[int]]
+
+  def should_preserve(self, checkpoints, *, context) -> Sequence[bool]:
+    del context  # Unused: the decision depends on steps only.
+    newest = set(sorted(c.step for c in checkpoints)[-self.keep:])
+    best = self.best_step()
+    return [c.step in newest or c.step == best for c in checkpoints]
+
+
+class Checkpointer:
+  """Saves and restores a run's train state in `model_dir`.
+
+  Every process calls `save`, `restore` and `record_eval` with the same
+  arguments (orbax synchronises the processes); only process 0 writes the
+  prompt exports and best.json.
+
+  Usage:
+    with Checkpointer(model_dir, keep=3, best_metric="accuracy") as ckpt:
+      if ckpt.latest_step() is not None:
+        state, position = ckpt.restore(abstract_state)
+      ...
+      ckpt.save(step, state, {"batches_consumed": n, "seed": 0})
+      ckpt.record_eval(step, {"accuracy": 81.2})
+  """
+
+  def __init__(self,
+               model_dir: str | os.PathLike,
+               keep: int = 3,
+               best_metric: Optional[str] = None,
+               best_mode: Literal["max", "min"] = "max",
+               prompt_path: Optional[Sequence[str]] = ("encoder", "prompt",
+                                                       "prompt")):
+    """Opens (creating if needed) the run directory.
+
+    Args:
+      model_dir: the run directory; local filesystem paths only.
+      keep: how many of the newest checkpoints survive garbage collection
+        (the best one is kept in addition).
+      best_metric: the eval metric that picks the best step (e.g. "accuracy");
+        None tracks no best.
+      best_mode: "max" if a larger `best_metric` is better, "min" otherwise.
+      prompt_path: where the prompt sits in `state.params`; it is exported
+        as prompts/step_<N>.npy on every save. None, or a path absent from
+        the params (model tuning), exports nothing.
+
+    Raises:
+      ValueError: bad `keep`/`best_mode`, or best.json tracks another metric.
+      OSError: `model_dir` cannot be created or written.
+    """
+    if keep < 1:
+      raise ValueError(f"keep={keep} must be >= 1.")
+    if best_mode not in _MODES:
+      raise ValueError(f"best_mode={best_mode!r} must be one of {_MODES}.")
+    self.model_dir = os.path.abspath(os.fspath(model_dir))
+    self.keep = keep
+    self.best_metric = best_metric
+    self.best_mode = best_mode
+    self.prompt_path = tuple(prompt_path) if prompt_path is not None else None
+    _check_writable(self.model_dir)
+    self._best = _read_best(self.model_dir)
+    if self._best is not None and best_metric is not None and (
+        self._best["metric"], self._best.get("mode", best_mode)) != (
+            best_metric, best_mode):
+      raise ValueError(
+          f"{os.path.join(self.model_dir, _BEST_FILE)} tracks "
+          f"{self._best.get('mode', '?')} {self._best['metric']!r} but this "
+          f"run asks for {best_mode} {best_metric!r}; use a new model_dir or "
+          f"the same best_metric/best_mode.")
+    options = ocp.CheckpointManagerOptions(
+        step_prefix=_STEP_PREFIX,
+        create=True,
+        # Saves are rare next to train steps; waiting keeps "save returned"
+        # meaning "the checkpoint is on disk".
+        enable_async_checkpointing=False,
+        # Leftovers of a crashed save are never valid checkpoints.
+        cleanup_tmp_directories=True,
+        preservation_policy=_KeepNewestAndBest(keep, self.best_step))
+    self._manager = ocp.CheckpointManager(
+        self.model_dir,
+        item_names=_ITEMS,
+        # Known handlers let `restore` read the metadata of a checkpoint this
+        # process has not written, to check shapes before orbax reads data.
+        item_handlers={
+            _STATE: ocp.StandardCheckpointHandler(),
+            _DATA_POSITION: ocp.JsonCheckpointHandler(),
+            _METRICS: ocp.JsonCheckpointHandler(),
+        },
+        options=options)
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+  def close(self) -> None:
+    """Waits for pending work and releases orbax's resources."""
+    self._manager.close()
+
+  def all_steps(self) -> List[int]:
+    """Steps with a complete checkpoint, ascending."""
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> Optional[int]:
+    """The newest complete checkpoint's step, or None if there is none."""
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def best_step(self) -> Optional[int]:
+    """The step with the best `best_metric` so far (mirrors best.json)."""
+    return None if self._best is None else int(self._best["step"])
+
+  def best(self) -> Optional[Dict[str, Any]]:
+    """The contents of best.json, or None before the first eval."""
+    return None if self._best is None else dict(self._best)
+
+  def save(self,
+           step: int,
+           state: PyTree,
+           data_position: Mapping[str, Any],
+           metrics: Optional[Mapping[str, float]] = None) -> None:
+    """Writes checkpoint_<step> and prompts/step_<step>.npy; returns when done.
+
+    Args:
+      step: the train step; must be newer than every existing checkpoint.
+      state: the train state pytree; exactly this is saved (never pass the
+        frozen model in it).
+      data_position: where the input pipeline is, e.g.
+        {"batches_consumed": 1200, "seed": 0}; JSON-serializable.
+      metrics: optional eval metrics of this step; stored with the checkpoint
+        and passed to `record_eval`.
+
+    Raises:
+      ValueError: the step already exists or is older than the newest
+        checkpoint (an existing run directory is never overwritten), or
+        `data_position`/`metrics` cannot be written as JSON.
+    """
+    step = int(step)
+    position = _to_json(dict(data_position), "data_position")
+    metrics_json = _to_json(dict(metrics or {}), "metrics")
+    self._check_new_step(step)
+    try:
+      self._manager.save(
+          step,
+          args=ocp.args.Composite(**{
+              _STATE: ocp.args.StandardSave(state),
+              _DATA_POSITION: ocp.args.JsonSave(position),
+              _METRICS: ocp.args.JsonSave(metrics_json),
+          }),
+          # Our own checks above decide; no interval policy may skip a save.
+          force=True)
+    except ocp.checkpoint_manager.StepAlreadyExistsError:
+      raise ValueError(self._exists_message(step)) from None
+    self._manager.wait_until_finished()
+    self._export_prompt(step, state)
+    if metrics:
+      self.record_eval(step, metrics)
+
+  def record_eval(self, step: int, metrics: Mapping[str, float]) -> bool:
+    """Updates the best step from one eval's metrics.
+
+    The best step's checkpoint (if it has one) is protected from garbage
+    collection for as long as it stays best. Ties keep the earlier step;
+    NaN never becomes best.
+
+    Returns:
+      True if `step` is the new best.
+    """
+    if self.best_metric is None or self.best_metric not in metrics:
+      return False
+    value = float(np.asarray(metrics[self.best_metric]))
+    if math.isnan(value):
+      return False
+    if self._best is not None:
+      old = float(self._best["value"])
+      if not (value > old if self.best_mode == "max" else value < old):
+        return False
+    self._best = {"metric": self.best_metric, "mode": self.best_mode,
+                  "value": value, "step": int(step)}
+    if _is_writer():
+      text = json.dumps(self._best, indent=2, sort_keys=True) + "\n"
+      _atomic_write(os.path.join(self.model_dir, _BEST_FILE),
+                    lambda f: f.write(text.encode("utf-8")))
+    return True
+
+  def restore(self,
+              abstract_state: PyTree,
+              step: Optional[int] = None) -> Tuple[PyTree, Dict[str, Any]]:
+    """Reads a checkpoint into the structure and shardings of a state.
+
+    Args:
+      abstract_state: the run's state as ShapeDtypeStructs with `.sharding`
+        (e.g. from `jax.eval_shape` plus partitioning), or as concrete arrays
+        whose shardings are reused.
+      step: defaults to the newest checkpoint.
+
+    Returns:
+      (state, data_position): arrays placed as `abstract_state` asks.
+
+    Raises:
+      FileNotFoundError: no checkpoint (or none for `step`) in model_dir.
+      ValueError: the checkpoint's tree or shapes differ from the run's.
+    """
+    steps = self.all_steps()
+    if not steps:
+      raise FileNotFoundError(
+          f"{self.model_dir}: no {_STEP_PREFIX}_<N> to restore from.")
+    if step is None:
+      step = steps[-1]
+    elif int(step) not in steps:
+      raise FileNotFoundError(
+          f"{self.model_dir}: no checkpoint for step {step}; available "
+          f"steps: {steps}.")
+    step = int(step)
+    target = jax.tree_util.tree_map(_abstract_leaf, abstract_state)
+    self._check_matches(step, target)
+    restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(**{
+            _STATE: ocp.args.StandardRestore(target),
+            _DATA_POSITION: ocp.args.JsonRestore(),
+        }))
+    return restored[_STATE], dict(restored[_DATA_POSITION])
+
+  def _ckpt_dir(self, step: int) -> str:
+    return os.path.join(self.model_dir, f"{_STEP_PREFIX}_{step}")
+
+  def _exists_message(self, step: int) -> str:
+    return (f"{self._ckpt_dir(step)} already exists; checkpoints are never "
+            f"overwritten: restore from it, or use a new model_dir.")
+
+  def _check_new_step(self, step: int) -> None:
+    # Re-list: another run (or a crashed one) may have written since __init__.
+    self._manager.reload()
+    steps = self.all_steps()
+    if step in steps:
+      raise ValueError(self._exists_message(step))
+    if steps and step < steps[-1]:
+      raise ValueError(
+          f"{self.model_dir}: step {step} is older than the newest checkpoint "
+          f"(step {steps[-1]}); a run in a directory with checkpoints must "
+          f"restore first, or use a new model_dir.")
+
+  def _check_matches(self, step: int, target: PyTree) -> None:
+    """Compares the checkpoint's tree and shapes with the run's, so the error
+    names the parameter (orbax's own error names neither path nor run)."""
+    metadata = self._manager.item_metadata(step)[_STATE]
+    if metadata is None:
+      raise ValueError(f"{self._ckpt_dir(step)}: no `{_STATE}` item; not a "
+                       f"checkpoint written by this Checkpointer.")
+    stored = _flat_paths(metadata)
+    wanted = _flat_paths(target)
+    where = self._ckpt_dir(step)
+    missing = sorted(set(wanted) - set(stored))
+    if missing:
+      raise ValueError(
+          f"{where} lacks {len(missing)} leaf/leaves of the run's state, e.g. "
+          f"{missing[0]!r}; the run's optimizer or trainable params differ "
+          f"from the checkpoint's.")
+    extra = sorted(set(stored) - set(wanted))
+    if extra:
+      raise ValueError(
+          f"{where} has {len(extra)} leaf/leaves the run's state lacks, e.g. "
+          f"{extra[0]!r}; the run's optimizer or trainable params differ "
+          f"from the checkpoint's.")
+    for path, abstract in wanted.items():
+      have = tuple(stored[path].shape)
+      want = _stored_shape(abstract)
+      if have != want:
+        raise ValueError(
+            f"{where}: {path} has shape {have} in the checkpoint but "
+            f"{want} in the run's state (e.g. a different prompt length).")
+
+  def _export_prompt(self, step: int, state: PyTree) -> None:
+    if self.prompt_path is None:
+      return
+    prompt = _find_prompt(state, self.prompt_path)
+    if prompt is None:
+      return
+    prompt = _to_host(prompt).astype(np.float32)  # [P, H]
+    if not _is_writer():
+      return
+    prompts_dir = os.path.join(self.model_dir, _PROMPTS_DIR)
+    os.makedirs(prompts_dir, exist_ok=True)
+    _atomic_write(os.path.join(prompts_dir, f"step_{step}.npy"),
+                  lambda f: np.save(f, prompt, allow_pickle=False))
+
+
+def _check_writable(model_dir: str) -> None:
+  """Fails at construction, not at the first save hours into a run."""
+  probe = os.path.join(
+      model_dir, f".write_probe.{jax.process_index()}.{os.getpid()}")
+  try:
+    os.makedirs(model_dir, exist_ok=True)
+    with open(probe, "wb") as f:
+      f.write(b"ok")
+    os.remove(probe)
+  except OSError as e:
+    raise OSError(
+        f"model_dir {model_dir} is not writable: {e.strerror or e}.") from None
+
+
+def _read_best(model_dir: str) -> Optional[Dict[str, Any]]:
+  path = os.path.join(model_dir, _BEST_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, "r", encoding="utf-8") as f:
+      best = json.load(f)
+    best["step"], best["value"] = int(best["step"]), float(best["value"])
+    best["metric"] = str(best["metric"])
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{path} is not a valid best.json ({e!r}); expected "
+                     f"{{'metric', 'value', 'step'}}.") from None
+  return best
+
+
+def _newest_prompt_file(prompts_dir: str) -> Optional[str]:
+  found = []
+  for name in os.listdir(prompts_dir) if os.path.isdir(prompts_dir) else ():
+    match = _PROMPT_FILE_RE.fullmatch(name)
+    if match:
+      found.append((int(match.group(1)), name))
+  return os.path.join(prompts_dir, max(found)[1]) if found else None
+
+
+def load_prompt(path: str | os.PathLike) -> np.ndarray:
+  """Loads a learned prompt.
+
+  Args:
+    path: a `.npy` file, or a run directory: then the best step's
+      prompts/step_<N>.npy if best.json exists, else the newest one.
+
+  Returns:
+    The prompt, float32 [P, H].
+
+  Raises:
+    FileNotFoundError / ValueError: one line naming the path and the problem.
+  """
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    prompts_dir = os.path.join(path, _PROMPTS_DIR)
+    best = _read_best(path)
+    if best is not None:
+      file = os.path.join(prompts_dir, f"step_{int(best['step'])}.npy")
+      if not os.path.exists(file):
+        raise FileNotFoundError(
+            f"{os.path.join(path, _BEST_FILE)} names step {best['step']} but "
+            f"{file} does not exist (was that step evaluated without a "
+            f"save?); pass a prompts/step_<N>.npy file instead.")
+    else:
+      file = _newest_prompt_file(prompts_dir)
+      if file is None:
+        raise FileNotFoundError(
+            f"{path}: no prompt found; expected {prompts_dir}/step_<N>.npy.")
+  elif os.path.exists(path):
+    file = path
+  else:
+    raise FileNotFoundError(
+        f"prompt path {path} does not exist; pass a .npy file or a run "
+        f"directory.")
+  try:
+    prompt = np.load(file, allow_pickle=False)
+  except (ValueError, OSError) as e:
+    raise ValueError(f"{file} is not a readable .npy array: {e}.") from None
+  if prompt.ndim != 2 or not np.issubdtype(prompt.dtype, np.floating):
+    raise ValueError(
+        f"{file} holds a {prompt.dtype} array of shape {prompt.shape}; a "
+        f"prompt is a floating [P, H] array.")
+  return prompt.astype(np.float32, copy=False)

@@ -1,0 +1,302 @@
+"""Checkpointing: exact round trips, sharded restore, keep-N with the best
+step, no overwrites, prompt exports and clear errors."""
+
+import json
+import os
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from prompt_tuning import partitioning
+from prompt_tuning.checkpointing import Checkpointer
+from prompt_tuning.checkpointing import load_prompt
+
+P_LEN, H = 5, 8
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+  rng: jax.Array
+
+
+def make_state(prompt_len=P_LEN, seed=0, step=7, extra=None,
+               optimizer=None) -> TrainState:
+  """A state after one real optimizer update, so opt_state is not zeros."""
+  prompt = jax.random.normal(jax.random.PRNGKey(seed), (prompt_len, H))
+  params = {"encoder": {"prompt": {"prompt": prompt}}}
+  if extra is not None:
+    params["extra"] = extra
+  optimizer = optimizer or optax.adafactor(learning_rate=0.3)
+  opt_state = optimizer.init(params)
+  grads = jax.tree_util.tree_map(lambda x: 0.1 * jnp.ones_like(x), params)
+  updates, opt_state = optimizer.update(grads, opt_state, params)
+  params = optax.apply_updates(params, updates)
+  return TrainState(step=jnp.asarray(step, jnp.int32), params=params,
+                    opt_state=opt_state, rng=jax.random.PRNGKey(seed + 1))
+
+
+def abstract(state):
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      state)
+
+
+def assert_trees_equal(a, b):
+  a_leaves, a_def = jax.tree_util.tree_flatten(a)
+  b_leaves, b_def = jax.tree_util.tree_flatten(b)
+  assert a_def == b_def
+  for x, y in zip(a_leaves, b_leaves):
+    assert np.asarray(x).dtype == np.asarray(y).dtype
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def tree_bytes(root):
+  out = {}
+  for dirpath, _, files in os.walk(root):
+    for name in files:
+      path = os.path.join(dirpath, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, root)] = f.read()
+  return out
+
+
+def test_round_trip_is_bit_exact(tmp_path):
+  state = make_state()
+  position = {"batches_consumed": 1200, "seed": 0}
+  with Checkpointer(tmp_path) as ckpt:
+    assert ckpt.latest_step() is None
+    ckpt.save(7, state, position)
+    assert ckpt.all_steps() == [7]
+  # A fresh Checkpointer, as a resumed run would make.
+  with Checkpointer(tmp_path) as ckpt:
+    assert ckpt.latest_step() == 7
+    restored, restored_position = ckpt.restore(abstract(state))
+    # Concrete arrays work as the target too.
+    again, _ = ckpt.restore(state, step=7)
+  assert restored_position == position
+  assert_trees_equal(restored, state)
+  assert_trees_equal(again, state)
+  assert isinstance(restored, TrainState)
+
+
+def test_typed_prng_key_round_trips(tmp_path):
+  state = make_state().replace(rng=jax.random.key(3))
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state, {"batches_consumed": 1})
+    restored, _ = ckpt.restore(abstract(state))
+  np.testing.assert_array_equal(jax.random.key_data(restored.rng),
+                                jax.random.key_data(state.rng))
+
+
+def test_sharded_restore_uses_requested_shardings(tmp_path):
+  mesh = partitioning.create_mesh((4, 2))
+  prompt_sharding = partitioning.sharding_for(("prompt", "prompt_embed"), mesh)
+  kernel_sharding = partitioning.sharding_for(("batch", "mlp"), mesh)
+  state = make_state(extra=jnp.arange(32, dtype=jnp.float32).reshape(8, 4))
+
+  def placement(path, x):
+    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    if names[0] != "params":  # Optimizer state, step, rng: replicated.
+      return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    if names[-1] == "extra":
+      return kernel_sharding
+    if names[-1] == "prompt":
+      return prompt_sharding
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  shardings = jax.tree_util.tree_map_with_path(placement, state)
+  sharded = jax.device_put(state, shardings)
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(3, sharded, {"batches_consumed": 3})
+    target = jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        state, shardings)
+    restored, _ = ckpt.restore(target)
+  assert_trees_equal(restored, state)
+  prompt = restored.params["encoder"]["prompt"]["prompt"]
+  assert prompt.sharding.is_equivalent_to(prompt_sharding, prompt.ndim)
+  assert prompt.sharding.is_fully_replicated
+  kernel = restored.params["extra"]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec("data", "model")
+  assert kernel.sharding.mesh.shape == mesh.shape
+  assert len(kernel.addressable_shards) == 8
+
+
+def test_keep_n_keeps_the_best_and_writes_best_json(tmp_path):
+  state = make_state()
+  with Checkpointer(tmp_path, keep=2, best_metric="accuracy") as ckpt:
+    ckpt.save(100, state, {"batches_consumed": 100}, {"accuracy": 0.9})
+    for step, acc in [(200, 0.5), (300, 0.6), (400, 0.7)]:
+      ckpt.save(step, state, {"batches_consumed": step}, {"accuracy": acc})
+    assert ckpt.all_steps() == [100, 300, 400]
+    assert ckpt.best_step() == 100
+    assert not os.path.exists(tmp_path / "checkpoint_200")
+    assert os.path.isdir(tmp_path / "checkpoint_100")
+    # A later eval of a saved step makes it best; the old best loses its
+    # protection at the next collection.
+    assert ckpt.record_eval(400, {"accuracy": 0.95, "loss": 1.0})
+    assert not ckpt.record_eval(300, {"accuracy": 0.95})  # Ties keep 400.
+    assert not ckpt.record_eval(300, {"loss": 0.1})
+    ckpt.save(500, state, {"batches_consumed": 500})
+    assert ckpt.all_steps() == [400, 500]
+    assert ckpt.best_step() == 400
+  with open(tmp_path / "best.json") as f:
+    assert json.load(f) == {"metric": "accuracy", "mode": "max",
+                            "value": 0.95, "step": 400}
+  # Prompt exports are never collected.
+  assert sorted(os.listdir(tmp_path / "prompts")) == [
+      f"step_{s}.npy" for s in (100, 200, 300, 400, 500)]
+  # The best survives reopening, and a run tracking another metric is refused.
+  with Checkpointer(tmp_path, keep=2, best_metric="accuracy") as ckpt:
+    assert ckpt.best_step() == 400
+  with pytest.raises(ValueError, match="tracks max 'accuracy' but this run "
+                     "asks for min 'loss'"):
+    Checkpointer(tmp_path, best_metric="loss", best_mode="min")
+
+
+def test_best_mode_min_and_eval_before_save_protects(tmp_path):
+  state = make_state()
+  with Checkpointer(tmp_path, keep=1, best_metric="loss",
+                    best_mode="min") as ckpt:
+    assert ckpt.record_eval(1, {"loss": 2.0})
+    assert ckpt.record_eval(1, {"loss": 1.0})
+    assert not ckpt.record_eval(2, {"loss": float("nan")})
+    assert not ckpt.record_eval(2, {"loss": 1.5})
+    for step in (1, 2, 3):
+      ckpt.save(step, state, {"batches_consumed": step})
+    assert ckpt.all_steps() == [1, 3]
+
+
+def test_existing_step_is_never_overwritten(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(10, make_state(seed=0), {"batches_consumed": 10})
+  before = tree_bytes(tmp_path / "checkpoint_10")
+  prompt_before = (tmp_path / "prompts" / "step_10.npy").read_bytes()
+  # A restarted run that forgot to restore.
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(ValueError, match=r"checkpoint_10 already exists; "
+                       "checkpoints are never overwritten"):
+      ckpt.save(10, make_state(seed=1), {"batches_consumed": 0})
+    with pytest.raises(ValueError, match=r"step 5 is older than the newest "
+                       r"checkpoint \(step 10\)"):
+      ckpt.save(5, make_state(seed=1), {"batches_consumed": 0})
+    assert ckpt.all_steps() == [10]
+  assert tree_bytes(tmp_path / "checkpoint_10") == before
+  assert (tmp_path / "prompts" / "step_10.npy").read_bytes() == prompt_before
+
+
+def test_half_written_checkpoint_is_not_a_checkpoint(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, make_state(), {"batches_consumed": 1})
+  # What a save that crashed before orbax's final rename leaves behind.
+  os.makedirs(tmp_path / "checkpoint_2.orbax-checkpoint-tmp-1234" / "state")
+  with Checkpointer(tmp_path) as ckpt:
+    assert ckpt.all_steps() == [1]
+    ckpt.save(2, make_state(), {"batches_consumed": 2})
+    assert ckpt.all_steps() == [1, 2]
+
+
+def test_prompt_export_and_load_prompt(tmp_path):
+  state = make_state()
+  prompt = np.asarray(state.params["encoder"]["prompt"]["prompt"])
+  later = make_state(seed=5)
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state, {"batches_consumed": 1})
+    ckpt.save(2, later, {"batches_consumed": 2})
+  file = tmp_path / "prompts" / "step_1.npy"
+  loaded = load_prompt(file)
+  assert loaded.dtype == np.float32 and loaded.shape == (P_LEN, H)
+  np.testing.assert_array_equal(loaded, prompt)
+  assert not [n for n in os.listdir(tmp_path / "prompts") if ".tmp" in n]
+  # Run directory without best.json: the newest export.
+  np.testing.assert_array_equal(
+      load_prompt(tmp_path), np.asarray(later.params["encoder"]["prompt"]
+                                        ["prompt"]))
+  # With best.json: the best step's export.
+  with Checkpointer(tmp_path, best_metric="accuracy") as ckpt:
+    ckpt.record_eval(1, {"accuracy": 1.0})
+  np.testing.assert_array_equal(load_prompt(tmp_path), prompt)
+
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    load_prompt(tmp_path / "nope.npy")
+  empty = tmp_path / "empty_run"
+  empty.mkdir()
+  with pytest.raises(FileNotFoundError, match=r"no prompt found"):
+    load_prompt(empty)
+  with Checkpointer(tmp_path, best_metric="accuracy") as ckpt:
+    ckpt.record_eval(99, {"accuracy": 2.0})
+  with pytest.raises(FileNotFoundError, match=r"names step 99 but .*"
+                     r"step_99\.npy does not exist"):
+    load_prompt(tmp_path)
+
+
+def test_model_tuning_state_exports_no_prompt(tmp_path):
+  params = {"encoder": {"dense": jnp.ones((4, 4))}}
+  state = TrainState(step=jnp.int32(1), params=params,
+                     opt_state=optax.sgd(0.1).init(params),
+                     rng=jax.random.PRNGKey(0))
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state, {"batches_consumed": 1})
+    restored, _ = ckpt.restore(abstract(state))
+  assert_trees_equal(restored, state)
+  assert not os.path.exists(tmp_path / "prompts")
+
+
+def test_restore_with_other_prompt_length_names_both_shapes(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, make_state(prompt_len=5), {"batches_consumed": 1})
+    with pytest.raises(ValueError, match=r"checkpoint_1: params/encoder/"
+                       r"prompt/prompt has shape \(5, 8\) in the checkpoint "
+                       r"but \(6, 8\) in the run's state"):
+      ckpt.restore(abstract(make_state(prompt_len=6)))
+    other_optimizer = make_state(optimizer=optax.adam(1e-3))
+    with pytest.raises(ValueError, match=r"checkpoint_1 lacks .* leaf"):
+      ckpt.restore(abstract(other_optimizer))
+
+
+def test_no_checkpoint_errors(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint_<N> to "
+                       "restore from"):
+      ckpt.restore(abstract(make_state()))
+    ckpt.save(4, make_state(), {"batches_consumed": 4})
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint for step 3; "
+                       r"available steps: \[4\]"):
+      ckpt.restore(abstract(make_state()), step=3)
+
+
+def test_unwritable_model_dir_fails_early(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  with pytest.raises(OSError, match=r"model_dir .*a_file/run is not "
+                     "writable"):
+    Checkpointer(blocker / "run")
+
+
+def test_bad_data_position_fails_before_writing(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(ValueError, match="data_position must be "
+                       "JSON-serializable"):
+      ckpt.save(1, make_state(), {"iterator": object()})
+    assert ckpt.all_steps() == []
+    ckpt.save(1, make_state(), {"batches_consumed": np.int64(1)})
+    _, position = ckpt.restore(abstract(make_state()))
+  assert position == {"batches_consumed": 1}
+
+
+def test_only_the_passed_state_is_saved(tmp_path):
+  # The frozen model lives next to the train state in a real loop but is not
+  # part of it: the checkpoint must stay the size of what trains.
+  frozen = {"encoder": {"layers": np.ones((1000, 1000), np.float32)}}
+  state = make_state()
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state, {"batches_consumed": 1})
+  size = sum(len(b) for b in tree_bytes(tmp_path / "checkpoint_1").values())
+  assert size < frozen["encoder"]["layers"].nbytes // 20, size
