@@ -19,6 +19,9 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets>=4.9.10,<5",
     "sentencepiece>=0.2.3,<0.3",
     "tensorstore>=0.1.86,<0.2",
+    # TensorBoard event files (tf.summary needs it; tensorflow no longer
+    # depends on it).
+    "tensorboard>=2.21,<2.22",
     "msgpack>=1.0",
     "ml_dtypes>=0.5",
     "numpy>=1.26",
@@ -40,9 +43,17 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
+    # tasks/ (SeqIO registrations) is importable as `prompt_tuning.tasks`.
     packages=setuptools.find_packages(include=["prompt_tuning",
-                                               "prompt_tuning.*"]),
+                                               "prompt_tuning.*"]) +
+    ["prompt_tuning.tasks"],
+    package_dir={"prompt_tuning.tasks": "tasks"},
     install_requires=INSTALL_REQUIRES,
+    entry_points={"console_scripts": [
+        "prompt-tuning-train=prompt_tuning.train:main",
+        "prompt-tuning-eval=prompt_tuning.eval:main",
+        "prompt-tuning-infer=prompt_tuning.infer:main",
+    ]},
     extras_require=EXTRAS_REQUIRE,
     license="Apache-2.0",
 )

@@ -212,7 +212,7 @@ class Checkpointer:
     self.best_metric = best_metric
     self.best_mode = best_mode
     self.prompt_path = tuple(prompt_path) if prompt_path is not None else None
-    _check_writable(self.model_dir)
+    check_writable(self.model_dir)
     self._best = _read_best(self.model_dir)
     if self._best is not None and best_metric is not None and (
         self._best["metric"], self._best.get("mode", best_mode)) != (
@@ -442,7 +442,7 @@ class Checkpointer:
                   lambda f: np.save(f, prompt, allow_pickle=False))
 
 
-def _check_writable(model_dir: str) -> None:
+def check_writable(model_dir: str) -> None:
   """Fails at construction, not at the first save hours into a run."""
   probe = os.path.join(
       model_dir, f".write_probe.{jax.process_index()}.{os.getpid()}")

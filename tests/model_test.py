@@ -118,7 +118,7 @@ def test_padding_does_not_change_real_positions():
   real = TGT > 0
   np.testing.assert_allclose(np.asarray(longer)[:, :4][real],
                              np.asarray(logits)[real], atol=1e-5)
-  assert logits.dtype == jnp.float32 and logits.shape == (2, 4, 128)
+  assert logits.dtype == jnp.float32 and logits.shape == (2, 4, 384)
 
 
 def _restack(config, params):

@@ -39,16 +39,16 @@ def encode(model: nn.Module, params: PyTree,
   """Runs the encoder once.
 
   Args:
-    model: a `T5` module.
+    model: a `T5` or `PromptedT5` module.
     params: its parameter tree.
     encoder_input_tokens: [B, T] int, 0 = padding.
 
   Returns:
-    (encoded [B, T, H], encoder_mask [B, T] bool).
+    (encoded [B, T', H], encoder_mask [B, T'] bool); T' = T, or P + T with a
+    prompt (whose positions the mask marks visible).
   """
-  encoded = model.apply({"params": params}, encoder_input_tokens,
-                        method="encode")
-  return encoded, encoder_input_tokens > 0
+  return model.apply({"params": params}, encoder_input_tokens,
+                     method="encode_with_mask")
 
 
 def cache_batch_axis(model: nn.Module) -> int:

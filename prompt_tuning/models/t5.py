@@ -297,6 +297,16 @@ class T5(nn.Module):
     return self.encoder(self.embed(encoder_input_tokens),
                         encoder_input_tokens > 0, enable_dropout)
 
+  def encode_with_mask(self, encoder_input_tokens: Array,
+                       enable_dropout: bool = False) -> Tuple[Array, Array]:
+    """Encoder output and the mask decoding needs: ([B, T, H], [B, T] bool).
+
+    Decoding calls this on any model, so that a prompted model (whose mask
+    also covers the prompt positions) decodes through the same code.
+    """
+    mask = encoder_input_tokens > 0
+    return self.encode(encoder_input_tokens, enable_dropout), mask
+
   def decode(self, encoded: Array, encoder_mask: Array,
              decoder_input_tokens: Array,
              decoder_target_tokens: Optional[Array] = None,

@@ -1,0 +1,250 @@
+"""Writes our T5 parameters as a Hugging Face checkpoint (the inverse of hf.py).
+
+`save_hf(params, config, directory)` writes `config.json` (transformers 4.x
+dialect: `tie_word_embeddings` says both tying and logit scaling) and a single
+`model.safetensors`, so that `load_pretrained(directory)` (and transformers'
+`T5ForConditionalGeneration.from_pretrained`) read the same model back. Names
+and layouts come from `hf.param_map`, the table the reader uses: kernels
+`[in, out]` are stored as torch Linear weights `[out, in]`. The safetensors
+file is written here with numpy (8-byte little-endian header length, JSON
+header, raw little-endian data), so neither torch nor the safetensors package
+is needed. Meant for small models written from one process (the quickstart's
+frozen model, test fixtures): every parameter is fetched to host memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Any, Dict, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import ml_dtypes
+import numpy as np
+from flax import traverse_util
+
+from prompt_tuning.checkpoints import hf
+from prompt_tuning.models.config import T5Config
+
+PyTree = Any
+
+# Storage dtypes this writer offers; safetensors data is little-endian.
+_SAFETENSORS_DTYPES = {
+    "float32": ("F32", np.dtype("<f4")),
+    "bfloat16": ("BF16", np.dtype(ml_dtypes.bfloat16)),
+    "float16": ("F16", np.dtype("<f2")),
+}
+# flax.linen activation -> the HF (ACT2FN) name with the same maths; the
+# inverse of hf._FLAX_ACTIVATIONS. flax's gelu is the tanh approximation,
+# HF's "gelu_new"; HF's plain "gelu" (exact erf) has no flax name here.
+_HF_ACTIVATIONS = {
+    "relu": "relu",
+    "gelu": "gelu_new",
+    "silu": "silu",
+    "tanh": "tanh",
+    "sigmoid": "sigmoid",
+}
+# T5Config fields that config.json must reproduce exactly.
+_ARCHITECTURE_FIELDS = (
+    "vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim",
+    "num_encoder_layers", "num_decoder_layers", "mlp_activations",
+    "logits_via_embedding", "relative_attention_num_buckets",
+    "relative_attention_max_distance")
+# Scanned trees keep each stack's layers stacked on a leading axis.
+_SCANNED_PREFIXES = ("encoder/layers/", "decoder/layers/")
+
+
+def _feed_forward_proj(config: T5Config) -> Dict[str, Any]:
+  """`feed_forward_proj` plus the derived keys transformers itself writes."""
+  activations = tuple(config.mlp_activations)
+  gated = len(activations) == 2 and activations[1] == "linear"
+  if not (gated or len(activations) == 1) or (
+      activations[0] not in _HF_ACTIVATIONS):
+    raise ValueError(
+        f"mlp_activations={activations} has no Hugging Face T5 equivalent; "
+        f"supported: (ACT,) or (ACT, 'linear') with ACT in "
+        f"{sorted(_HF_ACTIVATIONS)}.")
+  act = _HF_ACTIVATIONS[activations[0]]
+  if gated and act == "gelu_new":
+    proj = "gated-gelu"  # HF's T5Config turns exactly this into gelu_new
+  else:
+    proj = f"gated-{act}" if gated else act
+  return {"feed_forward_proj": proj, "dense_act_fn": act,
+          "is_gated_act": gated}
+
+
+def hf_config(config: T5Config, dtype: str = "float32") -> Dict[str, Any]:
+  """The transformers 4.x `config.json` contents for `config`.
+
+  Args:
+    config: the model; dtype / scan_layers / remat_policy are runtime
+      choices and not written.
+    dtype: the storage dtype of the weights (`torch_dtype`).
+
+  Raises:
+    ValueError: a config Hugging Face's T5 cannot express.
+  """
+  return {
+      "architectures": ["T5ForConditionalGeneration"],
+      "model_type": "t5",
+      "vocab_size": config.vocab_size,
+      "d_model": config.emb_dim,
+      "d_kv": config.head_dim,
+      "d_ff": config.mlp_dim,
+      "num_heads": config.num_heads,
+      "num_layers": config.num_encoder_layers,
+      "num_decoder_layers": config.num_decoder_layers,
+      **_feed_forward_proj(config),
+      # 4.x dialect: true means tied *and* logits scaled by 1/sqrt(d_model),
+      # exactly T5X's logits_via_embedding; false means an unscaled lm_head.
+      "tie_word_embeddings": bool(config.logits_via_embedding),
+      "relative_attention_num_buckets": config.relative_attention_num_buckets,
+      "relative_attention_max_distance":
+          config.relative_attention_max_distance,
+      "dropout_rate": config.dropout_rate,
+      "layer_norm_epsilon": hf._LAYER_NORM_EPSILON,  # pylint: disable=protected-access
+      "initializer_factor": 1.0,
+      "is_encoder_decoder": True,
+      "pad_token_id": 0,
+      "eos_token_id": 1,
+      "decoder_start_token_id": 0,
+      "use_cache": True,
+      "torch_dtype": dtype,
+  }
+
+
+def _check_reads_back(config: T5Config, hf_dict: Mapping[str, Any]) -> None:
+  """The reader must derive the same architecture from what we write."""
+  found = hf.config_from_hf(hf_dict,
+                            has_lm_head=not config.logits_via_embedding)
+  for field in _ARCHITECTURE_FIELDS:
+    a, b = getattr(config, field), getattr(found, field)
+    if tuple(np.atleast_1d(a)) != tuple(np.atleast_1d(b)):
+      raise ValueError(f"config.{field}={a!r} would be read back as {b!r}; "
+                       "this config cannot be written as a Hugging Face T5.")
+
+
+def _unscanned(flat: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """Splits scanned `<stack>/layers/...` [L, ...] arrays into layers_<i>."""
+  out = {}
+  for name, array in flat.items():
+    prefix = next((p for p in _SCANNED_PREFIXES if name.startswith(p)), None)
+    if prefix is None:
+      out[name] = array
+      continue
+    stack, rest = prefix.split("/")[0], name[len(prefix):]
+    for i, layer in enumerate(array):  # [L, ...] -> L x [...]
+      out[f"{stack}/layers_{i}/{rest}"] = layer
+  return out
+
+
+def _host_params(params: PyTree) -> Dict[str, np.ndarray]:
+  """'/'-joined names -> host numpy arrays, boxes (LogicallyPartitioned)
+  removed, scanned stacks split into layers."""
+  params = nn.unbox(params)
+  flat = traverse_util.flatten_dict(params, sep="/")
+  host = {}
+  for name, value in flat.items():
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+      raise ValueError(
+          f"Parameter {name} is spread over several processes; save_hf "
+          "writes from one process: gather the params first.")
+    host[name] = np.asarray(jax.device_get(value))
+  return _unscanned(host)
+
+
+def _write_atomic(path: str, write) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "wb") as f:
+      write(f)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_safetensors(path: str, tensors: Mapping[str, np.ndarray],
+                      metadata: Optional[Mapping[str, str]] = None) -> None:
+  """Writes `tensors` (name -> array of a `_SAFETENSORS_DTYPES` dtype).
+
+  Layout: 8-byte little-endian header length N, N bytes of JSON (padded with
+  spaces to a multiple of 8, as the safetensors library does, so the data
+  starts aligned), then each tensor's C-order bytes at its `data_offsets`.
+  """
+  names = {np.dtype(d): n for n, d in _SAFETENSORS_DTYPES.values()}
+  header: Dict[str, Any] = {}
+  if metadata:
+    header["__metadata__"] = dict(metadata)
+  offset = 0
+  order = sorted(tensors)
+  for name in order:
+    array = tensors[name]
+    if array.dtype not in names:
+      raise ValueError(f"Tensor {name!r} has dtype {array.dtype}; write "
+                       f"one of {sorted(_SAFETENSORS_DTYPES)}.")
+    header[name] = {"dtype": names[array.dtype], "shape": list(array.shape),
+                    "data_offsets": [offset, offset + array.nbytes]}
+    offset += array.nbytes
+  raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+  raw += b" " * (-len(raw) % 8)
+
+  def write(f):
+    f.write(struct.pack("<Q", len(raw)))
+    f.write(raw)
+    for name in order:
+      f.write(np.ascontiguousarray(tensors[name]).tobytes(order="C"))
+
+  _write_atomic(path, write)
+
+
+def save_hf(params: PyTree, config: T5Config, directory: str | os.PathLike,
+            dtype: str = "float32") -> None:
+  """Writes `params` as a Hugging Face T5 checkpoint directory.
+
+  Args:
+    params: the model's parameter tree, as `load_pretrained` returns it or
+      `T5(config).init(...)['params']` (boxed or not; scanned or not); jax or
+      numpy arrays.
+    config: the model's config; `hf_config(config)` is written as
+      config.json.
+    directory: created if needed; an existing config.json /
+      model.safetensors there is replaced (each file atomically).
+    dtype: storage dtype: 'float32' (exact for float32 params), 'bfloat16'
+      or 'float16'.
+
+  Raises:
+    ValueError: a parameter missing from or unknown to the config, a shape
+      that disagrees with it, or a config HF's T5 cannot express.
+  """
+  if dtype not in _SAFETENSORS_DTYPES:
+    raise ValueError(f"dtype={dtype!r}; use one of "
+                     f"{sorted(_SAFETENSORS_DTYPES)}.")
+  hf_dict = hf_config(config, dtype)
+  _check_reads_back(config, hf_dict)
+  storage = _SAFETENSORS_DTYPES[dtype][1]
+  flat = _host_params(params)
+  table = hf.param_map(config)
+  missing = sorted(set(table) - set(flat))
+  unknown = sorted(set(flat) - set(table))
+  if missing or unknown:
+    raise ValueError(
+        f"The params do not match the config: missing {missing[:3]}, "
+        f"unknown {unknown[:3]} ({len(missing)} / {len(unknown)} in all); "
+        "pass the T5Config the params were built with.")
+  tensors = {}
+  for ours, (hf_name, shape, transpose) in table.items():
+    array = flat[ours]
+    if tuple(array.shape) != tuple(shape):
+      raise ValueError(f"Parameter {ours} has shape {tuple(array.shape)} but "
+                       f"the config implies {tuple(shape)}.")
+    # Kernels [in, out] -> torch Linear weights [out, in].
+    tensors[hf_name] = (array.T if transpose else array).astype(storage)
+  os.makedirs(directory, exist_ok=True)
+  write_safetensors(os.path.join(directory, hf.WEIGHTS_FILE), tensors,
+                    metadata={"format": "pt"})
+  text = json.dumps(hf_dict, indent=2, sort_keys=True) + "\n"
+  _write_atomic(os.path.join(directory, hf.CONFIG_FILE),
+                lambda f: f.write(text.encode("utf-8")))

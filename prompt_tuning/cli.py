@@ -1,0 +1,115 @@
+"""Shared command-line plumbing of the train / eval / infer entry points.
+
+Parses absl flags and gin (T5X-style: `--gin_file`, `--gin.KEY=VALUE`,
+`--gin_bindings`, `--gin_search_paths`), imports task modules so their SeqIO
+registrations exist, initialises multi-host JAX when asked, logs the devices
+and versions, writes the config to `MODEL_DIR` (process 0 only), and turns
+errors a user can cause into one line on stderr instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+import sys
+from typing import Callable, Sequence
+
+from absl import app
+from absl import flags
+import gin
+
+from prompt_tuning import configurables
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("gin_file", [], "Gin files to parse, in order.")
+flags.DEFINE_multi_string("gin_bindings", [],
+                          "Gin bindings; `--gin.KEY=VALUE` also works.")
+flags.DEFINE_multi_string("gin_search_paths", [],
+                          "Directories searched for gin files and includes "
+                          "(gin_configs/ is always searched last).")
+flags.DEFINE_multi_string("task_module", [],
+                          "Python modules to import before parsing gin, "
+                          "e.g. a module that registers your SeqIO tasks.")
+flags.DEFINE_bool("multihost", False,
+                  "Call jax.distributed.initialize() (TPU VM pods, or GPU "
+                  "clusters with JAX_COORDINATOR_ADDRESS etc. set).")
+flags.DEFINE_bool("debug", False, "Show full tracebacks for errors.")
+
+# What a user can get wrong: bad config, paths, shapes, divisibility, data.
+_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError,
+                PermissionError, KeyError, OSError, RuntimeError)
+
+
+def _import_task_modules(modules: Sequence[str]) -> None:
+  for name in modules:
+    try:
+      importlib.import_module(name)
+    except ImportError as e:
+      raise ValueError(f"--task_module={name}: cannot import it ({e}); is it "
+                       f"on PYTHONPATH?") from None
+
+
+def _write_config(model_dir: str, name: str, text: str) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  if not model_dir or jax.process_index() != 0:
+    return
+  os.makedirs(model_dir, exist_ok=True)
+  path = os.path.join(model_dir, name)
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
+def run(fn_name: str, model_dir_macro: str = "MODEL_DIR") -> None:
+  """Entry point body: `python -m prompt_tuning.<cmd> --gin_file=...`."""
+
+  def main(argv: Sequence[str]) -> int:
+    if len(argv) > 1:
+      raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    logging.getLogger().setLevel(logging.INFO)
+    # Libraries (orbax, seqio, tf) log through absl at INFO: keep their
+    # warnings, drop their chatter so the progress lines stay readable.
+    if not FLAGS.debug:
+      logging.getLogger("absl").setLevel(logging.WARNING)
+    try:
+      return _main(fn_name, model_dir_macro)
+    except configurables.ConfigError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+    except _USER_ERRORS as e:
+      if FLAGS.debug:
+        raise
+      # gin appends "In call to configurable 'train' (<function ...>)".
+      message = re.sub(r"\s*In call to configurable .*$", "",
+                       " ".join(str(e).split()))
+      print(f"error: {message}", file=sys.stderr)
+      return 1
+
+  app.run(main, argv=configurables.rewrite_gin_args(sys.argv),
+          flags_parser=_parse_flags)
+
+
+def _parse_flags(argv):
+  return FLAGS(argv)
+
+
+def _main(fn_name: str, model_dir_macro: str) -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  if FLAGS.multihost:
+    jax.distributed.initialize()
+  logging.info("jax %s, process %d/%d, devices: %s", jax.__version__,
+               jax.process_index(), jax.process_count(), jax.devices())
+  _import_task_modules(FLAGS.task_module)
+  configurables.parse(FLAGS.gin_file, FLAGS.gin_bindings,
+                      FLAGS.gin_search_paths)
+  model_dir = configurables.macro(model_dir_macro) or ""
+  config_text = gin.config_str()
+  logging.info("Gin config:\n%s", config_text)
+  _write_config(model_dir, "config.gin", config_text)
+  fn: Callable = gin.get_configurable(fn_name)
+  result = fn()
+  _write_config(model_dir, "operative_config.gin", gin.operative_config_str())
+  logging.info("Result: %s", result)
+  return 0

@@ -1,0 +1,130 @@
+"""The one place where library objects are registered with gin.
+
+Library modules never import gin; the entry points import this module, which
+makes the run functions and config dataclasses configurable under short names
+(`train`, `evaluate`, `infer`, `model_config`, `PromptConfig`,
+`AdafactorConfig`, `TrainConfig`, `DecodeConfig`) for the files in
+`gin_configs/`. It also parses T5X-style command lines: `--gin_file`,
+`--gin.KEY=VALUE`, `--gin_bindings`, `--gin_search_paths`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from typing import Optional, Sequence, Tuple
+
+import gin
+
+from prompt_tuning.models.config import PRESETS
+from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.config import t5_config
+from prompt_tuning.training import inference
+from prompt_tuning.training import loop
+from prompt_tuning.training import optimizers
+from prompt_tuning.training import runs
+from prompt_tuning.training import setup
+
+# The repository's gin_configs/, searched after the user's paths.
+DEFAULT_SEARCH_PATH = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
+
+
+def model_config(name: str, dtype: str = "bfloat16",
+                 param_dtype: str = "float32", scan_layers: bool = False,
+                 remat_policy: str = "none") -> T5Config:
+  """A named T5 preset with the runtime knobs gin files set."""
+  return t5_config(name, dtype=dtype, param_dtype=param_dtype,
+                   scan_layers=scan_layers, remat_policy=remat_policy)
+
+
+_REGISTERED = False
+
+
+def register() -> None:
+  """Registers the configurables (idempotent)."""
+  global _REGISTERED
+  if _REGISTERED:
+    return
+  gin.external_configurable(model_config, name="model_config")
+  gin.external_configurable(loop.train, name="train")
+  gin.external_configurable(runs.evaluate, name="evaluate")
+  gin.external_configurable(runs.infer, name="infer")
+  gin.external_configurable(setup.PromptConfig, name="PromptConfig")
+  gin.external_configurable(optimizers.AdafactorConfig,
+                            name="AdafactorConfig")
+  gin.external_configurable(loop.TrainConfig, name="TrainConfig")
+  gin.external_configurable(inference.DecodeConfig, name="DecodeConfig")
+  _REGISTERED = True
+
+
+def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
+  """`--gin.KEY=VALUE` -> `--gin_bindings=KEY = VALUE` (T5X's shorthand)."""
+  out = []
+  for arg in argv:
+    match = re.match(r"^--gin\.([^=]+)=(.*)$", arg, re.DOTALL)
+    out.append(f"--gin_bindings={match.group(1)} = {match.group(2)}"
+               if match else arg)
+  return out
+
+
+class ConfigError(ValueError):
+  """A gin file or binding the user got wrong (printed as one line)."""
+
+
+def _one_line(error: Exception) -> str:
+  return " ".join(str(error).split())
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str],
+          search_paths: Sequence[str] = ()) -> None:
+  """Parses gin files and bindings, then finalizes the config.
+
+  Raises:
+    ConfigError: a missing file or an unknown / malformed binding, in one
+      line naming it (with close matches for a misspelt configurable).
+  """
+  register()
+  for path in list(search_paths) + [DEFAULT_SEARCH_PATH]:
+    gin.add_config_file_search_path(path)
+  try:
+    gin.parse_config_files_and_bindings(list(gin_files), list(bindings),
+                                        finalize_config=False,
+                                        skip_unknown=False)
+  except IOError as e:
+    raise ConfigError(f"gin file not found: {_one_line(e)} (searched "
+                      f"{', '.join(list(search_paths) + ['gin_configs/'])})"
+                      ) from None
+  except (ValueError, SyntaxError, TypeError) as e:
+    raise ConfigError(_explain(e)) from None
+  gin.finalize()
+
+
+def _explain(error: Exception) -> str:
+  message = _one_line(error)
+  match = re.search(r"No configurable matching '([^']+)'", message)
+  if match:
+    known = [c.split(".")[-1] for c in _configurable_names()]
+    close = difflib.get_close_matches(match.group(1).split(".")[-1], known,
+                                      n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return f"Unknown gin configurable {match.group(1)!r}.{hint}"
+  return f"Bad gin configuration: {message}"
+
+
+def _configurable_names() -> Tuple[str, ...]:
+  return ("model_config", "train", "evaluate", "infer", "PromptConfig",
+          "AdafactorConfig", "TrainConfig", "DecodeConfig")
+
+
+def macro(name: str) -> Optional[object]:
+  """The value of a gin macro, or None when unset."""
+  try:
+    return gin.query_parameter(f"{name}/macro.value")
+  except ValueError:
+    return None
+
+
+def preset_names() -> Tuple[str, ...]:
+  return tuple(sorted(PRESETS))

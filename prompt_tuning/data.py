@@ -1,0 +1,356 @@
+"""Input pipelines: SeqIO tasks to fixed-shape, host-local numpy batches.
+
+Training reads a registered SeqIO Task or Mixture through seqio's own
+`get_dataset` and `EncDecFeatureConverter(pack=False)`, so the model sees the
+T5X feature names (`encoder_input_tokens`, `decoder_input_tokens`,
+`decoder_target_tokens`, `decoder_loss_weights`). Every process reads only its
+own shard (`seqio.ShardInfo`) and yields `global_batch_size // num_shards`
+rows. Given a seed the order is fixed, so a run resumes exactly by skipping
+the batches it already consumed (`skip_batches`, saved from
+`BatchIterator.position`). Evaluation batches (`evaluation_dataset`) keep
+every example exactly once: the last batch is padded with all-zero rows to the
+full size, because the jitted step needs static shapes, and each batch says how
+many of its rows are real. Packing is refused: a soft prompt is prepended to
+each encoder sequence, so packed examples would share one prompt.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import (Any, Dict, Iterator, Mapping, NamedTuple, Optional, Tuple,
+                    Union)
+
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+
+Batch = Dict[str, np.ndarray]
+TaskOrMixture = Union[seqio.Task, seqio.Mixture]
+
+# Features of an unpacked `EncDecFeatureConverter`, all [B, T] or [B, L] int32.
+MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens",
+                  "decoder_target_tokens", "decoder_loss_weights")
+# Task features an encoder-decoder converter reads.
+TASK_FEATURES = ("inputs", "targets")
+
+
+def get_task_or_mixture(name: str) -> TaskOrMixture:
+  """Looks up a registered SeqIO Mixture or Task (a Mixture wins a tie).
+
+  Args:
+    name: the registered name.
+
+  Returns:
+    The `seqio.Mixture` or `seqio.Task`.
+
+  Raises:
+    ValueError: (one line) if nothing is registered under `name`; it lists up
+      to 5 close matches and says how tasks get registered.
+  """
+  if name in seqio.MixtureRegistry.names():
+    return seqio.MixtureRegistry.get(name)
+  if name in seqio.TaskRegistry.names():
+    return seqio.TaskRegistry.get(name)
+  known = sorted(set(seqio.TaskRegistry.names()) |
+                 set(seqio.MixtureRegistry.names()))
+  close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+  hint = f"close matches: {', '.join(close)}" if close else "no close matches"
+  raise ValueError(
+      f"No SeqIO task or mixture named {name!r} ({hint}; {len(known)} "
+      "registered). Tasks are registered by importing the module that defines "
+      "them: pass it with the CLI's task-module flag, or import it before "
+      "building the dataset.")
+
+
+def check_feature_lengths(provider: TaskOrMixture,
+                          task_feature_lengths: Mapping[str, int]) -> None:
+  """Fails with a one-line error on missing, unknown or too short lengths.
+
+  seqio silently truncates to these lengths, so a typo ('target') or a
+  length that cannot hold one token plus EOS would otherwise train on
+  damaged examples without a word.
+
+  Args:
+    provider: the Task or Mixture the lengths are for.
+    task_feature_lengths: task feature name -> maximum length, e.g.
+      {'inputs': 512, 'targets': 8}.
+
+  Raises:
+    ValueError: on any problem, naming the task and the expected keys.
+  """
+  features = provider.output_features
+  missing = [k for k in TASK_FEATURES if k not in features]
+  if missing:
+    raise ValueError(
+        f"{provider.name!r} has output features {sorted(features)}, but an "
+        f"encoder-decoder model needs {list(TASK_FEATURES)}.")
+  expected = sorted(features)
+  given = sorted(task_feature_lengths)
+  if given != expected:
+    raise ValueError(
+        f"task_feature_lengths keys {given} do not match the features of "
+        f"{provider.name!r}: {expected} (e.g. {{'inputs': 512, "
+        f"'targets': 8}}).")
+  for key, length in task_feature_lengths.items():
+    # An EOS-terminated feature of length 1 keeps nothing but the EOS.
+    minimum = 2 if features[key].add_eos else 1
+    if (not isinstance(length, (int, np.integer)) or isinstance(length, bool)
+        or length < minimum):
+      raise ValueError(
+          f"task_feature_lengths[{key!r}] = {length!r} for {provider.name!r} "
+          f"is too short: need an int >= {minimum} (one token"
+          f"{' plus EOS' if minimum == 2 else ''}).")
+
+
+def feature_converter() -> seqio.EncDecFeatureConverter:
+  """seqio's unpacked encoder-decoder converter, as training and eval use it.
+
+  Its per-example length assertions are off: they are redundant here, since
+  every caller trims the task features to the lengths, and tracing them costs
+  about a second per pipeline. `_check_example_shapes` checks the result
+  statically instead.
+  """
+  return seqio.EncDecFeatureConverter(pack=False, apply_length_check=False)
+
+
+def _check_example_shapes(ds: tf.data.Dataset,
+                          task_feature_lengths: Mapping[str, int]) -> None:
+  """Fails unless each converted example has exactly MODEL_FEATURES, static."""
+  expected = {"encoder_input_tokens": (task_feature_lengths["inputs"],)}
+  for key in MODEL_FEATURES[1:]:
+    expected[key] = (task_feature_lengths["targets"],)
+  got = {k: tuple(v.shape) for k, v in ds.element_spec.items()}
+  if got != expected:
+    raise ValueError(f"Examples have features {got}, expected {expected}.")
+
+
+def _host_batch_size(global_batch_size: int, num_shards: int) -> int:
+  if global_batch_size <= 0 or num_shards <= 0:
+    raise ValueError(f"global_batch_size ({global_batch_size}) and num_shards "
+                     f"({num_shards}) must be positive.")
+  if global_batch_size % num_shards:
+    raise ValueError(
+        f"global_batch_size {global_batch_size} is not divisible by the "
+        f"number of data shards (processes) {num_shards}.")
+  return global_batch_size // num_shards
+
+
+def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
+  # Parallel maps may otherwise return elements out of order, which would
+  # break exact resumption and cross-restart reproducibility.
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options)
+
+
+def _task_dataset(provider: TaskOrMixture, **kwargs: Any) -> tf.data.Dataset:
+  # The in-memory cache is never needed here, and it breaks TfdsDataSource
+  # under tfds mock data.
+  return provider.get_dataset(try_in_mem_cache=False,
+                              trim_output_features=True, **kwargs)
+
+
+class BatchIterator:
+  """Host-local training batches with a resumable position.
+
+  Iterating yields dicts of numpy arrays: `MODEL_FEATURES`, each [B, T]
+  (encoder) or [B, L] (decoder) int32 with B = global_batch_size // num_shards.
+
+  Attributes:
+    dataset: the underlying batched `tf.data.Dataset` (already skipped).
+    batch_size: host-local rows per batch.
+    position: batches consumed since the start of the data, counting those
+      skipped on construction: pass it back as `skip_batches` to resume.
+  """
+
+  def __init__(self, dataset: tf.data.Dataset, batch_size: int,
+               skip_batches: int):
+    self.dataset = dataset
+    self.batch_size = batch_size
+    self.position = skip_batches
+    self._iterator = dataset.as_numpy_iterator()
+
+  def __iter__(self) -> "BatchIterator":
+    return self
+
+  def __next__(self) -> Batch:
+    batch = next(self._iterator)
+    # Only count a batch once it has really been handed out.
+    self.position += 1
+    return batch
+
+
+def get_dataset(mixture_or_task_name: str,
+                task_feature_lengths: Mapping[str, int],
+                split: str,
+                global_batch_size: int,
+                shuffle: bool,
+                seed: Optional[int],
+                repeat: bool,
+                pack: bool = False,
+                shard_id: Optional[int] = None,
+                num_shards: Optional[int] = None,
+                skip_batches: int = 0,
+                use_cached: bool = False) -> BatchIterator:
+  """Training batches for this process, deterministic and resumable.
+
+  Args:
+    mixture_or_task_name: a registered SeqIO Task or Mixture.
+    task_feature_lengths: e.g. {'inputs': 512, 'targets': 8}; T and L.
+    split: e.g. 'train'.
+    global_batch_size: rows per step over all processes.
+    shuffle: shuffle examples (seqio's Task shuffle buffer).
+    seed: fixes the shuffle, the mixing and any stochastic preprocessing:
+      with a seed, each shard's order is the same after every restart.
+    repeat: loop over the data forever (seqio `num_epochs=None`).
+    pack: must be False; see the module docstring.
+    shard_id: this process's shard; default `jax.process_index()`.
+    num_shards: number of shards; default `jax.process_count()`.
+    skip_batches: host-local batches to skip, i.e. a saved
+      `BatchIterator.position`, to continue a run exactly.
+    use_cached: read the task's offline seqio cache.
+
+  Returns:
+    A `BatchIterator` of dicts with `MODEL_FEATURES`, each [B, T] or [B, L]
+    int32, B = global_batch_size // num_shards; incomplete batches are
+    dropped.
+
+  Raises:
+    ValueError: (one line) for pack=True, a batch size not divisible by
+      num_shards, bad lengths, an unknown name, or an inexact resume.
+  """
+  if pack:
+    raise ValueError(
+        "Packing is not supported for prompt tuning: the soft prompt is "
+        "prepended per encoder sequence, so packed examples would share it.")
+  shard_id = jax.process_index() if shard_id is None else shard_id
+  num_shards = jax.process_count() if num_shards is None else num_shards
+  batch_size = _host_batch_size(global_batch_size, num_shards)
+  if not 0 <= shard_id < num_shards:
+    raise ValueError(f"shard_id {shard_id} is not in [0, {num_shards}).")
+  if skip_batches < 0:
+    raise ValueError(f"skip_batches must be >= 0, got {skip_batches}.")
+  if shuffle and seed is None and skip_batches:
+    raise ValueError(
+        "Cannot resume a shuffled dataset exactly without a seed: pass the "
+        "run's data seed.")
+  provider = get_task_or_mixture(mixture_or_task_name)
+  check_feature_lengths(provider, task_feature_lengths)
+
+  ds = _task_dataset(
+      provider, sequence_length=dict(task_feature_lengths), split=split,
+      use_cached=use_cached, shuffle=shuffle, seed=seed,
+      shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards),
+      num_epochs=None if repeat else 1)
+  ds = feature_converter()(ds, task_feature_lengths=task_feature_lengths)
+  # Static shapes for the jitted step: a short last batch would recompile.
+  _check_example_shapes(ds, task_feature_lengths)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  # Skipping whole batches of the deterministic stream lands exactly where a
+  # run that consumed `skip_batches` batches stopped (it re-reads, not seeks).
+  ds = ds.skip(skip_batches)
+  ds = _deterministic(ds.prefetch(tf.data.AUTOTUNE))
+  return BatchIterator(ds, batch_size, skip_batches)
+
+
+def pad_batch(batch: Mapping[str, np.ndarray],
+              batch_size: int) -> Tuple[Batch, int]:
+  """Pads every feature along axis 0 with zeros to `batch_size` rows.
+
+  Zero rows are harmless: token 0 is padding and their loss weights are 0.
+
+  Args:
+    batch: feature -> [n, ...] array, n <= batch_size.
+    batch_size: rows wanted.
+
+  Returns:
+    (feature -> [batch_size, ...] array, n).
+  """
+  sizes = {len(v) for v in batch.values()}
+  if len(sizes) != 1:
+    raise ValueError(f"Features have different batch sizes: {sorted(sizes)}.")
+  n = sizes.pop()
+  if n > batch_size:
+    raise ValueError(f"Batch of {n} rows does not fit batch_size {batch_size}.")
+  padded = {}
+  for key, value in batch.items():
+    value = np.asarray(value)
+    widths = [(0, batch_size - n)] + [(0, 0)] * (value.ndim - 1)
+    padded[key] = np.pad(value, widths)  # [n, ...] -> [batch_size, ...]
+  return padded, n
+
+
+class PaddedBatch(NamedTuple):
+  """A fixed-size evaluation batch whose first `num_examples` rows are real."""
+  features: Batch  # MODEL_FEATURES, each [B, T] or [B, L] int32
+  num_examples: int
+
+
+def evaluation_dataset(mixture_or_task_name: str,
+                       task_feature_lengths: Mapping[str, int],
+                       split: str,
+                       global_batch_size: int,
+                       shard_id: Optional[int] = None,
+                       num_shards: Optional[int] = None,
+                       use_cached: bool = False) -> Iterator[PaddedBatch]:
+  """Every example of a split exactly once, in fixed-size host-local batches.
+
+  Every process reads the whole split in order (unshuffled, one epoch; a
+  Mixture's tasks one after another rather than sampled), pads it to a
+  multiple of `global_batch_size` and keeps its own contiguous slice of each
+  global batch. So all processes run the same number of steps, and the
+  process-ordered concatenation of their slices is the global batch.
+
+  Args:
+    mixture_or_task_name: a registered SeqIO Task or Mixture.
+    task_feature_lengths: e.g. {'inputs': 512, 'targets': 8}.
+    split: e.g. 'validation'.
+    global_batch_size: rows per step over all processes.
+    shard_id: default `jax.process_index()`.
+    num_shards: default `jax.process_count()`.
+    use_cached: read the task's offline seqio cache.
+
+  Yields:
+    `PaddedBatch`es: features [B, T] / [B, L] int32 with
+    B = global_batch_size // num_shards; the real rows come first.
+
+  Raises:
+    ValueError: (one line) on bad sizes or lengths, an unknown name, or no
+      task with the split.
+  """
+  shard_id = jax.process_index() if shard_id is None else shard_id
+  num_shards = jax.process_count() if num_shards is None else num_shards
+  batch_size = _host_batch_size(global_batch_size, num_shards)
+  if not 0 <= shard_id < num_shards:
+    raise ValueError(f"shard_id {shard_id} is not in [0, {num_shards}).")
+  provider = get_task_or_mixture(mixture_or_task_name)
+  check_feature_lengths(provider, task_feature_lengths)
+
+  tasks = [t for t in seqio.get_subtasks(provider) if split in t.splits]
+  if not tasks:
+    raise ValueError(f"No task of {mixture_or_task_name!r} has a {split!r} "
+                     "split.")
+  keys = set(provider.output_features)
+  datasets = []
+  for task in tasks:
+    ds = _task_dataset(task, sequence_length=dict(task_feature_lengths),
+                       split=split, use_cached=use_cached, shuffle=False,
+                       seed=None, shard_info=None, num_epochs=1)
+    # Tasks of a mixture may carry extra features; keep what concatenates.
+    datasets.append(ds.map(lambda ex: {k: ex[k] for k in keys}))
+  ds = datasets[0]
+  for other in datasets[1:]:
+    ds = ds.concatenate(other)
+  ds = feature_converter()(ds, task_feature_lengths=task_feature_lengths)
+  _check_example_shapes(ds, task_feature_lengths)
+  ds = _deterministic(ds.batch(global_batch_size, drop_remainder=False))
+
+  start = shard_id * batch_size
+  for global_batch in ds.as_numpy_iterator():
+    padded, n = pad_batch(global_batch, global_batch_size)
+    features = {k: v[start:start + batch_size] for k, v in padded.items()}
+    # Padding sits at the end of the global batch, so a slice's real rows
+    # are a prefix of it.
+    yield PaddedBatch(features, int(np.clip(n - start, 0, batch_size)))
+

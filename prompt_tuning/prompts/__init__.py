@@ -1,0 +1,22 @@
+"""Soft prompts for frozen T5: the prompt layer, its initializers, the model."""
+
+from prompt_tuning.prompts.initializers import INITIALIZERS
+from prompt_tuning.prompts.initializers import class_labels
+from prompt_tuning.prompts.initializers import from_file
+from prompt_tuning.prompts.initializers import from_text
+from prompt_tuning.prompts.initializers import random_uniform
+from prompt_tuning.prompts.initializers import sampled_vocab
+from prompt_tuning.prompts.layer import Prompt
+from prompt_tuning.prompts.layer import combine
+from prompt_tuning.prompts.layer import combine_mask
+from prompt_tuning.prompts.model import PromptedEncoder
+from prompt_tuning.prompts.model import PromptedT5
+from prompt_tuning.prompts.model import merge_params
+from prompt_tuning.prompts.model import prompt_param_path
+from prompt_tuning.prompts.model import split_prompt
+
+__all__ = [
+    "INITIALIZERS", "Prompt", "PromptedEncoder", "PromptedT5", "class_labels",
+    "combine", "combine_mask", "from_file", "from_text", "merge_params",
+    "prompt_param_path", "random_uniform", "sampled_vocab", "split_prompt",
+]

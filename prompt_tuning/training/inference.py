@@ -1,0 +1,131 @@
+"""Evaluation and inference for a run's model (prompted or fully tuned).
+
+`RunEvaluator` computes, for a split of a task or mixture, the teacher-forced
+loss and token accuracy and the task's own metrics on decoded predictions
+(seqio's evaluation machinery: postprocessor, then metric functions). The same
+jitted decoding serves the inference run, which writes inputs, predictions
+and targets as JSONL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Dict, List, Mapping, Optional
+
+import jax
+import numpy as np
+
+from prompt_tuning import data
+from prompt_tuning import evaluation
+from prompt_tuning import partitioning
+from prompt_tuning.models import decoding
+from prompt_tuning.prompts import merge_params
+from prompt_tuning.training import losses
+from prompt_tuning.training import step as step_lib
+from prompt_tuning.training.setup import RunModel
+
+PyTree = Any
+
+DECODE_METHODS = ("greedy", "beam")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+  """How predictions are decoded for evaluation and inference."""
+
+  # 'greedy' (T5X's default for classification) or 'beam'.
+  method: str = "greedy"
+  # Beams for method='beam' (T5X: 4).
+  beam_size: int = 4
+  # Length-penalty exponent for beam search (T5X: 0.6).
+  alpha: float = 0.6
+  # Tokens to decode at most; 0 = the targets feature length.
+  max_decode_length: int = 0
+  # End-of-sequence id of T5's vocabularies.
+  eos_id: int = 1
+
+  def __post_init__(self):
+    if self.method not in DECODE_METHODS:
+      raise ValueError(f"Unknown decoding method {self.method!r}; use one of "
+                       f"{DECODE_METHODS}.")
+
+
+def _predict(params: PyTree, frozen: PyTree, batch: Mapping[str, jax.Array],
+             *, model, decode: DecodeConfig, length: int) -> jax.Array:
+  full = merge_params(params, frozen)
+  encoded, mask = model.apply({"params": full}, batch["encoder_input_tokens"],
+                              method="encode_with_mask")
+  if decode.method == "greedy":
+    return decoding.greedy_decode_encoded(model, full, encoded, mask, length,
+                                          decode.eos_id)
+  tokens, _ = decoding.beam_search_encoded(model, full, encoded, mask, length,
+                                           decode.beam_size, decode.alpha,
+                                           decode.eos_id)
+  return tokens[:, 0]
+
+
+class RunEvaluator:
+  """Evaluates a run's current trainable params on one split."""
+
+  def __init__(self, run: RunModel, mixture_or_task_name: str,
+               task_feature_lengths: Mapping[str, int], split: str,
+               batch_size: int, decode: DecodeConfig, z_loss: float = 1e-4,
+               log_dir: Optional[str] = None):
+    self._run = run
+    self._name = mixture_or_task_name
+    self._lengths = dict(task_feature_lengths)
+    self._split = split
+    self._batch_size = batch_size
+    length = decode.max_decode_length or self._lengths["targets"]
+    self._eval_step = jax.jit(functools.partial(
+        step_lib.eval_step, model=run.model, z_loss=z_loss))
+    self._predict = jax.jit(functools.partial(
+        _predict, model=run.model, decode=decode, length=length))
+    if log_dir and jax.process_index() == 0:
+      os.makedirs(log_dir, exist_ok=True)  # seqio's JSON logger expects it
+    self._evaluator = evaluation.Evaluator(
+        mixture_or_task_name, task_feature_lengths, batch_size, split=split,
+        log_dir=log_dir)
+
+  def _shard(self, batch: Mapping[str, np.ndarray]):
+    return partitioning.shard_batch(dict(batch), self._run.mesh)
+
+  def predict_batch_fn(self, params: PyTree):
+    """`batch -> [B, L]` decoded tokens, for seqio's evaluator."""
+    def predict_batch(batch):
+      with partitioning.mesh_context(self._run.mesh, self._run.rules):
+        out = self._predict(params, self._run.frozen, self._shard(batch))
+      return np.asarray(jax.device_get(out))
+    return predict_batch
+
+  def teacher_forced(self, params: PyTree) -> Dict[str, float]:
+    """Loss and token accuracy over the whole split (padding rows weigh 0)."""
+    total = None
+    with partitioning.mesh_context(self._run.mesh, self._run.rules):
+      for padded in data.evaluation_dataset(self._name, self._lengths,
+                                            self._split, self._batch_size):
+        metrics = self._eval_step(params, self._run.frozen,
+                                  self._shard(padded.features))
+        metrics = jax.device_get(metrics)
+        total = metrics if total is None else {
+            k: total[k] + metrics[k] for k in total}
+    if total is None:
+      return {}
+    return {k: v for k, v in losses.summarize(total).items() if k != "tokens"}
+
+  def evaluate(self, params: PyTree, step: Optional[int] = None
+               ) -> Dict[str, Any]:
+    """Returns {'flat': {'eval/loss': ..., '<task>/<metric>': ...},
+    'tasks': task -> metric -> value}."""
+    flat = {f"eval/{k}": v for k, v in self.teacher_forced(params).items()}
+    tasks = self._evaluator.evaluate(self.predict_batch_fn(params), step=step)
+    for task, metrics in tasks.items():
+      for metric, value in metrics.items():
+        flat[f"{task}/{metric}"] = value
+    return {"flat": flat, "tasks": tasks}
+
+  def predict(self, params: PyTree) -> Dict[str, List[Dict[str, str]]]:
+    """task -> records {'inputs', 'prediction', 'target'} in example order."""
+    return self._evaluator.predict(self.predict_batch_fn(params))

@@ -1,0 +1,297 @@
+"""The training loop: `train(...)`, the one function the CLI configures.
+
+Reads a SeqIO task, loads the frozen T5 into its shardings, builds the
+prompt, then steps: jitted `train_step` on global batches built from
+host-local data, a progress line (loss, steps/s, tokens/s, ETA),
+TensorBoard scalars, periodic checkpoints of what trains (never the frozen
+model) and periodic evaluation (teacher-forced loss and token accuracy, and
+decoded predictions scored by the task's metrics). It resumes exactly from
+the newest checkpoint in `model_dir`: prompt, optimizer state, rng and data
+position. A non-finite loss stops the run before anything is saved, so the
+last good checkpoint stays the newest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import jax
+import numpy as np
+import optax
+
+from prompt_tuning import checkpointing
+from prompt_tuning import data
+from prompt_tuning import partitioning
+from prompt_tuning.models.config import T5Config
+from prompt_tuning.training import losses
+from prompt_tuning.training import optimizers
+from prompt_tuning.training import setup
+from prompt_tuning.training import step as step_lib
+from prompt_tuning.training.inference import DecodeConfig
+from prompt_tuning.training.inference import RunEvaluator
+from prompt_tuning.training.state import TrainState
+from prompt_tuning.training.state import create_train_state
+from prompt_tuning.training.state import parameter_summary
+
+PyTree = Any
+
+
+class NonFiniteLossError(RuntimeError):
+  """Raised when the training loss becomes NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """The schedule and bookkeeping of a run (model and data live elsewhere)."""
+
+  # Total optimizer steps (the paper: 30,000).
+  train_steps: int = 30000
+  # Global batch size over all hosts (the paper: 32).
+  batch_size: int = 32
+  # Gradient accumulation slices per step, for batches that do not fit.
+  num_microbatches: int = 1
+  # T5X's z-loss coefficient.
+  z_loss: float = 1e-4
+  # Seeds the prompt init, dropout and data shuffling.
+  seed: int = 0
+  # Save what trains every this many steps (and at the end).
+  checkpoint_period: int = 1000
+  # Newest checkpoints kept (the best one is kept on top).
+  keep_checkpoints: int = 3
+  # Evaluate every this many steps (0: only at the end).
+  eval_period: int = 1000
+  # Split evaluated periodically.
+  eval_split: str = "validation"
+  # Also evaluate before the first step (the untrained prompt's baseline).
+  eval_at_start: bool = False
+  # Metric (as `task/metric`) whose best value selects the kept checkpoint.
+  best_metric: str = ""
+  # 'max' or 'min' for best_metric.
+  best_mode: str = "max"
+  # Log a progress line every this many steps.
+  log_period: int = 100
+
+
+class _Scalars:
+  """TensorBoard event files via tf.summary (process 0 writes)."""
+
+  def __init__(self, directory: str):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    self._tf = tf
+    self._writer = tf.summary.create_file_writer(directory)
+
+  def scalar(self, name: str, value: float, step: int) -> None:
+    with self._writer.as_default():
+      self._tf.summary.scalar(name, float(value), step=step)
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+
+def _tensorboard(model_dir: str, name: str) -> Optional[_Scalars]:
+  if jax.process_index() != 0:
+    return None
+  return _Scalars(os.path.join(model_dir, name))
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(seconds)
+  hours, rest = divmod(seconds, 3600)
+  return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _vocabulary(provider) -> Any:
+  return provider.output_features["inputs"].vocabulary
+
+
+def train(*, model_dir: str, initial_checkpoint_path: str,
+          model_config: Optional[T5Config],
+          mixture_or_task_name: str,
+          task_feature_lengths: Mapping[str, int],
+          mode: str = "prompt",
+          prompt: setup.PromptConfig = setup.PromptConfig(),
+          optimizer: optimizers.AdafactorConfig = optimizers.PROMPT_TUNING,
+          schedule: TrainConfig = TrainConfig(),
+          decode: DecodeConfig = DecodeConfig(),
+          dropout_rate: Optional[float] = 0.1,
+          mesh_shape: Tuple[int, int] = (-1, 1),
+          fsdp: bool = False) -> Dict[str, Any]:
+  """Trains a prompt (or the whole model) and returns the final metrics.
+
+  Args:
+    model_dir: run directory: checkpoints, prompts/, TensorBoard, config.
+    initial_checkpoint_path: the frozen pretrained T5 (T5X or HF).
+    model_config: its T5Config (required for T5X checkpoints).
+    mixture_or_task_name: registered SeqIO task or mixture.
+    task_feature_lengths: e.g. {'inputs': 512, 'targets': 8}.
+    mode: 'prompt' (only the prompt trains) or 'model' (everything trains).
+    prompt: the prompt (prompt mode).
+    optimizer: Adafactor hyper-parameters.
+    schedule: steps, batch size, checkpoint/eval/log periods.
+    decode: decoding for evaluation predictions.
+    dropout_rate: overrides the checkpoint config's dropout.
+    mesh_shape: (data, model); -1 fills with the remaining devices.
+    fsdp: also shard frozen weights over `data`.
+
+  Returns:
+    {'step': final step, 'train': last train metrics, 'eval': last eval}.
+  """
+  logging.info("Process %d/%d, %d local / %d global devices (%s).",
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform)
+  checkpointing.check_writable(model_dir)
+  provider = data.get_task_or_mixture(mixture_or_task_name)
+  data.check_feature_lengths(provider, task_feature_lengths)
+  mesh = partitioning.create_mesh(mesh_shape)
+  rules = partitioning.logical_axis_rules(fsdp)
+  if schedule.batch_size % mesh.shape["data"]:
+    raise ValueError(
+        f"BATCH_SIZE={schedule.batch_size} is not divisible by the "
+        f"data-parallel size {mesh.shape['data']} (mesh {dict(mesh.shape)}).")
+
+  rng = jax.random.PRNGKey(schedule.seed)
+  init_rng, state_rng = jax.random.split(rng)
+  run = setup.build_model(
+      initial_checkpoint_path=initial_checkpoint_path,
+      model_config=model_config, mode=mode, prompt=prompt, mesh=mesh,
+      rules=rules, vocabulary=_vocabulary(provider), rng=init_rng,
+      dropout_rate=dropout_rate)
+  counts = parameter_summary(run.trainable, run.frozen)
+  logging.info("Parameters: %s total, %s trainable (%.4f%%).",
+               f"{counts['total']:,}", f"{counts['trainable']:,}",
+               counts["trainable_percent"])
+
+  tx = optimizers.adafactor(optimizer)
+  state = create_train_state(run.trainable, tx, state_rng)
+  shardings = setup.state_shardings(state, run.trainable_shardings(), mesh)
+  state = jax.device_put(state, shardings)
+  # Opened only now that the inputs are known good: orbax starts background
+  # work that a failing run would leave behind.
+  with checkpointing.Checkpointer(
+      model_dir, keep=schedule.keep_checkpoints,
+      best_metric=schedule.best_metric or None,
+      best_mode=schedule.best_mode) as ckpt:
+    return _loop(ckpt, run, state, shardings, tx, counts, model_dir,
+                 mixture_or_task_name, task_feature_lengths, schedule, decode)
+
+
+def _loop(ckpt: checkpointing.Checkpointer, run: setup.RunModel,
+          state: TrainState, shardings: TrainState,
+          tx: optax.GradientTransformation, counts: Mapping[str, Any],
+          model_dir: str, mixture_or_task_name: str,
+          task_feature_lengths: Mapping[str, int], schedule: TrainConfig,
+          decode: DecodeConfig) -> Dict[str, Any]:
+  """Resumes if possible, then steps, logs, saves and evaluates."""
+  mesh, rules = run.mesh, run.rules
+  position = {"batches_consumed": 0, "seed": schedule.seed}
+  if ckpt.latest_step() is not None:
+    state, position = ckpt.restore(state)
+    logging.info("Resumed from step %d (%d batches consumed).",
+                 int(state.step), position["batches_consumed"])
+
+  batch_sharding = jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec("data"))
+  train_step = step_lib.jit_train_step(
+      run.model, tx, shardings, run.frozen_shardings(), batch_sharding,
+      z_loss=schedule.z_loss, num_microbatches=schedule.num_microbatches)
+  batches = data.get_dataset(
+      mixture_or_task_name, task_feature_lengths, split="train",
+      global_batch_size=schedule.batch_size, shuffle=True,
+      seed=schedule.seed, repeat=True,
+      skip_batches=position["batches_consumed"])
+  writer = _tensorboard(model_dir, "train")
+
+  evaluator = None
+
+  def evaluate(step: int) -> Dict[str, Any]:
+    nonlocal evaluator
+    if evaluator is None:  # built once: seqio caches the eval examples
+      evaluator = RunEvaluator(run, mixture_or_task_name, task_feature_lengths,
+                               schedule.eval_split, schedule.batch_size,
+                               decode, schedule.z_loss,
+                               log_dir=os.path.join(model_dir, "eval"))
+    results = evaluator.evaluate(state.params, step)
+    if step > 0:  # the untrained baseline has no checkpoint to select
+      ckpt.record_eval(step, results["flat"])
+    if writer is not None:
+      for key, value in results["flat"].items():
+        writer.scalar(f"eval/{key}" if "/" not in key else key, value, step)
+      writer.flush()
+    logging.info("eval step %d: %s", step, ", ".join(
+        f"{k} {v:.4f}" for k, v in sorted(results["flat"].items())))
+    return results
+
+  def save(step: int) -> None:
+    if step in ckpt.all_steps():
+      return
+    ckpt.save(step, state, dict(position))
+
+  first_step = int(state.step)
+  if schedule.eval_at_start and first_step == 0:
+    with partitioning.mesh_context(mesh, rules):
+      evaluate(0)
+  last_train: Dict[str, float] = {}
+  last_eval: Dict[str, Any] = {}
+  window_start, window_steps, window_tokens = time.perf_counter(), 0, 0.0
+  run_start = time.perf_counter()
+  accumulated = None
+  with partitioning.mesh_context(mesh, rules):
+    for step in range(first_step, schedule.train_steps):
+      host_batch = next(batches)
+      batch = partitioning.shard_batch(host_batch, mesh)
+      new_state, metrics = train_step(state, run.frozen, batch)
+      loss_sum = float(metrics["loss_sum"])
+      if not math.isfinite(loss_sum):
+        # The donated old state is gone, but nothing was saved from the bad
+        # step: the newest checkpoint on disk is the last good one.
+        raise NonFiniteLossError(
+            f"Non-finite training loss ({loss_sum}) at step {step + 1}; "
+            f"stopping. The last good checkpoint in {model_dir} is step "
+            f"{ckpt.latest_step()}; lower the learning rate or check the "
+            f"data.")
+      state = new_state
+      position["batches_consumed"] += 1
+      accumulated = metrics if accumulated is None else jax.tree_util.tree_map(
+          lambda a, b: a + b, accumulated, metrics)
+      window_steps += 1
+      window_tokens += float(np.sum(host_batch["encoder_input_tokens"] > 0)) * (
+          jax.process_count())
+      done = step + 1
+      if done % schedule.log_period == 0 or done == schedule.train_steps:
+        elapsed = time.perf_counter() - window_start
+        last_train = losses.summarize(
+            {k: v for k, v in accumulated.items() if k != "grad_norm"})
+        last_train["grad_norm"] = float(metrics["grad_norm"])
+        steps_per_s = window_steps / max(elapsed, 1e-9)
+        eta = (schedule.train_steps - done) / max(steps_per_s, 1e-9)
+        logging.info(
+            "step %d/%d | loss %.4f | token acc %.4f | %.2f steps/s | "
+            "%s tokens/s | ETA %s", done, schedule.train_steps,
+            last_train["loss"], last_train["token_accuracy"], steps_per_s,
+            f"{window_tokens / max(elapsed, 1e-9):,.0f}", _format_eta(eta))
+        if writer is not None:
+          for key, value in last_train.items():
+            writer.scalar(key, value, done)
+          writer.scalar("steps_per_second", steps_per_s, done)
+          writer.flush()
+        accumulated = None
+        window_start, window_steps, window_tokens = time.perf_counter(), 0, 0.0
+      if done % schedule.checkpoint_period == 0:
+        save(done)
+      if schedule.eval_period and done % schedule.eval_period == 0:
+        last_eval = evaluate(done)
+    final = int(state.step)
+    save(final)
+    if final > first_step and (not schedule.eval_period or
+                               final % schedule.eval_period):
+      last_eval = evaluate(final)
+  logging.info("Finished at step %d in %.1fs.", final,
+               time.perf_counter() - run_start)
+  return {"step": final, "train": last_train,
+          "eval": last_eval.get("flat", {}), "parameters": counts}

@@ -1,0 +1,100 @@
+"""Evaluation-only and inference runs over a saved prompt and a frozen T5.
+
+`evaluate(...)` scores a prompt (a `.npy` file or a run directory, whose best
+or newest prompt is taken) on a split with the task's metrics; `infer(...)`
+writes a JSONL of inputs, predictions and targets. Both rebuild the same model
+as training: the frozen checkpoint into its shardings plus the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import jax
+
+from prompt_tuning import checkpointing
+from prompt_tuning import data
+from prompt_tuning import evaluation
+from prompt_tuning import partitioning
+from prompt_tuning.models.config import T5Config
+from prompt_tuning.training import setup
+from prompt_tuning.training.inference import DecodeConfig
+from prompt_tuning.training.inference import RunEvaluator
+
+
+def _build(prompt_path: str, initial_checkpoint_path: str,
+           model_config: Optional[T5Config], mixture_or_task_name: str,
+           placement: str, mesh_shape: Tuple[int, int],
+           fsdp: bool) -> setup.RunModel:
+  """The frozen model with the saved prompt (file or run directory) in place."""
+  prompt = checkpointing.load_prompt(prompt_path)  # [P, H]
+  provider = data.get_task_or_mixture(mixture_or_task_name)
+  mesh = partitioning.create_mesh(mesh_shape)
+  run = setup.build_model(
+      initial_checkpoint_path=initial_checkpoint_path,
+      model_config=model_config, mode="prompt",
+      # A placeholder of the right length; replaced by the saved prompt.
+      prompt=setup.PromptConfig(length=int(prompt.shape[0]),
+                                placement=placement, init="random_uniform"),
+      mesh=mesh, rules=partitioning.logical_axis_rules(fsdp),
+      vocabulary=provider.output_features["inputs"].vocabulary,
+      rng=jax.random.PRNGKey(0))
+  slot = run.trainable["encoder"]["prompt"]
+  if tuple(prompt.shape) != tuple(slot["prompt"].shape):
+    raise ValueError(
+        f"{prompt_path}: prompt shape {tuple(prompt.shape)} does not fit the "
+        f"model: its width must be emb_dim={run.config.emb_dim}.")
+  slot["prompt"] = jax.device_put(prompt, slot["prompt"].sharding)
+  return run
+
+
+def evaluate(*, prompt_path: str, initial_checkpoint_path: str,
+             model_config: Optional[T5Config], mixture_or_task_name: str,
+             task_feature_lengths: Mapping[str, int],
+             split: str = "validation", batch_size: int = 32,
+             decode: DecodeConfig = DecodeConfig(), placement: str = "prefix",
+             output_dir: str = "", mesh_shape: Tuple[int, int] = (-1, 1),
+             fsdp: bool = False) -> Dict[str, Any]:
+  """Evaluates a saved prompt; writes `metrics.json` to `output_dir` if set.
+
+  Returns:
+    {'<task>/<metric>': value, 'eval/loss': ..., 'eval/token_accuracy': ...}.
+  """
+  run = _build(prompt_path, initial_checkpoint_path, model_config,
+               mixture_or_task_name, placement, mesh_shape, fsdp)
+  evaluator = RunEvaluator(run, mixture_or_task_name, task_feature_lengths,
+                           split, batch_size, decode,
+                           log_dir=output_dir or None)
+  flat = evaluator.evaluate(run.trainable)["flat"]
+  for key, value in sorted(flat.items()):
+    logging.info("%s: %.4f", key, value)
+  if output_dir and jax.process_index() == 0:
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+      json.dump(flat, f, indent=2, sort_keys=True)
+  return flat
+
+
+def infer(*, prompt_path: str, initial_checkpoint_path: str,
+          model_config: Optional[T5Config], mixture_or_task_name: str,
+          task_feature_lengths: Mapping[str, int], output_path: str,
+          split: str = "validation", batch_size: int = 32,
+          decode: DecodeConfig = DecodeConfig(), placement: str = "prefix",
+          mesh_shape: Tuple[int, int] = (-1, 1),
+          fsdp: bool = False) -> int:
+  """Writes one JSONL record {'task', 'inputs', 'prediction', 'target'} per
+  example of `split` to `output_path`; returns the number written."""
+  run = _build(prompt_path, initial_checkpoint_path, model_config,
+               mixture_or_task_name, placement, mesh_shape, fsdp)
+  evaluator = RunEvaluator(run, mixture_or_task_name, task_feature_lengths,
+                           split, batch_size, decode)
+  records = []
+  for task, rows in evaluator.predict(run.trainable).items():
+    records.extend(dict(row, task=task) for row in rows)
+  if jax.process_index() == 0:
+    evaluation.write_predictions_jsonl(output_path, records)
+  logging.info("Wrote %d predictions to %s.", len(records), output_path)
+  return len(records)

@@ -1,0 +1,129 @@
+"""The train and eval steps: pure functions of (state, frozen, batch).
+
+`train_step(state, frozen, batch)` takes gradients with respect to
+`state.params` only (the prompt, or every weight in model tuning); `frozen`
+is a separate argument that is never differentiated, never given optimizer
+state and never donated. Microbatching accumulates gradients over equal
+slices of the batch with `lax.scan`, so a batch that does not fit still
+takes one optimizer step with the same result up to float summation order.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from prompt_tuning.prompts import merge_params
+from prompt_tuning.training import losses
+from prompt_tuning.training.state import TrainState
+
+PyTree = Any
+Batch = Mapping[str, jax.Array]
+
+
+def _loss_and_metrics(model: nn.Module, params: PyTree, batch: Batch,
+                      dropout_rng: Optional[jax.Array], z_loss: float,
+                      loss_normalizing_factor: Optional[float]):
+  rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
+  logits = model.apply({"params": params}, batch["encoder_input_tokens"],
+                       batch["decoder_input_tokens"],
+                       batch["decoder_target_tokens"],
+                       enable_dropout=dropout_rng is not None, rngs=rngs)
+  return losses.cross_entropy_with_z_loss(
+      logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
+      z_loss, loss_normalizing_factor)
+
+
+def _split_microbatches(batch: Batch, num: int) -> Batch:
+  def split(x):
+    if x.shape[0] % num:
+      raise ValueError(f"Batch size {x.shape[0]} is not divisible by "
+                       f"num_microbatches={num}.")
+    return x.reshape((num, x.shape[0] // num) + x.shape[1:])  # [B, ...] -> [k, B/k, ...]
+  return jax.tree_util.tree_map(split, batch)
+
+
+def train_step(state: TrainState, frozen: PyTree, batch: Batch, *,
+               model: nn.Module, tx: optax.GradientTransformation,
+               z_loss: float = 1e-4,
+               loss_normalizing_factor: Optional[float] = None,
+               num_microbatches: int = 1,
+               enable_dropout: bool = True) -> Tuple[TrainState,
+                                                     Dict[str, jax.Array]]:
+  """One optimizer step on the trainable params.
+
+  Args:
+    state: trainable params, optimizer state, step, rng.
+    frozen: the frozen params (empty in model tuning).
+    batch: `encoder_input_tokens` [B, T], `decoder_input_tokens` [B, L],
+      `decoder_target_tokens` [B, L], `decoder_loss_weights` [B, L].
+    model: T5 / PromptedT5 module (static).
+    tx: the optax transformation (static).
+    z_loss: T5X z-loss coefficient.
+    loss_normalizing_factor: see `losses.cross_entropy_with_z_loss`.
+    num_microbatches: gradient accumulation slices of the batch.
+    enable_dropout: dropout on (training) or off.
+
+  Returns:
+    (new state, summed metrics: loss_sum, z_loss_sum, correct, tokens,
+    grad_norm).
+  """
+  rng, step_rng = jax.random.split(state.rng)
+
+  def grad_fn(trainable, micro, micro_rng):
+    def loss_fn(p):
+      return _loss_and_metrics(model, merge_params(p, frozen), micro,
+                               micro_rng if enable_dropout else None, z_loss,
+                               loss_normalizing_factor)
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    return grads, metrics
+
+  if num_microbatches == 1:
+    grads, metrics = grad_fn(state.params, batch, step_rng)
+  else:
+    micro = _split_microbatches(batch, num_microbatches)
+
+    def body(carry, xs):
+      index, mb = xs
+      g, m = grad_fn(state.params, mb, jax.random.fold_in(step_rng, index))
+      return jax.tree_util.tree_map(jnp.add, carry, (g, m)), None
+
+    zeros = jax.eval_shape(grad_fn, state.params,
+                           jax.tree_util.tree_map(lambda x: x[0], micro),
+                           step_rng)
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                   zeros)
+    (grads, metrics), _ = jax.lax.scan(
+        body, zeros, (jnp.arange(num_microbatches), micro))
+
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+  return state.replace(step=state.step + 1, params=params,
+                       opt_state=opt_state, rng=rng), metrics
+
+
+def eval_step(params: PyTree, frozen: PyTree, batch: Batch, *,
+              model: nn.Module, z_loss: float = 1e-4) -> Dict[str, jax.Array]:
+  """Teacher-forced summed loss and token accuracy (no dropout)."""
+  _, metrics = _loss_and_metrics(model, merge_params(params, frozen), batch,
+                                 None, z_loss, None)
+  return metrics
+
+
+def jit_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                   state_shardings: PyTree, frozen_shardings: PyTree,
+                   batch_sharding: Any, **step_kwargs) -> Callable:
+  """`train_step` jitted with explicit shardings; only the state is donated
+  (the frozen weights are reused every step)."""
+  step = functools.partial(train_step, model=model, tx=tx, **step_kwargs)
+  return jax.jit(step,
+                 in_shardings=(state_shardings, frozen_shardings,
+                               batch_sharding),
+                 out_shardings=(state_shardings, None),
+                 donate_argnums=(0,))
