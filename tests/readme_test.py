@@ -23,3 +23,18 @@ def test_ci_runs_readme_test_command():
   with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
     ci_lines = [line.strip() for line in f]
   assert _commands()[1] in ci_lines
+
+
+def test_readme_model_and_decoding_snippets_run():
+  """The README's model and decoding snippets run as written, in order."""
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    blocks = re.findall(r"```python\n(.*?)```", f.read(), re.DOTALL)
+  namespace = {}
+  model_block = next(b for b in blocks if "t5_config(\"t5_1_1_tiny\")" in b)
+  decode_block = next(b for b in blocks if "decoding.greedy_decode" in b)
+  exec(model_block, namespace)  # pylint: disable=exec-used
+  assert namespace["logits"].shape == (1, 3, 384)
+  exec(decode_block, namespace)  # pylint: disable=exec-used
+  assert namespace["tokens"].shape == (1, 4)
+  assert namespace["beams"].shape == (1, 4, 4)
+  assert namespace["log_likelihood"].shape == (1,)
