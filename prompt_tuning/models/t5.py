@@ -279,8 +279,12 @@ class T5(nn.Module):
     cfg = self.config
     self.token_embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim, cfg.dtype,
                                        cfg.param_dtype)
-    self.encoder = Encoder(cfg)
+    self.encoder = self.make_encoder()
     self.decoder = Decoder(cfg, shared_embedding=self.token_embedder)
+
+  def make_encoder(self) -> nn.Module:
+    """The encoder stack; a prompted model returns its prompted encoder."""
+    return Encoder(self.config)
 
   def embed(self, tokens: Array) -> Array:
     """tokens: [B, T] int -> [B, T, H] (the shared token embedding)."""
@@ -336,7 +340,7 @@ class T5(nn.Module):
     Returns:
       [B, L, V] float32 logits.
     """
-    encoded = self.encode(encoder_input_tokens, enable_dropout)
-    return self.decode(encoded, encoder_input_tokens > 0,
-                       decoder_input_tokens, decoder_target_tokens,
-                       enable_dropout)
+    encoded, mask = self.encode_with_mask(encoder_input_tokens,
+                                          enable_dropout)
+    return self.decode(encoded, mask, decoder_input_tokens,
+                       decoder_target_tokens, enable_dropout)

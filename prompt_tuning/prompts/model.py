@@ -22,10 +22,8 @@ import flax.linen as nn
 import jax
 from flax import traverse_util
 
-from prompt_tuning.models import layers
-from prompt_tuning.models.config import T5Config
-from prompt_tuning.models.t5 import Decoder
 from prompt_tuning.models.t5 import Encoder
+from prompt_tuning.models.t5 import T5
 from prompt_tuning.prompts import initializers
 from prompt_tuning.prompts.layer import PLACEMENTS
 from prompt_tuning.prompts.layer import Prompt
@@ -89,15 +87,14 @@ class PromptedEncoder(Encoder):
     return self.run_stack(x, mask, enable_dropout)
 
 
-class PromptedT5(nn.Module):
+class PromptedT5(T5):
   """T5 whose encoder input carries a soft prompt.
 
   `apply(..., encoder_input_tokens, decoder_input_tokens,
-  decoder_target_tokens)` -> logits [B, L, V] float32, like `T5`.
+  decoder_target_tokens)` -> logits [B, L, V] float32, like `T5`, whose
+  submodules and parameter names it keeps (`embed`, `decode` are T5's).
   """
 
-  # The frozen model's architecture (its checkpoint must match).
-  config: T5Config
   # P, the number of prompt vectors (the paper: 100 for most runs).
   prompt_length: int
   # Initializer of the [P, H] prompt; random U[-0.5, 0.5] as in the paper.
@@ -111,18 +108,9 @@ class PromptedT5(nn.Module):
     _validate(self.prompt_length, self.placement)
     super().__post_init__()
 
-  def setup(self):
-    cfg = self.config
-    # Same names and arguments as T5.setup, so T5 checkpoints load unchanged.
-    self.token_embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim, cfg.dtype,
-                                       cfg.param_dtype)
-    self.encoder = PromptedEncoder(cfg, self.prompt_length, self.prompt_init,
-                                   self.placement, self.eos_id)
-    self.decoder = Decoder(cfg, shared_embedding=self.token_embedder)
-
-  def embed(self, tokens: Array) -> Array:
-    """tokens: [B, T] int -> [B, T, H] (the shared token embedding)."""
-    return self.token_embedder(tokens)
+  def make_encoder(self) -> nn.Module:
+    return PromptedEncoder(self.config, self.prompt_length, self.prompt_init,
+                           self.placement, self.eos_id)
 
   def encode_with_mask(self, encoder_input_tokens: Array,
                        enable_dropout: bool = False,
@@ -147,19 +135,16 @@ class PromptedT5(nn.Module):
                         self.eos_id)  # [B, T] -> [B, P + T]
     return encoded, mask
 
-  def decode(self, encoded: Array, encoder_mask: Array,
-             decoder_input_tokens: Array,
-             decoder_target_tokens: Optional[Array] = None,
-             enable_dropout: bool = False,
-             decode_position: Optional[Array] = None,
-             max_decode_length: Optional[int] = None) -> Array:
-    """Decoder logits [B, L, V] float32; see `Decoder.__call__`.
+  def encode(self, encoder_input_tokens: Array,
+             enable_dropout: bool = False) -> Array:
+    """[B, T] tokens -> [B, P + T, H]; use `encode_with_mask` for the mask."""
+    return self.encode_with_mask(encoder_input_tokens, enable_dropout)[0]
 
-    encoder_mask: [B, P + T] bool, the prompted mask from `encode_with_mask`.
-    """
-    return self.decoder(encoded, encoder_mask, decoder_input_tokens,
-                        decoder_target_tokens, enable_dropout,
-                        decode_position, max_decode_length)
+  def encode_embedded(self, x: Array, input_mask: Array,
+                      enable_dropout: bool = False) -> Array:
+    raise NotImplementedError(
+        "PromptedT5 needs the input tokens (suffix placement finds EOS in "
+        "them): call encode_with_mask(tokens).")
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Array, enable_dropout: bool = False,

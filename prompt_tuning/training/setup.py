@@ -16,7 +16,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from prompt_tuning import partitioning
 from prompt_tuning.checkpoints import load_pretrained
