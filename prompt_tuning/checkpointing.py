@@ -370,12 +370,21 @@ class Checkpointer:
     step = int(step)
     target = jax.tree_util.tree_map(_abstract_leaf, abstract_state)
     self._check_matches(step, target)
-    restored = self._manager.restore(
-        step,
-        args=ocp.args.Composite(**{
-            _STATE: ocp.args.StandardRestore(target),
-            _DATA_POSITION: ocp.args.JsonRestore(),
-        }))
+    try:
+      restored = self._manager.restore(
+          step,
+          args=ocp.args.Composite(**{
+              _STATE: ocp.args.StandardRestore(target),
+              _DATA_POSITION: ocp.args.JsonRestore(),
+          }))
+    except ValueError as e:
+      # Same leaves but another tree shape, e.g. an optimizer chain with one
+      # more (stateless) transformation: orbax's message is many lines.
+      detail = " ".join(str(e).split())[:300]
+      raise ValueError(
+          f"{self._ckpt_dir(step)}: the checkpoint's state does not fit this "
+          f"run's (did the optimizer configuration change?): {detail}"
+      ) from None
     return restored[_STATE], dict(restored[_DATA_POSITION])
 
   def _ckpt_dir(self, step: int) -> str:

@@ -259,6 +259,13 @@ def test_restore_with_other_prompt_length_names_both_shapes(tmp_path):
     other_optimizer = make_state(optimizer=optax.adam(1e-3))
     with pytest.raises(ValueError, match=r"checkpoint_1 lacks .* leaf"):
       ckpt.restore(abstract(other_optimizer))
+    # Same leaves, another tree: Adafactor without update clipping.
+    unclipped = make_state(prompt_len=5, optimizer=optax.adafactor(
+        learning_rate=0.3, clipping_threshold=None))
+    with pytest.raises(ValueError, match=r"checkpoint_1: the checkpoint's "
+                       r"state does not fit this run's \(did the optimizer "
+                       r"configuration change\?\)"):
+      ckpt.restore(abstract(unclipped))
 
 
 def test_no_checkpoint_errors(tmp_path):
