@@ -334,9 +334,13 @@ def _index_tensors(path: str) -> Tuple[Dict[str, TensorEntry], str]:
   return tensors, index_file
 
 
-def _param_map(config: T5Config) -> Dict[str, Tuple[str, Tuple[int, ...],
-                                                    bool]]:
-  """Our name -> (HF name, our shape, whether HF stores it transposed)."""
+def param_map(config: T5Config) -> Dict[str, Tuple[str, Tuple[int, ...],
+                                                   bool]]:
+  """Our name -> (HF name, our shape, whether HF stores it transposed).
+
+  The one table between the two naming schemes: the reader here and the
+  writer in `hf_export` both use it, so they cannot drift apart.
+  """
   d, f, v = config.emb_dim, config.mlp_dim, config.vocab_size
   qkv = config.num_heads * config.head_dim
   params = {}
@@ -441,7 +445,7 @@ def read_hf(path: str) -> Tuple[T5Config, Dict[str, Loader]]:
   config = config_from_hf(hf_config, has_lm_head="lm_head.weight" in tensors,
                           where=config_file)
   loaders = {}
-  for ours, (hf, shape, transpose) in _param_map(config).items():
+  for ours, (hf, shape, transpose) in param_map(config).items():
     tensor = tensors.get(hf)
     if tensor is None:
       raise ValueError(
