@@ -15,7 +15,8 @@ def _commands():
 def test_readme_has_setup_and_test_commands():
   commands = _commands()
   assert len(commands) == 2
-  assert commands[0].endswith("python -m prompt_tuning.smoke")
+  assert commands[0].endswith(
+      "python -m prompt_tuning.train --gin_file=runs/quickstart.gin")
   assert commands[1].endswith("pytest -n 2 tests")
 
 
