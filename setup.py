@@ -43,7 +43,8 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    # tasks/ (SeqIO registrations) is importable as `prompt_tuning.tasks`.
+    # tasks/ (SeqIO registrations) installs as `prompt_tuning.tasks`; from a
+    # checkout (editable install) import it as `tasks.<module>`.
     packages=setuptools.find_packages(include=["prompt_tuning",
                                                "prompt_tuning.*"]) +
     ["prompt_tuning.tasks"],
