@@ -109,6 +109,17 @@ def sampled_vocab(embedding: np.ndarray,
   return init
 
 
+def _fill_after(head: np.ndarray, rng: Array, length: int, width: int,
+                dtype, fallback: Initializer) -> Array:
+  """[n, H] fixed rows, then `fallback` for the remaining P - n positions."""
+  head = jnp.asarray(head, dtype)
+  if head.shape[0] == length:
+    return head
+  _, rest_rng = jax.random.split(rng)
+  rest = fallback(rest_rng, (length - head.shape[0], width), dtype)
+  return jnp.concatenate([head, rest.astype(dtype)], axis=0)  # [P, H]
+
+
 def _embed_ids(table: np.ndarray, ids: Sequence[int], what: str) -> np.ndarray:
   """[n] token ids -> [n, H] rows of the table, with a range check."""
   ids = np.asarray(list(ids), np.int64)
@@ -163,12 +174,7 @@ def class_labels(embedding: np.ndarray, labels: Sequence[str],
           f"class_labels got {num_labels} labels but the prompt has only "
           f"{length} positions: raise PROMPT_LENGTH to at least {num_labels} "
           f"or use fewer labels.")
-    head = jnp.asarray(label_rows, dtype)
-    if num_labels == length:
-      return head
-    _, rest_rng = jax.random.split(rng)
-    rest = fallback(rest_rng, (length - num_labels, width), dtype)
-    return jnp.concatenate([head, rest.astype(dtype)], axis=0)  # [P, H]
+    return _fill_after(label_rows, rng, length, width, dtype, fallback)
 
   return init
 
@@ -207,12 +213,7 @@ def from_text(embedding: np.ndarray, text: str, vocabulary: Vocabulary,
           "positions; keeping the first %d tokens.", rows.shape[0], length,
           length)
       rows = rows[:length]
-    head = jnp.asarray(rows, dtype)
-    if rows.shape[0] == length:
-      return head
-    _, rest_rng = jax.random.split(rng)
-    rest = fallback(rest_rng, (length - rows.shape[0], width), dtype)
-    return jnp.concatenate([head, rest.astype(dtype)], axis=0)  # [P, H]
+    return _fill_after(rows, rng, length, width, dtype, fallback)
 
   return init
 
@@ -268,12 +269,9 @@ def from_file(path: str, fallback: Optional[Initializer] = None) -> Initializer:
           f"Prompt file {path} holds shape {got} but the prompt has shape "
           f"{want} ([PROMPT_LENGTH, emb_dim]); match the prompt length and "
           f"model to the file.")
-    head = jnp.asarray(array, dtype)
     if got == want:
-      return head
-    _, rest_rng = jax.random.split(rng)
-    rest = fallback(rest_rng, (want[0] - got[0], want[1]), dtype)
-    return jnp.concatenate([head, rest.astype(dtype)], axis=0)  # [P, H]
+      return jnp.asarray(array, dtype)
+    return _fill_after(array, rng, want[0], want[1], dtype, fallback)
 
   return init
 
