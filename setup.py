@@ -43,12 +43,14 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    # tasks/ (SeqIO registrations) installs as `prompt_tuning.tasks`; from a
-    # checkout (editable install) import it as `tasks.<module>`.
+    # tasks/ (SeqIO registrations) installs as `prompt_tuning.tasks`, also
+    # in editable installs (pyproject.toml asks for setuptools >= 64).
     packages=setuptools.find_packages(include=["prompt_tuning",
                                                "prompt_tuning.*"]) +
     ["prompt_tuning.tasks"],
     package_dir={"prompt_tuning.tasks": "tasks"},
+    package_data={"prompt_tuning.tasks": ["custom_example_data/*.tsv",
+                                          "quickstart_checkpoint/*"]},
     install_requires=INSTALL_REQUIRES,
     entry_points={"console_scripts": [
         "prompt-tuning-train=prompt_tuning.train:main",

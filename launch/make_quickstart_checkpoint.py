@@ -60,7 +60,7 @@ from prompt_tuning.models import T5Config
 from prompt_tuning.training import loop
 from prompt_tuning.training import optimizers
 from prompt_tuning.training.state import create_train_state
-from tasks import quickstart
+from prompt_tuning.tasks import quickstart
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # Big enough to learn three skills from scratch in minutes, small enough to

@@ -3,8 +3,8 @@
 Library modules never import gin; the entry points import this module, which
 makes the run functions and config dataclasses configurable under short names
 (`train`, `evaluate`, `infer`, `model_config`, `PromptConfig`,
-`AdafactorConfig`, `TrainConfig`, `DecodeConfig`) for the files in
-`gin_configs/`. It also parses T5X-style command lines: `--gin_file`,
+`AdafactorConfig`, `TrainConfig`, `DecodeConfig`, `task_class_labels`) for
+the files in `gin_configs/`. It also parses T5X-style command lines: `--gin_file`,
 `--gin.KEY=VALUE`, `--gin_bindings`, `--gin_search_paths`.
 """
 
@@ -19,6 +19,7 @@ import gin
 
 from prompt_tuning.models.config import PRESETS
 from prompt_tuning.models.config import T5Config
+from prompt_tuning import task_registry
 from prompt_tuning.models.config import t5_config
 from prompt_tuning.training import inference
 from prompt_tuning.training import loop
@@ -39,6 +40,17 @@ def model_config(name: str, dtype: str = "bfloat16",
                    scan_layers=scan_layers, remat_policy=remat_policy)
 
 
+def task_class_labels(task: str) -> Tuple[str, ...]:
+  """The label words of a registered task or mixture (() if it has none).
+
+  runs/prompt_tune.gin sets `CLASS_LABELS = @task_class_labels()` with
+  `task_class_labels.task = %MIXTURE_OR_TASK_NAME`, so the class-label
+  initialiser takes the run's labels by name; binding CLASS_LABELS to a list
+  overrides it.
+  """
+  return task_registry.class_labels(task)
+
+
 _REGISTERED = False
 
 
@@ -56,6 +68,7 @@ def register() -> None:
                             name="AdafactorConfig")
   gin.external_configurable(loop.TrainConfig, name="TrainConfig")
   gin.external_configurable(inference.DecodeConfig, name="DecodeConfig")
+  gin.external_configurable(task_class_labels, name="task_class_labels")
   _REGISTERED = True
 
 
@@ -115,7 +128,8 @@ def _explain(error: Exception) -> str:
 
 def _configurable_names() -> Tuple[str, ...]:
   return ("model_config", "train", "evaluate", "infer", "PromptConfig",
-          "AdafactorConfig", "TrainConfig", "DecodeConfig")
+          "AdafactorConfig", "TrainConfig", "DecodeConfig",
+          "task_class_labels")
 
 
 def macro(name: str) -> Optional[object]:

@@ -241,7 +241,9 @@ def get_dataset(mixture_or_task_name: str,
   ds = _task_dataset(
       provider, sequence_length=dict(task_feature_lengths), split=split,
       use_cached=use_cached, shuffle=shuffle, seed=seed,
-      shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards),
+      # One shard is no sharding; seqio would still list the source's files.
+      shard_info=(seqio.ShardInfo(index=shard_id, num_shards=num_shards)
+                  if num_shards > 1 else None),
       num_epochs=None if repeat else 1)
   ds = feature_converter()(ds, task_feature_lengths=task_feature_lengths)
   # Static shapes for the jitted step: a short last batch would recompile.

@@ -5,7 +5,12 @@ Mixture that have the split and metrics, caches their examples once, and
 applies each task's postprocessor and metric functions. The model side stays
 plain: `predict_batch` maps a fixed-size numpy batch to decoded token ids and
 `score_batch` to per-example log-likelihoods; this module turns them into the
-`(index, output)` functions seqio calls. Batches always have the full batch
+`(index, output)` functions seqio calls. Rank classification (optional) swaps
+decoding for scoring: `rank_batch` gives each example's log-likelihood of
+every label word of its task (the task catalogue's `class_labels`), and the
+best-scoring label's tokens stand in for the decoded prediction, so the
+task's postprocessor and metrics apply unchanged and no prediction is ever
+outside the label set. Batches always have the full batch
 size (the last one is zero-padded, as in `data.pad_batch`) so one compiled
 function serves every batch. Every process iterates the whole evaluation set
 and gets the same batches: `predict_batch` must return the predictions for the
@@ -19,19 +24,23 @@ import json
 import os
 import tempfile
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping,
-                    Optional, Tuple)
+                    Optional, Sequence, Tuple)
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
 from prompt_tuning import data
+from prompt_tuning import task_registry
 
 Batch = Dict[str, np.ndarray]
 # batch -> [B, L] int token ids (greedy or best beam).
 PredictBatchFn = Callable[[Batch], np.ndarray]
 # batch -> [B] float log-likelihood of `decoder_target_tokens`.
 ScoreBatchFn = Callable[[Batch], np.ndarray]
+# (batch, candidates [C, L] int) -> [B, C] float log-likelihood of each
+# candidate target sequence for each example.
+RankBatchFn = Callable[[Batch, np.ndarray], np.ndarray]
 
 _PREDICTION = seqio.metrics.ModelOutputType.PREDICTION
 _SCORE = seqio.metrics.ModelOutputType.SCORE
@@ -79,6 +88,40 @@ def _run_predict(dataset: tf.data.Dataset, batch_size: int,
                        f"ids, got shape {tokens.shape}.")
     tokens = clear_after_eos(tokens[:n], eos_id)
     outputs.extend(zip(indices.tolist(), tokens))
+  return outputs
+
+
+def label_candidates(labels: Sequence[str], vocabulary: seqio.Vocabulary,
+                     length: int) -> np.ndarray:
+  """Label words as target token rows: [C, L] int, EOS-terminated, 0-padded.
+
+  Raises:
+    ValueError: (one line) if a label needs more than `length` tokens.
+  """
+  rows = np.zeros((len(labels), length), np.int32)
+  for i, label in enumerate(labels):
+    ids = list(vocabulary.encode(label)) + [vocabulary.eos_id]
+    if len(ids) > length:
+      raise ValueError(
+          f"Label {label!r} is {len(ids)} tokens with EOS, more than the "
+          f"targets length {length}: raise TASK_FEATURE_LENGTHS['targets'].")
+    rows[i, :len(ids)] = ids
+  return rows
+
+
+def _run_rank(dataset: tf.data.Dataset, batch_size: int,
+              rank_batch: RankBatchFn,
+              candidates: np.ndarray) -> List[Tuple[int, np.ndarray]]:
+  """(example index, [L] tokens of its best-scoring candidate)."""
+  outputs = []
+  for indices, batch, n in _padded_batches(dataset, batch_size):
+    scores = np.asarray(rank_batch(batch, candidates))
+    if scores.shape != (batch_size, len(candidates)):
+      raise ValueError(f"rank_batch must return [B={batch_size}, "
+                       f"C={len(candidates)}] scores, got {scores.shape}.")
+    # Ties go to the first label, in the task's label order.
+    best = np.argmax(scores[:n], axis=-1)
+    outputs.extend(zip(indices.tolist(), candidates[best]))
   return outputs
 
 
@@ -146,6 +189,7 @@ class Evaluator:
     provider = data.get_task_or_mixture(mixture_or_task_name)
     data.check_feature_lengths(provider, task_feature_lengths)
     self.batch_size = batch_size
+    self._targets_length = task_feature_lengths["targets"]
     self._evaluator = seqio.Evaluator(
         mixture_or_task_name=mixture_or_task_name,
         feature_converter=data.feature_converter(),
@@ -172,17 +216,43 @@ class Evaluator:
   def _eos_id(self, task: seqio.Task) -> Optional[int]:
     return task.output_features["targets"].vocabulary.eos_id
 
+  def ranked_tasks(self) -> Tuple[str, ...]:
+    """The evaluated tasks that have label words (rank classification)."""
+    return tuple(n for n in self._tasks if task_registry.class_labels(n))
+
+  def _outputs(self, task: seqio.Task, dataset: tf.data.Dataset,
+               predict_batch: Optional[PredictBatchFn],
+               rank_batch: Optional[RankBatchFn]
+               ) -> List[Tuple[int, np.ndarray]]:
+    """Decoded (or, with rank_batch, best-label) tokens per example."""
+    labels = task_registry.class_labels(task.name) if rank_batch else ()
+    if labels:
+      candidates = label_candidates(
+          labels, task.output_features["targets"].vocabulary,
+          self._targets_length)
+      return _run_rank(dataset, self.batch_size, rank_batch, candidates)
+    if predict_batch is None:
+      raise ValueError(f"Task {task.name!r} has no label words for rank "
+                       f"classification: pass predict_batch too.")
+    return _run_predict(dataset, self.batch_size, predict_batch,
+                        self._eos_id(task))
+
   def evaluate(self, predict_batch: Optional[PredictBatchFn],
                score_batch: Optional[ScoreBatchFn] = None,
-               step: Optional[int] = None) -> Dict[str, Dict[str, float]]:
+               step: Optional[int] = None,
+               rank_batch: Optional[RankBatchFn] = None
+               ) -> Dict[str, Dict[str, float]]:
     """Runs the model over each task's examples and computes its metrics.
 
     Args:
       predict_batch: batch (data.MODEL_FEATURES, [B, T] / [B, L] int32) ->
-        [B, L] int decoded token ids. Needed if a task has prediction metrics.
+        [B, L] int decoded token ids. Needed if a task has prediction metrics
+        (and, with rank_batch, no label words).
       score_batch: batch -> [B] float log-likelihood of the targets. Needed
         if a task has score metrics.
       step: training step, for the logs.
+      rank_batch: if given, tasks with label words are evaluated by rank
+        classification instead of decoding.
 
     Returns:
       task name -> metric name -> value (scalar metrics only).
@@ -192,7 +262,9 @@ class Evaluator:
     unsupported = needed - {_PREDICTION, _SCORE}
     if unsupported:
       raise ValueError(f"Unsupported metric output types: {unsupported}.")
-    if _PREDICTION in needed and predict_batch is None:
+    if (_PREDICTION in needed and predict_batch is None and
+        (rank_batch is None or
+         set(self.ranked_tasks()) != set(self._tasks))):
       raise ValueError("Tasks with prediction metrics need predict_batch.")
     if _SCORE in needed and score_batch is None:
       scored = [n for n, t in self._tasks.items()
@@ -203,8 +275,8 @@ class Evaluator:
 
     def predict_fn(dataset, model_feature_shapes=None):
       del model_feature_shapes
-      return _run_predict(dataset, self.batch_size, predict_batch,
-                          self._eos_id(self._task_of(dataset)))
+      return self._outputs(self._task_of(dataset), dataset, predict_batch,
+                           rank_batch)
 
     def score_fn(dataset, model_feature_shapes=None):
       del model_feature_shapes
@@ -212,7 +284,8 @@ class Evaluator:
 
     future, _ = self._evaluator.evaluate(
         compute_metrics=True, step=step,
-        predict_fn=predict_fn if predict_batch is not None else None,
+        predict_fn=(predict_fn if predict_batch is not None or rank_batch
+                    is not None else None),
         score_fn=score_fn if score_batch is not None else None)
     results = {}
     for task_name, metrics in (future.result() or {}).items():
@@ -220,12 +293,14 @@ class Evaluator:
       results[task_name] = {k: v for k, v in values.items() if v is not None}
     return results
 
-  def predict(self, predict_batch: PredictBatchFn
+  def predict(self, predict_batch: Optional[PredictBatchFn],
+              rank_batch: Optional[RankBatchFn] = None
               ) -> Dict[str, List[Dict[str, str]]]:
     """Decoded predictions with their inputs and targets, per task.
 
     Args:
       predict_batch: as in `evaluate`.
+      rank_batch: as in `evaluate`.
 
     Returns:
       task name -> records in example order, each {'inputs', 'prediction',
@@ -236,8 +311,8 @@ class Evaluator:
       dataset = self._evaluator.cached_model_datasets[name]
       vocab_in = task.output_features["inputs"].vocabulary
       vocab_out = task.output_features["targets"].vocabulary
-      outputs = sorted(_run_predict(dataset, self.batch_size, predict_batch,
-                                    vocab_out.eos_id), key=lambda x: x[0])
+      outputs = sorted(self._outputs(task, dataset, predict_batch,
+                                     rank_batch), key=lambda x: x[0])
       examples = self._evaluator.cached_task_datasets[name].as_numpy_iterator()
       records[name] = [
           {"inputs": _pretokenized(ex, "inputs", vocab_in),

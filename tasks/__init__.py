@@ -1,8 +1,10 @@
-"""SeqIO task registrations: `tasks.<module>` from the repository root.
+"""SeqIO task registrations, imported as `prompt_tuning.tasks.<module>`.
 
-A non-editable `pip install .` also installs them as `prompt_tuning.tasks`
-(the legacy editable install of pip 23 does not map that name).
-
-Each module registers its tasks when imported (once per process, however it
-is imported); `quickstart` holds the synthetic tasks of the README quickstart.
+Each module registers its tasks when imported (once per process):
+`super_glue` (SuperGLUE v1.0.2, plain and taskless), `glue` (GLUE, plain and
+taskless), `mrqa` (SQuAD -> out-of-domain QA), `paraphrase` (QQP <-> MRPC),
+`custom_example` (a task from local TSV files: copy it for your own data),
+`quickstart` (the README quickstart's synthetic tasks). The vocabulary is
+T5's SentencePiece model (`$T5_VOCABULARY` overrides its path).
+`python -m prompt_tuning.tasks list` prints every name.
 """

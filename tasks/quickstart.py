@@ -28,17 +28,19 @@ Splits: 'train' (`NUM_PRETRAIN_TRAIN` examples for the pretraining tasks,
 generated from fixed seeds, identical on every call and machine; each task
 draws its own sentences.
 
-Importing this module registers the tasks once per process, under whichever
-name it is imported (`prompt_tuning.tasks.quickstart` when installed,
-`tasks.quickstart` from the repository root, as runs/quickstart.gin does):
-each registration is skipped if the name is taken.
+Importing this module (`prompt_tuning.tasks.quickstart`, as runs/quickstart.gin
+does) registers the tasks once per process: each registration is skipped if
+the name is taken. The sentiment tasks carry their label words in the task
+catalogue (`prompt_tuning.task_registry.class_labels`).
 """
 
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import seqio
-import tensorflow as tf
+
+from prompt_tuning import custom_tasks
+from prompt_tuning import task_registry
 
 # Pretraining sees many sentences so that the tiny model learns the rules
 # rather than the examples; prompt tuning gets "a few thousand", as a small
@@ -151,16 +153,6 @@ def examples(task_name: str, split: str) -> Dict[str, List[str]]:
   return {key: [ex[key] for ex in formatted] for key in ("inputs", "targets")}
 
 
-def _dataset_fn(task_name: str):
-  # seqio calls this with the split and whether to shuffle files; there are
-  # no files, and shuffling is the Task's own seeded shuffle buffer.
-  def dataset_fn(split: str, shuffle_files: bool,
-                 seed: Optional[int] = None) -> tf.data.Dataset:
-    del shuffle_files, seed
-    return tf.data.Dataset.from_tensor_slices(examples(task_name, split))
-  return dataset_fn
-
-
 def accuracy(targets: Sequence[Any],
              predictions: Sequence[Any]) -> Dict[str, float]:
   """Percentage (0..100) of predictions equal to their target."""
@@ -178,14 +170,14 @@ def postprocess_label(output: str, example: Optional[Mapping[str, Any]] = None,
 
 
 def _add_task(task_name: str) -> None:
-  if task_name in seqio.TaskRegistry.names():
-    return
   is_sentiment = task_name in (SENTIMENT_TASK, TASKLESS_TASK)
-  seqio.TaskRegistry.add(
-      task_name,
-      source=seqio.FunctionDataSource(
-          _dataset_fn(task_name), splits=tuple(_SPLIT_IDS),
-          num_input_examples=split_sizes(task_name)),
+  task_registry.add_task(
+      task_name, family="quickstart",
+      description="synthetic " + task_name[len("quickstart_"):].replace(
+          "_", ", ") + " (README quickstart)",
+      class_labels=LABELS if is_sentiment else (),
+      source=custom_tasks.function_source(
+          lambda split: examples(task_name, split), split_sizes(task_name)),
       preprocessors=[seqio.preprocessors.tokenize,
                      seqio.preprocessors.append_eos_after_trim],
       output_features=OUTPUT_FEATURES,
@@ -198,9 +190,10 @@ def register() -> Tuple[str, ...]:
   """Registers the tasks and the mixture (idempotent); returns their names."""
   for task_name in PRETRAIN_TASKS + (TASKLESS_TASK,):
     _add_task(task_name)
-  if PRETRAIN_MIXTURE not in seqio.MixtureRegistry.names():
-    seqio.MixtureRegistry.add(PRETRAIN_MIXTURE, list(PRETRAIN_TASKS),
-                              default_rate=1.0)
+  task_registry.add_mixture(PRETRAIN_MIXTURE, PRETRAIN_TASKS,
+                            family="quickstart", default_rate=1.0,
+                            description="pretraining mixture of the three "
+                                        "prefixed tasks")
   return PRETRAIN_TASKS + (TASKLESS_TASK, PRETRAIN_MIXTURE)
 
 

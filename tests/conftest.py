@@ -12,3 +12,13 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # TensorFlow (pulled in by seqio) must not grab the GPU or spam the log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Task modules build T5's SentencePiece vocabulary from this path when they
+# are imported; the default is on GCS (no network here). seqio ships a small
+# SentencePiece model for its own tests.
+import importlib.util  # pylint: disable=g-import-not-at-top
+
+_SEQIO = importlib.util.find_spec("seqio")
+os.environ["T5_VOCABULARY"] = os.path.join(
+    os.path.dirname(_SEQIO.origin), "test_data", "sentencepiece",
+    "sentencepiece.model")

@@ -13,7 +13,7 @@ import pytest
 
 from prompt_tuning import data
 from prompt_tuning.checkpoints import load_pretrained
-from tasks import quickstart
+from prompt_tuning.tasks import quickstart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKPOINT = os.path.join(ROOT, "tasks", "quickstart_checkpoint")

@@ -10,7 +10,9 @@ multiple of 8, so evaluation exercises a padded last batch.
 
 - `tiny_copy`: 'copy: w1 w2 w3' -> 'w1 w2 w3'; metric: exact-match accuracy.
 - `tiny_classify`: 'classify: w1 w2 w3' -> 'yes' if w1 starts with a letter
-  in a..m, else 'no'; predictions outside {yes, no} become `INVALID`.
+  in a..m, else 'no'; predictions outside {yes, no} become `INVALID`; its
+  label words are in the task catalogue (rank classification, class-label
+  prompt init).
 - `tiny_classify_scored`: tiny_classify's data with a score metric (the mean
   log-likelihood the model gives the targets).
 - `tiny_mix`: a mixture of tiny_copy and tiny_classify, equal rates.
@@ -20,7 +22,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import seqio
-import tensorflow as tf
+
+from prompt_tuning import custom_tasks
+from prompt_tuning import task_registry
 
 NUM_TRAIN = 64
 NUM_VALIDATION = 60
@@ -65,16 +69,6 @@ def _classify_examples(split: str) -> Dict[str, List[str]]:
           "targets": [classify_label(w) for w in words]}
 
 
-def _dataset_fn(make_examples):
-  # seqio calls this with the split and whether to shuffle files; there are
-  # no files, and shuffling is the Task's own seeded shuffle buffer.
-  def dataset_fn(split: str, shuffle_files: bool,
-                 seed: Optional[int] = None) -> tf.data.Dataset:
-    del shuffle_files, seed
-    return tf.data.Dataset.from_tensor_slices(make_examples(split))
-  return dataset_fn
-
-
 def accuracy(targets: Sequence[Any],
              predictions: Sequence[Any]) -> Dict[str, float]:
   """Fraction (0..1) of predictions equal to their target."""
@@ -103,14 +97,11 @@ def _preprocessors() -> List[Any]:
           seqio.preprocessors.append_eos_after_trim]
 
 
-def _add_task(name: str, make_examples, metric_fns, postprocess_fn=None):
-  if name in seqio.TaskRegistry.names():
-    return
-  seqio.TaskRegistry.add(
-      name,
-      source=seqio.FunctionDataSource(
-          _dataset_fn(make_examples), splits=tuple(_SPLIT_SIZES),
-          num_input_examples=dict(_SPLIT_SIZES)),
+def _add_task(name: str, make_examples, metric_fns, postprocess_fn=None,
+              class_labels=()):
+  task_registry.add_task(
+      name, family="tests", class_labels=class_labels,
+      source=custom_tasks.function_source(make_examples, _SPLIT_SIZES),
       preprocessors=_preprocessors(),
       output_features=OUTPUT_FEATURES,
       postprocess_fn=postprocess_fn,
@@ -122,11 +113,10 @@ def register() -> None:
   """Registers every tiny task and the mixture; safe to call repeatedly."""
   _add_task("tiny_copy", _copy_examples, [accuracy])
   _add_task("tiny_classify", _classify_examples, [accuracy],
-            postprocess_fn=postprocess_label)
+            postprocess_fn=postprocess_label, class_labels=LABELS)
   _add_task("tiny_classify_scored", _classify_examples, [mean_log_likelihood])
-  if "tiny_mix" not in seqio.MixtureRegistry.names():
-    seqio.MixtureRegistry.add("tiny_mix", ["tiny_copy", "tiny_classify"],
-                              default_rate=1.0)
+  task_registry.add_mixture("tiny_mix", ["tiny_copy", "tiny_classify"],
+                            family="tests", default_rate=1.0)
 
 
 def examples(task_name: str, split: str) -> Dict[str, List[str]]:

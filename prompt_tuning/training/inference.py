@@ -4,7 +4,9 @@
 loss and token accuracy and the task's own metrics on decoded predictions
 (seqio's evaluation machinery: postprocessor, then metric functions). The same
 jitted decoding serves the inference run, which writes inputs, predictions
-and targets as JSONL.
+and targets as JSONL. With `DecodeConfig.rank_classification`, tasks that
+have label words are predicted by scoring every label word instead (one
+encoder pass per batch, one teacher-forced decoder pass per label).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 from typing import Any, Dict, List, Mapping, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import data
@@ -45,6 +48,10 @@ class DecodeConfig:
   max_decode_length: int = 0
   # End-of-sequence id of T5's vocabularies.
   eos_id: int = 1
+  # Predict classification tasks by the label word the model scores highest
+  # (never an invalid prediction) instead of decoding; tasks without label
+  # words are still decoded.
+  rank_classification: bool = False
 
   def __post_init__(self):
     if self.method not in DECODE_METHODS:
@@ -66,6 +73,21 @@ def _predict(params: PyTree, frozen: PyTree, batch: Mapping[str, jax.Array],
   return tokens[:, 0]
 
 
+def _rank(params: PyTree, frozen: PyTree, batch: Mapping[str, jax.Array],
+          candidates: jax.Array, *, model) -> jax.Array:
+  """[B, C] log-likelihood of each candidate target row [C, L] per example."""
+  full = merge_params(params, frozen)
+  encoded, mask = model.apply({"params": full}, batch["encoder_input_tokens"],
+                              method="encode_with_mask")
+  batch_size = encoded.shape[0]
+  # C is small (the label words): a static loop reuses one encoder pass.
+  scores = [decoding.score_encoded(
+      model, full, encoded, mask,
+      jnp.broadcast_to(candidates[c], (batch_size, candidates.shape[1])))
+            for c in range(candidates.shape[0])]
+  return jnp.stack(scores, axis=-1)  # C x [B] -> [B, C]
+
+
 class RunEvaluator:
   """Evaluates a run's current trainable params on one split."""
 
@@ -83,6 +105,8 @@ class RunEvaluator:
         step_lib.eval_step, model=run.model, z_loss=z_loss))
     self._predict = jax.jit(functools.partial(
         _predict, model=run.model, decode=decode, length=length))
+    self._rank = (jax.jit(functools.partial(_rank, model=run.model))
+                  if decode.rank_classification else None)
     if log_dir and jax.process_index() == 0:
       os.makedirs(log_dir, exist_ok=True)  # seqio's JSON logger expects it
     self._evaluator = evaluation.Evaluator(
@@ -99,6 +123,19 @@ class RunEvaluator:
         out = self._predict(params, self._run.frozen, self._shard(batch))
       return np.asarray(jax.device_get(out))
     return predict_batch
+
+  def rank_batch_fn(self, params: PyTree
+                    ) -> Optional[evaluation.RankBatchFn]:
+    """`(batch, candidates [C, L]) -> [B, C]` scores, or None when off."""
+    if self._rank is None:
+      return None
+
+    def rank_batch(batch, candidates):
+      with partitioning.mesh_context(self._run.mesh, self._run.rules):
+        out = self._rank(params, self._run.frozen, self._shard(batch),
+                         jnp.asarray(candidates))
+      return np.asarray(jax.device_get(out))
+    return rank_batch
 
   def teacher_forced(self, params: PyTree) -> Dict[str, float]:
     """Loss and token accuracy over the whole split (padding rows weigh 0)."""
@@ -120,7 +157,8 @@ class RunEvaluator:
     """Returns {'flat': {'eval/loss': ..., '<task>/<metric>': ...},
     'tasks': task -> metric -> value}."""
     flat = {f"eval/{k}": v for k, v in self.teacher_forced(params).items()}
-    tasks = self._evaluator.evaluate(self.predict_batch_fn(params), step=step)
+    tasks = self._evaluator.evaluate(self.predict_batch_fn(params), step=step,
+                                     rank_batch=self.rank_batch_fn(params))
     for task, metrics in tasks.items():
       for metric, value in metrics.items():
         flat[f"{task}/{metric}"] = value
@@ -128,4 +166,5 @@ class RunEvaluator:
 
   def predict(self, params: PyTree) -> Dict[str, List[Dict[str, str]]]:
     """task -> records {'inputs', 'prediction', 'target'} in example order."""
-    return self._evaluator.predict(self.predict_batch_fn(params))
+    return self._evaluator.predict(self.predict_batch_fn(params),
+                                   rank_batch=self.rank_batch_fn(params))

@@ -1,0 +1,172 @@
+"""SuperGLUE v1.0.2 in T5's text-to-text formats, plain and taskless.
+
+Names (T5's, so results line up with T5 and the paper):
+- `super_glue_{boolq,cb,copa,multirc,record,rte,wic}_v102`;
+- `super_glue_axb_v102`, `super_glue_axg_v102`: the diagnostics, cast as RTE
+  (test split only; run them with a prompt trained on RTE);
+- `super_glue_wsc_v102_simple_train` (train split, correct referents only)
+  and `super_glue_wsc_v102_simple_eval` (validation and test, all
+  candidates), and the mixture `super_glue_wsc_v102_simple` of the two
+  (trains on the first, evaluates on the second);
+- `super_glue_v102_proportional`: the eight tasks mixed in proportion to
+  their training examples (capped at 2**19, as T5), evaluating every task;
+- `taskless_<name>` for each of the above: the same examples with the
+  leading task word removed ('rte hypothesis: ...' -> 'hypothesis: ...'),
+  the paper's setting where only the prompt says which task is wanted.
+
+Formats ('<task> <field>: <value> ...' -> label word, fields sorted by name
+unless T5 fixes an order) and metrics are T5's: accuracy; CB accuracy and
+3-class macro F1; MultiRC F1 over all answers and per-question exact match;
+ReCoRD max-over-answers EM/F1 (deduplicated per query); WSC accuracy of "did
+it name the referent"; AX-b Matthews correlation; AX-g accuracy. Every
+classification task also reports `invalid_prediction_rate`. Data: TFDS
+`super_glue/<config>:1.0.2`; vocabulary: T5's SentencePiece model
+(`prompt_tuning.vocabularies`). Importing this module registers everything,
+once per process.
+"""
+
+import functools
+from typing import Callable, List, Sequence
+
+import seqio
+
+from prompt_tuning import metrics
+from prompt_tuning import postprocessors
+from prompt_tuning import preprocessors
+from prompt_tuning import task_registry
+from prompt_tuning import vocabularies
+
+VERSION = "1.0.2"
+SPLITS = ("train", "validation", "test")
+OUTPUT_FEATURES = vocabularies.output_features(vocabularies.t5_vocabulary())
+# Label word of each class id (TFDS's class names).
+LABELS = {
+    "boolq": ("False", "True"),
+    "cb": ("entailment", "contradiction", "neutral"),
+    "copa": ("choice1", "choice2"),
+    "multirc": ("False", "True"),
+    "rte": ("entailment", "not_entailment"),
+    "wic": ("False", "True"),
+    "axb": ("entailment", "not_entailment"),
+    "axg": ("entailment", "not_entailment"),
+}
+# Text fields in order, where T5 does not simply sort them by name.
+_FEATURE_NAMES = {
+    "multirc": ("question", "answer", "paragraph"),
+    # WiC's start/end indices of the word are left out, as in T5.
+    "wic": ("sentence1", "sentence2", "word"),
+}
+# Training examples after formatting (ReCoRD: one per answer; WSC: correct
+# referents only): the mixing rates of the proportional mixture.
+TRAIN_SIZES = {
+    "boolq": 9427, "cb": 250, "copa": 400, "multirc": 27243,
+    "record": 138854, "rte": 2490, "wic": 5428, "wsc_v102_simple_train": 259,
+}
+# T5's cap on a task's rate in a proportional mixture.
+MIXTURE_CAP = 2**19
+FAMILY = "super_glue"
+TASKLESS = "taskless_"
+_COMMON = [seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
+           seqio.preprocessors.append_eos_after_trim]
+
+
+def task_name(config: str, taskless: bool = False) -> str:
+  """'rte' -> 'super_glue_rte_v102' (or 'taskless_super_glue_rte_v102')."""
+  suffix = "" if config.startswith("wsc") else "_v102"
+  return f"{TASKLESS if taskless else ''}{FAMILY}_{config}{suffix}"
+
+
+def _source(config: str, splits: Sequence[str] = SPLITS
+            ) -> seqio.TfdsDataSource:
+  # Splits are explicit: without downloaded data TFDS cannot list them.
+  return seqio.TfdsDataSource(tfds_name=f"super_glue/{config}:{VERSION}",
+                              splits=splits)
+
+
+def _format(config: str) -> List[Callable]:
+  """T5's text preprocessors of a GLUE-style SuperGLUE config."""
+  steps = []
+  if config == "axb":
+    # AX-b has sentence1/sentence2; read as RTE's premise/hypothesis.
+    steps.append(functools.partial(
+        preprocessors.rekey, key_map={"premise": "sentence1",
+                                      "hypothesis": "sentence2",
+                                      "label": "label", "idx": "idx"}))
+  steps.append(functools.partial(
+      preprocessors.glue,
+      benchmark_name="rte" if config in ("axb", "axg") else config,
+      label_names=LABELS[config],
+      feature_names=_FEATURE_NAMES.get(config)))
+  return steps
+
+
+def _metrics(config: str) -> List[Callable]:
+  if config == "record":
+    return [metrics.record]
+  labels = LABELS[config]
+  per_task = {
+      "cb": [metrics.mean_multiclass_f1(num_classes=3), metrics.accuracy],
+      "multirc": [metrics.multirc_f1_over_all_answers,
+                  metrics.mean_group_metric(metrics.all_match)],
+      "axb": [metrics.matthews_corrcoef],
+  }
+  return per_task.get(config, [metrics.accuracy]) + [
+      metrics.invalid_rate(labels)]
+
+
+def _postprocessor(config: str) -> Callable:
+  if config == "multirc":
+    return postprocessors.multirc
+  if config == "record":
+    return postprocessors.record
+  return postprocessors.class_labels(LABELS[config])
+
+
+def _register(taskless: bool) -> None:
+  taskless_step = [preprocessors.remove_task_word] if taskless else []
+  family = f"{TASKLESS if taskless else ''}{FAMILY}"
+  for config in ("boolq", "cb", "copa", "multirc", "record", "rte", "wic",
+                 "axb", "axg"):
+    text = ([preprocessors.record] if config == "record" else
+            _format(config))
+    task_registry.add_task(
+        task_name(config, taskless), family=family,
+        description=f"SuperGLUE {config.upper()} (T5 format"
+                    f"{', no task word' if taskless else ''})",
+        class_labels=LABELS.get(config, ()),
+        source=_source(config, ("test",) if config in ("axb", "axg")
+                       else SPLITS),
+        preprocessors=text + taskless_step + _COMMON,
+        output_features=OUTPUT_FEATURES,
+        postprocess_fn=_postprocessor(config),
+        metric_fns=_metrics(config))
+  for split_kind, splits, correct_only in (
+      ("train", ["train"], True), ("eval", ["validation", "test"], False)):
+    task_registry.add_task(
+        task_name(f"wsc_v102_simple_{split_kind}", taskless), family=family,
+        description=f"SuperGLUE WSC, T5's simple format ({split_kind})",
+        source=_source("wsc.fixed", splits),
+        preprocessors=[functools.partial(
+            preprocessors.wsc_simple, correct_referent_only=correct_only)]
+        + taskless_step + _COMMON,
+        output_features=OUTPUT_FEATURES,
+        postprocess_fn=postprocessors.wsc_simple,
+        metric_fns=[] if correct_only else [metrics.accuracy])
+  wsc_train = task_name("wsc_v102_simple_train", taskless)
+  wsc_eval = task_name("wsc_v102_simple_eval", taskless)
+  task_registry.add_mixture(
+      task_name("wsc_v102_simple", taskless), [(wsc_train, 1.0),
+                                               (wsc_eval, 0.0)],
+      family=family, description="WSC: trains on simple_train, evaluates "
+                                 "simple_eval")
+  rates = [(task_name(c, taskless) if c != "wsc_v102_simple_train"
+            else wsc_train, float(min(n, MIXTURE_CAP)))
+           for c, n in TRAIN_SIZES.items()]
+  task_registry.add_mixture(
+      f"{family}_v102_proportional", rates + [(wsc_eval, 0.0)],
+      family=family, description="the eight SuperGLUE tasks, proportional "
+                                 "to size")
+
+
+_register(taskless=False)
+_register(taskless=True)
