@@ -16,7 +16,6 @@ each encoder sequence, so packed examples would share one prompt.
 
 from __future__ import annotations
 
-import difflib
 from typing import (Any, Dict, Iterator, Mapping, NamedTuple, Optional, Tuple,
                     Union)
 
@@ -24,6 +23,8 @@ import jax
 import numpy as np
 import seqio
 import tensorflow as tf
+
+from prompt_tuning import task_registry
 
 Batch = Dict[str, np.ndarray]
 TaskOrMixture = Union[seqio.Task, seqio.Mixture]
@@ -48,19 +49,7 @@ def get_task_or_mixture(name: str) -> TaskOrMixture:
     ValueError: (one line) if nothing is registered under `name`; it lists up
       to 5 close matches and says how tasks get registered.
   """
-  if name in seqio.MixtureRegistry.names():
-    return seqio.MixtureRegistry.get(name)
-  if name in seqio.TaskRegistry.names():
-    return seqio.TaskRegistry.get(name)
-  known = sorted(set(seqio.TaskRegistry.names()) |
-                 set(seqio.MixtureRegistry.names()))
-  close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-  hint = f"close matches: {', '.join(close)}" if close else "no close matches"
-  raise ValueError(
-      f"No SeqIO task or mixture named {name!r} ({hint}; {len(known)} "
-      "registered). Tasks are registered by importing the module that defines "
-      "them: pass it with the CLI's task-module flag, or import it before "
-      "building the dataset.")
+  return task_registry.get(name)
 
 
 def check_feature_lengths(provider: TaskOrMixture,

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import importlib
 import sys
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import seqio
 
@@ -91,6 +92,29 @@ def import_builtin(modules: Iterable[str] = BUILTIN_MODULES) -> None:
     importlib.import_module(f"prompt_tuning.tasks.{module}")
 
 
+def get(name: str) -> Union[seqio.Task, seqio.Mixture]:
+  """The registered seqio Mixture or Task `name` (a Mixture wins a tie).
+
+  Raises:
+    ValueError: (one line) if nothing is registered under `name`; it lists
+      up to 5 close matches and says how tasks get registered.
+  """
+  if name in seqio.MixtureRegistry.names():
+    return seqio.MixtureRegistry.get(name)
+  if name in seqio.TaskRegistry.names():
+    return seqio.TaskRegistry.get(name)
+  known = sorted(set(seqio.TaskRegistry.names()) |
+                 set(seqio.MixtureRegistry.names()))
+  close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+  hint = f"close matches: {', '.join(close)}" if close else "no close matches"
+  raise ValueError(
+      f"No SeqIO task or mixture named {name!r} ({hint}; {len(known)} "
+      "registered). Tasks are registered by importing the module that defines "
+      "them: pass it with the CLI's --task_module flag (built-in: "
+      "prompt_tuning.tasks.<module>; `python -m prompt_tuning.tasks list` "
+      "shows the names), or import it first.")
+
+
 def info(name: str) -> TaskInfo:
   """The catalogue entry of a registered task or mixture.
 
@@ -102,14 +126,9 @@ def info(name: str) -> TaskInfo:
   """
   if name in _INFOS:
     return _INFOS[name]
-  if name in seqio.MixtureRegistry.names():
-    return TaskInfo(name, "other", "mixture")
-  if name in seqio.TaskRegistry.names():
-    return TaskInfo(name, "other", "task")
-  raise ValueError(
-      f"No task or mixture named {name!r} is registered: import its module "
-      f"first (e.g. --task_module=prompt_tuning.tasks.super_glue); "
-      f"`python -m prompt_tuning.tasks list` shows the built-in names.")
+  provider = get(name)
+  kind = "mixture" if isinstance(provider, seqio.Mixture) else "task"
+  return TaskInfo(name, "other", kind)
 
 
 def class_labels(name: str) -> Tuple[str, ...]:

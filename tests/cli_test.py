@@ -96,11 +96,14 @@ def test_train_resume_eval_infer(tmp_path, frozen):
 
   predictions = str(tmp_path / "predictions.jsonl")
   _cli("infer", "--gin_file=runs/infer.gin",
-       f"--gin.OUTPUT_PATH='{predictions}'", *common)
+       f"--gin.OUTPUT_PATH='{predictions}'",
+       "--gin.DecodeConfig.rank_classification=True", *common)
   with open(predictions) as f:
     rows = [json.loads(line) for line in f]
   assert len(rows) == 60
   assert {"inputs", "prediction", "target", "task"} <= set(rows[0])
+  # Rank classification only ever predicts a label word.
+  assert {r["prediction"] for r in rows} <= {"yes", "no"}
 
 
 def test_bad_input_is_one_clear_line(tmp_path, frozen):

@@ -84,8 +84,9 @@ def test_class_labels_by_name():
   assert task_registry.class_labels("super_glue_record_v102") == ()
   assert task_registry.class_labels("paraphrase_qqp_to_mrpc_v002") == (
       "not_equivalent", "equivalent")
-  with pytest.raises(ValueError, match="No task or mixture named 'nope'"):
-    task_registry.class_labels("nope")
+  with pytest.raises(ValueError, match="No SeqIO task or mixture named "
+                     "'glue_sst_v002' .close matches: glue_sst2_v002"):
+    task_registry.class_labels("glue_sst_v002")
 
 
 def test_list_command(capsys):

@@ -22,6 +22,7 @@ import numpy as np
 
 from prompt_tuning import data
 from prompt_tuning import evaluation
+from prompt_tuning import metrics
 from prompt_tuning import partitioning
 from prompt_tuning.models import decoding
 from prompt_tuning.prompts import merge_params
@@ -143,25 +144,31 @@ class RunEvaluator:
     with partitioning.mesh_context(self._run.mesh, self._run.rules):
       for padded in data.evaluation_dataset(self._name, self._lengths,
                                             self._split, self._batch_size):
-        metrics = self._eval_step(params, self._run.frozen,
-                                  self._shard(padded.features))
-        metrics = jax.device_get(metrics)
-        total = metrics if total is None else {
-            k: total[k] + metrics[k] for k in total}
+        sums = jax.device_get(self._eval_step(
+            params, self._run.frozen, self._shard(padded.features)))
+        total = sums if total is None else {
+            k: total[k] + sums[k] for k in total}
     if total is None:
       return {}
     return {k: v for k, v in losses.summarize(total).items() if k != "tokens"}
 
   def evaluate(self, params: PyTree, step: Optional[int] = None
                ) -> Dict[str, Any]:
-    """Returns {'flat': {'eval/loss': ..., '<task>/<metric>': ...},
-    'tasks': task -> metric -> value}."""
+    """Returns {'flat': {'eval/loss': ..., '<task>/<metric>': ...,
+    'super_glue/average' (2+ SuperGLUE tasks)}, 'tasks': task -> metric ->
+    value}."""
     flat = {f"eval/{k}": v for k, v in self.teacher_forced(params).items()}
     tasks = self._evaluator.evaluate(self.predict_batch_fn(params), step=step,
                                      rank_batch=self.rank_batch_fn(params))
-    for task, metrics in tasks.items():
-      for metric, value in metrics.items():
+    for task, task_metrics in tasks.items():
+      for metric, value in task_metrics.items():
         flat[f"{task}/{metric}"] = value
+    # A SuperGLUE mixture also gets the leaderboard-style average over the
+    # SuperGLUE tasks it evaluated (diagnostics excluded).
+    superglue = {t: m for t, m in tasks.items() if m and
+                 metrics.superglue_task_name(t) in metrics.SUPERGLUE_TASKS}
+    if len(superglue) > 1:
+      flat["super_glue/average"] = metrics.superglue_average(superglue)
     return {"flat": flat, "tasks": tasks}
 
   def predict(self, params: PyTree) -> Dict[str, List[Dict[str, str]]]:
