@@ -121,7 +121,7 @@ def wsc_simple(prediction: Any, example: Optional[Mapping[str, Any]] = None,
   ignoring case and determiners, one's word set contains the other's ("fuzzy
   bunny" for "bunny"), unless exactly one of them is possessive ("Bob" is not
   "Bob's hat"); the metric then compares this 0/1 with the label, which is
-  what a target becomes.
+  what a target becomes. An empty prediction gives -1 (always wrong).
   """
   if is_target:
     return int(example["label"])
@@ -129,8 +129,12 @@ def wsc_simple(prediction: Any, example: Optional[Mapping[str, Any]] = None,
   # caches call it "targets_plaintext".
   candidate_key = ("targets_pretokenized" if "targets_pretokenized" in example
                    else "targets_plaintext")
-  candidate = _wsc_clean(example[candidate_key])
   prediction = _wsc_clean(prediction)
+  if not prediction:
+    # An empty prediction names nobody; -1 never equals a 0/1 label, so it
+    # cannot match a "not the referent" label by accident (as T5).
+    return -1
+  candidate = _wsc_clean(example[candidate_key])
   if ("'" in prediction) != ("'" in candidate):
     return 0
   prediction_words = set(prediction.split(" "))

@@ -82,6 +82,8 @@ def test_wsc_simple():
   assert predict("his big brown dog") == 1  # A superset.
   assert predict("the big dog's bone") == 0  # Possessive on one side only.
   assert predict("cat") == 0
+  # Nothing left after cleaning: -1, never equal to a 0 label.
+  assert predict("") == -1 and predict("  The ") == -1
   possessive = {"targets_plaintext": b"Bob's hat", "label": np.int64(0)}
   assert postprocessors.wsc_simple("bob's hat", example=possessive) == 1
   assert postprocessors.wsc_simple("Bob", example=possessive) == 0
