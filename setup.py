@@ -29,10 +29,11 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     "test": ["pytest>=8", "pytest-xdist>=3.5"],
-    # Optional PyTorch reference tools (HF fixtures, PEFT baselines). torch is
-    # pinned to the CPU build on local disk: an unpinned torch downloads a
-    # multi-GB CUDA build.
-    "torch": ["torch==2.13.0", "transformers>=4.57,<4.58"],
+    # Optional PyTorch reference tools (HF fixtures, the PEFT peer of
+    # `python -m prompt_tuning.bench`). torch is pinned to the CPU build on
+    # local disk: an unpinned torch downloads a multi-GB CUDA build.
+    "torch": ["torch==2.13.0", "transformers>=4.57,<4.58",
+              "peft>=0.21.2,<0.22"],
 }
 
 setuptools.setup(

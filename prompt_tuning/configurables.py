@@ -34,10 +34,12 @@ DEFAULT_SEARCH_PATH = os.path.join(
 
 def model_config(name: str, dtype: str = "bfloat16",
                  param_dtype: str = "float32", scan_layers: bool = False,
-                 remat_policy: str = "none") -> T5Config:
+                 remat_policy: str = "none",
+                 attention_impl: str = "xla") -> T5Config:
   """A named T5 preset with the runtime knobs gin files set."""
   return t5_config(name, dtype=dtype, param_dtype=param_dtype,
-                   scan_layers=scan_layers, remat_policy=remat_policy)
+                   scan_layers=scan_layers, remat_policy=remat_policy,
+                   attention_impl=attention_impl)
 
 
 def task_class_labels(task: str) -> Tuple[str, ...]:

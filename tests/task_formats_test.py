@@ -9,10 +9,9 @@ for MRQA and the paraphrase pair, and the taskless forms (task word removed).
 import seqio
 import tensorflow as tf
 
-from prompt_tuning.tasks import glue  # registers  # pylint: disable=unused-import
-from prompt_tuning.tasks import mrqa  # pylint: disable=unused-import
-from prompt_tuning.tasks import paraphrase  # pylint: disable=unused-import
-from prompt_tuning.tasks import super_glue  # pylint: disable=unused-import
+from prompt_tuning import task_registry
+
+task_registry.import_builtin(("glue", "mrqa", "paraphrase", "super_glue"))
 
 
 def _formatted(task_name, example):

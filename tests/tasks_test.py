@@ -9,7 +9,6 @@ custom-task route from temporary TSV and JSONL files.
 """
 
 import json
-import os
 
 import numpy as np
 import pytest

@@ -13,7 +13,9 @@ from typing import Tuple
 
 import jax.numpy as jnp
 
-REMAT_POLICIES = ("none", "dots_saveable", "full")
+REMAT_POLICIES = ("none", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                  "full")
+ATTENTION_IMPLS = ("xla", "fused")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,14 +54,24 @@ class T5Config:
   # `layers` axis (checkpoint readers stack per-layer arrays for it).
   scan_layers: bool = False
   # Rematerialisation of each layer in the backward pass: none, dots_saveable
-  # (keep matmul outputs, recompute the rest) or full.
+  # (keep matmul outputs, recompute the rest),
+  # dots_with_no_batch_dims_saveable (keep the projections' outputs but not
+  # the [B, heads, q, k] attention scores) or full (keep only layer inputs).
   remat_policy: str = "none"
+  # Attention kernel: 'xla' is the plain einsum-softmax-einsum reference;
+  # 'fused' calls `jax.nn.dot_product_attention` (cuDNN flash attention on a
+  # GPU in bfloat16, XLA elsewhere). Same function up to bfloat16 rounding.
+  attention_impl: str = "xla"
 
   def __post_init__(self):
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(
           f"T5Config.remat_policy={self.remat_policy!r} is not one of "
           f"{REMAT_POLICIES}.")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(
+          f"T5Config.attention_impl={self.attention_impl!r} is not one of "
+          f"{ATTENTION_IMPLS}.")
     if not self.mlp_activations:
       raise ValueError("T5Config.mlp_activations must name at least one "
                        "activation, e.g. ('gelu', 'linear').")

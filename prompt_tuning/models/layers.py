@@ -10,6 +10,7 @@ attention logits, softmax in float32, no biases anywhere.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -171,12 +172,80 @@ def mask_to_bias(mask: Array) -> Array:
   return jnp.where(mask, 0.0, MASK_BIAS).astype(jnp.float32)
 
 
+def _fused_attention(query: Array, key: Array, value: Array,
+                     bias: Optional[Array], mask: Array) -> Array:
+  """softmax(q k^T + bias, masked) v through `jax.nn.dot_product_attention`.
+
+  Args:
+    query: [B, q, heads, kv].
+    key, value: [B, k, heads, kv].
+    bias: [1, heads, q, k] float32 or None.
+    mask: [B or 1, 1, q, k] bool.
+
+  Returns:
+    [B, q, heads, kv] in the query's dtype.
+  """
+  if _fused_backend(query, key) == "cudnn":
+    try:
+      # cuDNN takes the bias in the operands' dtype: the position bias is
+      # rounded to bfloat16, noise of the size bfloat16 scores already carry.
+      return jax.nn.dot_product_attention(
+          query, key, value,
+          bias=None if bias is None else bias.astype(query.dtype),
+          mask=mask, scale=1.0, implementation="cudnn")
+    except (NotImplementedError, ValueError, RuntimeError) as e:
+      # Raised while tracing (unsupported shape, cuDNN too old or absent):
+      # the same function through XLA is still correct, only slower.
+      _warn_cudnn_fallback(f"{type(e).__name__}: {e}")
+  return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
+                                      scale=1.0, implementation="xla")
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_cudnn_fallback(reason: str) -> None:
+  logging.warning("attention_impl='fused': cuDNN attention unavailable here "
+                  "(%s); using XLA's attention.", reason)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_dropout_fallback() -> None:
+  # Once per process: it is decided at trace time, once per compiled step.
+  logging.warning("attention_impl='fused' with attention dropout: the fused "
+                  "kernels have no attention-weight dropout, so training "
+                  "with dropout_rate > 0 uses the reference attention.")
+
+
+def _fused_backend(query: Array, key: Array) -> str:
+  """The `jax.nn.dot_product_attention` implementation for these operands.
+
+  cuDNN's flash attention takes bfloat16/float16 only, head widths that are
+  multiples of 8 up to 256, and (training with a bias) even lengths; anything
+  else, and every non-GPU backend, runs XLA's composition of the same math.
+  """
+  head_dim = query.shape[-1]
+  if (jax.default_backend() == "gpu" and
+      query.dtype in (jnp.bfloat16, jnp.float16) and
+      head_dim % 8 == 0 and head_dim <= 256 and
+      query.shape[1] % 2 == 0 and key.shape[1] % 2 == 0):
+    return "cudnn"
+  return "xla"
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head attention without logit scaling, with an optional KV cache.
 
   In decode mode (`decode_position` given) the keys/values of the one new
   position are written into the `cache` collection at that position and the
-  query attends to the whole cache; the caller's bias masks future slots.
+  query attends to the whole cache; the caller's mask hides future slots.
+
+  `impl='xla'` is the reference: einsum, float32 softmax over
+  `logits + bias + mask_to_bias(mask)`, einsum (T5X's order of operations).
+  `impl='fused'` computes the same function with
+  `jax.nn.dot_product_attention` (scale 1: T5 folds 1/sqrt(head_dim) into the
+  query initialisation), which is cuDNN flash attention on a GPU in bfloat16:
+  the [B, heads, q, k] scores are never written to memory. Decoding steps and
+  attention-weight dropout (which the fused kernels do not expose) always take
+  the reference path, so enabling `fused` changes nothing but rounding.
   """
 
   num_heads: int
@@ -185,16 +254,19 @@ class MultiHeadAttention(nn.Module):
   deterministic: bool = True
   dtype: str = "bfloat16"
   param_dtype: str = "float32"
+  impl: str = "xla"
 
   @nn.compact
-  def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array,
-               decode_position: Optional[Array] = None) -> Array:
+  def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Optional[Array],
+               mask: Array, decode_position: Optional[Array] = None) -> Array:
     """Attends `inputs_q` to `inputs_kv`.
 
     Args:
       inputs_q: [B, q, H] queries.
       inputs_kv: [B, k, H] keys/values source.
-      bias: [B or 1, heads or 1, q, k] float32, mask and position bias summed.
+      bias: [1, heads, q, k] float32 relative-position bias, or None (cross
+        attention has none).
+      mask: [B or 1, 1, q, k] bool, True where a query may attend to a key.
       decode_position: scalar int; when given, q == k == 1 and the new
         key/value is cached at this position (self-attention decoding).
 
@@ -221,12 +293,20 @@ class MultiHeadAttention(nn.Module):
     if decode_position is not None:
       key, value = self._update_cache(key, value, decode_position)
 
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key,
-                        preferred_element_type=jnp.float32)
-    weights = jax.nn.softmax(logits + bias, axis=-1)
-    if not self.deterministic and self.dropout_rate > 0:
-      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), value)
+    weight_dropout = not self.deterministic and self.dropout_rate > 0
+    if self.impl == "fused" and decode_position is None and not weight_dropout:
+      out = _fused_attention(query, key, value, bias, mask)
+    else:
+      if self.impl == "fused" and weight_dropout:
+        _warn_dropout_fallback()
+      logits = jnp.einsum("bqhd,bkhd->bhqk", query, key,
+                          preferred_element_type=jnp.float32)
+      if bias is not None:
+        logits = logits + bias
+      weights = jax.nn.softmax(logits + mask_to_bias(mask), axis=-1)
+      if weight_dropout:
+        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+      out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), value)
     out = out.reshape(out.shape[:2] + (joined,))  # [B, q, heads, kv] -> [B, q, heads*kv]
     return Dense(emb, ("joined_kv", "embed"), kernel_init=base,
                  dtype=self.dtype, param_dtype=self.param_dtype,

@@ -27,6 +27,8 @@ Array = jax.Array
 _REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole layer
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable":
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
@@ -44,17 +46,26 @@ class EncoderLayer(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array) -> Tuple[Array, None]:
-    """x: [B, T, H], bias: [B, heads, T, T] -> ([B, T, H], None).
+  def __call__(self, x: Array, bias: Array,
+               mask: Array) -> Tuple[Array, None]:
+    """One encoder layer.
 
-    The (carry, output) return shape lets the same module run under nn.scan.
+    Args:
+      x: [B, T, H] encoder stream.
+      bias: [1, heads, T, T] float32 relative-position bias.
+      mask: [B, 1, T, T] bool attention mask.
+
+    Returns:
+      ([B, T, H], None): the (carry, output) pair lets the same module run
+      under nn.scan.
     """
     cfg = self.config
     norm = lambda name: layers.RMSNorm(cfg.dtype, cfg.param_dtype, name=name)
     y = norm("pre_attention_layer_norm")(x)
     y = layers.MultiHeadAttention(
         cfg.num_heads, cfg.head_dim, cfg.dropout_rate, self.deterministic,
-        cfg.dtype, cfg.param_dtype, name="attention")(y, y, bias)
+        cfg.dtype, cfg.param_dtype, cfg.attention_impl,
+        name="attention")(y, y, bias, mask)
     x = x + _dropout(cfg.dropout_rate, self.deterministic, y)
     y = norm("pre_mlp_layer_norm")(x)
     y = layers.MlpBlock(cfg.mlp_dim, tuple(cfg.mlp_activations),
@@ -72,15 +83,18 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, encoded: Array, self_bias: Array,
-               cross_bias: Array,
+               self_mask: Array, cross_mask: Array,
                decode_position: Optional[Array] = None) -> Tuple[Array, None]:
     """One decoder layer.
 
     Args:
       x: [B, L, H] decoder stream (L == 1 while decoding).
       encoded: [B, T, H] encoder output.
-      self_bias: [B or 1, heads, L, L or max_decode_length] float32.
-      cross_bias: [B, 1, L, T] float32.
+      self_bias: [1, heads, L, L or max_decode_length] float32 relative
+        position bias.
+      self_mask: [B or 1, 1, L, L or max_decode_length] bool (causal and
+        padding).
+      cross_mask: [B, 1, L, T] bool.
       decode_position: scalar int while decoding with a KV cache, else None.
 
     Returns:
@@ -90,12 +104,13 @@ class DecoderLayer(nn.Module):
     norm = lambda name: layers.RMSNorm(cfg.dtype, cfg.param_dtype, name=name)
     attention = lambda name: layers.MultiHeadAttention(
         cfg.num_heads, cfg.head_dim, cfg.dropout_rate, self.deterministic,
-        cfg.dtype, cfg.param_dtype, name=name)
+        cfg.dtype, cfg.param_dtype, cfg.attention_impl, name=name)
     y = norm("pre_self_attention_layer_norm")(x)
-    y = attention("self_attention")(y, y, self_bias, decode_position)
+    y = attention("self_attention")(y, y, self_bias, self_mask,
+                                    decode_position)
     x = x + _dropout(cfg.dropout_rate, self.deterministic, y)
     y = norm("pre_cross_attention_layer_norm")(x)
-    y = attention("encoder_decoder_attention")(y, encoded, cross_bias)
+    y = attention("encoder_decoder_attention")(y, encoded, None, cross_mask)
     x = x + _dropout(cfg.dropout_rate, self.deterministic, y)
     y = norm("pre_mlp_layer_norm")(x)
     y = layers.MlpBlock(cfg.mlp_dim, tuple(cfg.mlp_activations),
@@ -166,12 +181,14 @@ class Encoder(nn.Module):
         cfg.num_heads, cfg.relative_attention_num_buckets,
         cfg.relative_attention_max_distance, cfg.dtype, cfg.param_dtype,
         name="relpos_bias")(length, length, bidirectional=True)
+    # Position bias and mask stay separate ([1, heads, T, T] and
+    # [B, 1, T, T]): their sum would be a [B, heads, T, T] float32 array
+    # that every layer re-reads.
     mask = input_mask[:, None, :, None] & input_mask[:, None, None, :]
-    bias = relpos + layers.mask_to_bias(mask)  # [B, heads, T, T]
     x = _dropout(cfg.dropout_rate, deterministic, x)
     x = layers.constrain(x.astype(cfg.dtype), ("batch", "length", "embed"))
     x = _run_stack(self, EncoderLayer, cfg.num_encoder_layers, cfg,
-                   deterministic, x, bias)
+                   deterministic, x, relpos, mask)
     x = layers.RMSNorm(cfg.dtype, cfg.param_dtype, name="encoder_norm")(x)
     return _dropout(cfg.dropout_rate, deterministic, x)
 
@@ -233,14 +250,11 @@ class Decoder(nn.Module):
       cross_mask = jnp.broadcast_to(
           encoder_mask[:, None, None, :],
           (encoded.shape[0], 1, 1, encoded.shape[1]))
-    self_bias = relpos + layers.mask_to_bias(self_mask)
-    cross_bias = layers.mask_to_bias(cross_mask)
-
     y = self.shared_embedding(decoder_input_tokens)
     y = _dropout(cfg.dropout_rate, deterministic, y)
     y = layers.constrain(y, ("batch", "length", "embed"))
     y = _run_stack(self, DecoderLayer, cfg.num_decoder_layers, cfg,
-                   deterministic, y, encoded, self_bias, cross_bias,
+                   deterministic, y, encoded, relpos, self_mask, cross_mask,
                    decode_position)
     y = layers.RMSNorm(cfg.dtype, cfg.param_dtype, name="decoder_norm")(y)
     y = _dropout(cfg.dropout_rate, deterministic, y)

@@ -120,7 +120,8 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
           decode: DecodeConfig = DecodeConfig(),
           dropout_rate: Optional[float] = 0.1,
           mesh_shape: Tuple[int, int] = (-1, 1),
-          fsdp: bool = False) -> Dict[str, Any]:
+          fsdp: bool = False,
+          frozen_dtype: Optional[str] = None) -> Dict[str, Any]:
   """Trains a prompt (or the whole model) and returns the final metrics.
 
   Args:
@@ -137,6 +138,9 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
     dropout_rate: overrides the checkpoint config's dropout.
     mesh_shape: (data, model); -1 fills with the remaining devices.
     fsdp: also shard frozen weights over `data`.
+    frozen_dtype: prompt mode: store the frozen weights in this dtype (e.g.
+      'bfloat16': half the memory, no float32 copy on the device); None keeps
+      the config's param_dtype.
 
   Returns:
     {'step': final step, 'train': last train metrics, 'eval': last eval}.
@@ -161,7 +165,7 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
       initial_checkpoint_path=initial_checkpoint_path,
       model_config=model_config, mode=mode, prompt=prompt, mesh=mesh,
       rules=rules, vocabulary=_vocabulary(provider), rng=init_rng,
-      dropout_rate=dropout_rate)
+      dropout_rate=dropout_rate, frozen_dtype=frozen_dtype)
   counts = parameter_summary(run.trainable, run.frozen)
   logging.info("Parameters: %s total, %s trainable (%.4f%%).",
                f"{counts['total']:,}", f"{counts['trainable']:,}",

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import partitioning
+from prompt_tuning.checkpoints import hf
 from prompt_tuning.checkpoints import load_pretrained
 from prompt_tuning.models import T5
 from prompt_tuning.models.config import T5Config
@@ -109,8 +110,8 @@ def build_model(*, initial_checkpoint_path: str,
                 model_config: Optional[T5Config], mode: str,
                 prompt: PromptConfig, mesh: jax.sharding.Mesh,
                 rules: partitioning.Rules, vocabulary: Any,
-                rng: jax.Array, dropout_rate: Optional[float] = None
-                ) -> RunModel:
+                rng: jax.Array, dropout_rate: Optional[float] = None,
+                frozen_dtype: Optional[str] = None) -> RunModel:
   """Loads the frozen checkpoint and builds the trainable part.
 
   Args:
@@ -123,13 +124,34 @@ def build_model(*, initial_checkpoint_path: str,
     vocabulary: the task's input vocabulary (class-label / text inits).
     rng: initialises the prompt.
     dropout_rate: overrides the config's dropout (the paper: 0.1).
+    frozen_dtype: storage dtype of the frozen weights in prompt mode, e.g.
+      'bfloat16' to halve their memory (the prompt stays float32); None
+      keeps the config's `param_dtype`. Each weight is cast on the host as
+      it is read, so no float32 copy of the model reaches a device.
   """
   if not initial_checkpoint_path:
     raise ValueError("INITIAL_CHECKPOINT_PATH is not set: prompt tuning needs "
                      "a pretrained T5 to freeze (a T5X or Hugging Face "
                      "checkpoint).")
-  config, params = load_pretrained(initial_checkpoint_path, model_config,
+  load_config = model_config
+  if frozen_dtype is not None:
+    if mode == "model":
+      raise ValueError(
+          f"frozen_dtype={frozen_dtype!r} is for prompt tuning: model tuning "
+          f"freezes nothing (set the config's param_dtype instead).")
+    if load_config is None and hf.is_hf_checkpoint(initial_checkpoint_path):
+      # The architecture comes from config.json; the dtype must be known
+      # before the weights are read.
+      load_config = hf.read_hf(initial_checkpoint_path)[0]
+    if load_config is not None:
+      load_config = load_config.replace(param_dtype=frozen_dtype)
+  config, params = load_pretrained(initial_checkpoint_path, load_config,
                                    mesh, rules)
+  if frozen_dtype is not None:
+    # The model's own param_dtype is what the prompt is created in (float32
+    # for the optimizer); the frozen arrays keep the dtype they were read in.
+    config = config.replace(param_dtype=(model_config.param_dtype
+                                         if model_config else "float32"))
   if dropout_rate is not None:
     config = config.replace(dropout_rate=dropout_rate)
   if mode == "model":
