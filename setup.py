@@ -28,7 +28,9 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8", "pytest-xdist>=3.5"],
+    # scikit-learn: an independent reference the metric tests compare with
+    # (the project's metrics themselves need numpy only).
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.5,<2"],
     # Optional PyTorch reference tools (HF fixtures, the PEFT peer of
     # `python -m prompt_tuning.bench`). torch is pinned to the CPU build on
     # local disk: an unpinned torch downloads a multi-GB CUDA build.
