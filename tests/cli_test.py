@@ -87,8 +87,9 @@ def test_train_resume_eval_infer(tmp_path, frozen):
             "--gin.MIXTURE_OR_TASK_NAME='tiny_classify'",
             "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}",
             "--gin.BATCH_SIZE=8", "--gin_file=models/t5_1_1_tiny.gin"]
+  # bf16 frozen weights for the evaluation (training used float32).
   _cli("eval", "--gin_file=runs/eval.gin", f"--gin.EVAL_OUTPUT_DIR='{out}'",
-       *common)
+       "--gin.FROZEN_DTYPE='bfloat16'", *common)
   with open(os.path.join(out, "metrics.json")) as f:
     metrics = json.load(f)
   assert 0.0 <= metrics["tiny_classify/accuracy"] <= 1.0

@@ -28,7 +28,7 @@ from prompt_tuning.training.inference import RunEvaluator
 def _build(prompt_path: str, initial_checkpoint_path: str,
            model_config: Optional[T5Config], mixture_or_task_name: str,
            placement: str, mesh_shape: Tuple[int, int],
-           fsdp: bool) -> setup.RunModel:
+           fsdp: bool, frozen_dtype: Optional[str] = None) -> setup.RunModel:
   """The frozen model with the saved prompt (file or run directory) in place."""
   prompt = checkpointing.load_prompt(prompt_path)  # [P, H]
   provider = data.get_task_or_mixture(mixture_or_task_name)
@@ -41,7 +41,7 @@ def _build(prompt_path: str, initial_checkpoint_path: str,
                                 placement=placement, init="random_uniform"),
       mesh=mesh, rules=partitioning.logical_axis_rules(fsdp),
       vocabulary=provider.output_features["inputs"].vocabulary,
-      rng=jax.random.PRNGKey(0))
+      rng=jax.random.PRNGKey(0), frozen_dtype=frozen_dtype)
   slot = run.trainable["encoder"]["prompt"]
   if tuple(prompt.shape) != tuple(slot["prompt"].shape):
     raise ValueError(
@@ -57,14 +57,19 @@ def evaluate(*, prompt_path: str, initial_checkpoint_path: str,
              split: str = "validation", batch_size: int = 32,
              decode: DecodeConfig = DecodeConfig(), placement: str = "prefix",
              output_dir: str = "", mesh_shape: Tuple[int, int] = (-1, 1),
-             fsdp: bool = False) -> Dict[str, Any]:
+             fsdp: bool = False,
+             frozen_dtype: Optional[str] = None) -> Dict[str, Any]:
   """Evaluates a saved prompt; writes `metrics.json` to `output_dir` if set.
+
+  `frozen_dtype` stores the frozen weights in that dtype (e.g. 'bfloat16'),
+  as in training.
 
   Returns:
     {'<task>/<metric>': value, 'eval/loss': ..., 'eval/token_accuracy': ...}.
   """
   run = _build(prompt_path, initial_checkpoint_path, model_config,
-               mixture_or_task_name, placement, mesh_shape, fsdp)
+               mixture_or_task_name, placement, mesh_shape, fsdp,
+               frozen_dtype)
   evaluator = RunEvaluator(run, mixture_or_task_name, task_feature_lengths,
                            split, batch_size, decode,
                            log_dir=output_dir or None)
@@ -84,11 +89,12 @@ def infer(*, prompt_path: str, initial_checkpoint_path: str,
           split: str = "validation", batch_size: int = 32,
           decode: DecodeConfig = DecodeConfig(), placement: str = "prefix",
           mesh_shape: Tuple[int, int] = (-1, 1),
-          fsdp: bool = False) -> int:
+          fsdp: bool = False, frozen_dtype: Optional[str] = None) -> int:
   """Writes one JSONL record {'task', 'inputs', 'prediction', 'target'} per
   example of `split` to `output_path`; returns the number written."""
   run = _build(prompt_path, initial_checkpoint_path, model_config,
-               mixture_or_task_name, placement, mesh_shape, fsdp)
+               mixture_or_task_name, placement, mesh_shape, fsdp,
+               frozen_dtype)
   evaluator = RunEvaluator(run, mixture_or_task_name, task_feature_lengths,
                            split, batch_size, decode)
   records = []
