@@ -40,6 +40,7 @@ import numpy as np
 import seqio
 
 from prompt_tuning import custom_tasks
+from prompt_tuning import metrics
 from prompt_tuning import task_registry
 
 # Pretraining sees many sentences so that the tiny model learns the rules
@@ -153,15 +154,6 @@ def examples(task_name: str, split: str) -> Dict[str, List[str]]:
   return {key: [ex[key] for ex in formatted] for key in ("inputs", "targets")}
 
 
-def accuracy(targets: Sequence[Any],
-             predictions: Sequence[Any]) -> Dict[str, float]:
-  """Percentage (0..100) of predictions equal to their target."""
-  if not targets:
-    return {"accuracy": 0.0}
-  hits = sum(t == p for t, p in zip(targets, predictions))
-  return {"accuracy": 100.0 * hits / len(targets)}
-
-
 def postprocess_label(output: str, example: Optional[Mapping[str, Any]] = None,
                       is_target: bool = False) -> str:
   """Maps anything but a label word to `INVALID`."""
@@ -182,7 +174,7 @@ def _add_task(task_name: str) -> None:
                      seqio.preprocessors.append_eos_after_trim],
       output_features=OUTPUT_FEATURES,
       postprocess_fn=postprocess_label if is_sentiment else None,
-      metric_fns=[accuracy],
+      metric_fns=[metrics.accuracy],
       shuffle_buffer_size=split_sizes(task_name)["train"])
 
 

@@ -83,8 +83,9 @@ def _source(config: str, splits: Sequence[str] = SPLITS
                               splits=splits)
 
 
-def _format(config: str) -> List[Callable]:
-  """T5's text preprocessors of a GLUE-style SuperGLUE config."""
+def text_preprocessors(config: str) -> List[Callable]:
+  """T5's text preprocessors of a GLUE-style SuperGLUE config, e.g. 'boolq'
+  (everything before tokenization; the input-pipeline benchmark reuses it)."""
   steps = []
   if config == "axb":
     # AX-b has sentence1/sentence2; read as RTE's premise/hypothesis.
@@ -128,7 +129,7 @@ def _register(taskless: bool) -> None:
   for config in ("boolq", "cb", "copa", "multirc", "record", "rte", "wic",
                  "axb", "axg"):
     text = ([preprocessors.record] if config == "record" else
-            _format(config))
+            text_preprocessors(config))
     task_registry.add_task(
         task_name(config, taskless), family=family,
         description=f"SuperGLUE {config.upper()} (T5 format"

@@ -10,6 +10,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+import seqio
 
 from prompt_tuning import data
 from prompt_tuning.checkpoints import load_pretrained
@@ -87,9 +88,10 @@ def test_postprocessor_and_metric():
   assert quickstart.postprocess_label("positive") == "positive"
   for output in ("positiv", "Positive", "happy", ""):
     assert quickstart.postprocess_label(output) == quickstart.INVALID
-  assert quickstart.accuracy(["positive", "negative"],
-                             ["positive", quickstart.INVALID]) == {
-                                 "accuracy": 50.0}
+  task = seqio.get_mixture_or_task(quickstart.TASKLESS_TASK)
+  assert task.metric_fns[0](["positive", "negative"],
+                            ["positive", quickstart.INVALID]) == {
+                                "accuracy": 50.0}
 
 
 def test_tasks_yield_batches():

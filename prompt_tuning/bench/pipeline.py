@@ -19,7 +19,6 @@ them). Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -60,18 +59,17 @@ def register(vocabulary_path: str, num_examples: int) -> str:
   """Registers the BoolQ-like task (idempotent); returns its name."""
   import seqio  # pylint: disable=g-import-not-at-top
   from prompt_tuning import custom_tasks  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import preprocessors  # pylint: disable=g-import-not-at-top
   from prompt_tuning import task_registry  # pylint: disable=g-import-not-at-top
   from prompt_tuning import vocabularies  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.tasks import super_glue  # pylint: disable=g-import-not-at-top
 
   raw = _examples(num_examples, seed=0)
   task_registry.add_task(
       TASK, family="bench", description="BoolQ-shaped synthetic task",
       source=custom_tasks.function_source(lambda split: raw,
                                           {"train": num_examples}),
-      preprocessors=[
-          functools.partial(preprocessors.glue, benchmark_name="boolq",
-                            label_names=("False", "True")),
+      # The text preprocessors of super_glue_boolq_v102 itself.
+      preprocessors=super_glue.text_preprocessors("boolq") + [
           seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
           seqio.preprocessors.append_eos_after_trim],
       output_features=vocabularies.output_features(

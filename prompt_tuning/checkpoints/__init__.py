@@ -47,6 +47,7 @@ def load_pretrained(
     config: Optional[T5Config] = None,
     mesh: Optional[jax.sharding.Mesh] = None,
     rules: Optional[partitioning.Rules] = None,
+    param_dtype: Optional[str] = None,
 ) -> Tuple[T5Config, PyTree]:
   """Loads a pretrained T5 checkpoint.
 
@@ -61,9 +62,13 @@ def load_pretrained(
       agree with it on the architecture.
     mesh: place each parameter with the sharding of the logical axis rules.
     rules: logical axis rules (default `partitioning.logical_axis_rules()`).
+    param_dtype: store the weights in this dtype instead of the config's
+      (e.g. 'bfloat16' for frozen weights); each array is cast on the host
+      as it is read.
 
   Returns:
-    (config, params): params is the nested dict `T5(config).apply` takes.
+    (config, params): params is the nested dict `T5(config).apply` takes;
+    the config's param_dtype is the weights' dtype.
 
   Raises:
     ValueError / FileNotFoundError: one line naming what is wrong and where.
@@ -87,6 +92,8 @@ def load_pretrained(
     else:
       loaders = t5x.read_t5x_orbax(ckpt_dir)
     source = ckpt_dir
+  if param_dtype is not None:
+    config = config.replace(param_dtype=param_dtype)
   params = assemble_params(config, loaders, source, mesh, rules)
   return config, params
 

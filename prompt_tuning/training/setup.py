@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import partitioning
-from prompt_tuning.checkpoints import hf
 from prompt_tuning.checkpoints import load_pretrained
 from prompt_tuning.models import T5
 from prompt_tuning.models.config import T5Config
@@ -133,20 +132,12 @@ def build_model(*, initial_checkpoint_path: str,
     raise ValueError("INITIAL_CHECKPOINT_PATH is not set: prompt tuning needs "
                      "a pretrained T5 to freeze (a T5X or Hugging Face "
                      "checkpoint).")
-  load_config = model_config
-  if frozen_dtype is not None:
-    if mode == "model":
-      raise ValueError(
-          f"frozen_dtype={frozen_dtype!r} is for prompt tuning: model tuning "
-          f"freezes nothing (set the config's param_dtype instead).")
-    if load_config is None and hf.is_hf_checkpoint(initial_checkpoint_path):
-      # The architecture comes from config.json; the dtype must be known
-      # before the weights are read.
-      load_config = hf.read_hf(initial_checkpoint_path)[0]
-    if load_config is not None:
-      load_config = load_config.replace(param_dtype=frozen_dtype)
-  config, params = load_pretrained(initial_checkpoint_path, load_config,
-                                   mesh, rules)
+  if frozen_dtype is not None and mode == "model":
+    raise ValueError(
+        f"frozen_dtype={frozen_dtype!r} is for prompt tuning: model tuning "
+        f"freezes nothing (set the config's param_dtype instead).")
+  config, params = load_pretrained(initial_checkpoint_path, model_config,
+                                   mesh, rules, param_dtype=frozen_dtype)
   if frozen_dtype is not None:
     # The model's own param_dtype is what the prompt is created in (float32
     # for the optimizer); the frozen arrays keep the dtype they were read in.
