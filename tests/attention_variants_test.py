@@ -129,3 +129,59 @@ def test_fused_attention_equals_reference_on_masked_rows():
 def test_unknown_attention_impl_is_an_error():
   with pytest.raises(ValueError, match="attention_impl"):
     t5_config("t5_1_1_tiny", attention_impl="flash")
+
+
+def _module_outputs(impl, causal, lengths, q_len=6):
+  """One attention module in float32 on right-padded rows."""
+  from prompt_tuning.models import layers  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(3, q_len, 32)), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=(1, 4, q_len, q_len)), jnp.float32)
+  real = np.arange(q_len)[None, :] < np.asarray(lengths)[:, None]  # [B, T]
+  mask = real[:, None, :, None] & real[:, None, None, :]
+  if causal:
+    mask = mask & np.tril(np.ones((q_len, q_len), bool))[None, None]
+  module = layers.MultiHeadAttention(4, 8, dtype="float32", impl=impl,
+                                     causal=causal)
+  variables = module.init(jax.random.PRNGKey(0), x, x, bias, mask)
+  n = layers.real_lengths(jnp.asarray(real))
+  out = module.apply(variables, x, x, bias, jnp.asarray(mask),
+                     lengths=(n, n))
+  return np.asarray(out), real
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_lengths_equal_reference_on_real_rows(causal):
+  """With lengths (the fused path's mask), every real query row equals the
+  reference's dense-mask output (float32: 1e-5); padded query rows are
+  left unspecified but finite."""
+  lengths = [6, 4, 1]
+  fused, real = _module_outputs("fused", causal, lengths)
+  reference, _ = _module_outputs("xla", causal, lengths)
+  np.testing.assert_allclose(fused[real], reference[real], rtol=1e-5,
+                             atol=1e-5)
+  assert np.isfinite(fused).all()
+
+
+def test_real_lengths_counts_real_positions_at_least_one():
+  from prompt_tuning.models import layers  # pylint: disable=g-import-not-at-top
+  mask = jnp.asarray([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]], bool)
+  np.testing.assert_array_equal(layers.real_lengths(mask), [3, 1, 1])
+  assert layers.real_lengths(mask).dtype == jnp.int32
+
+
+def test_all_padding_row_is_finite_and_ignored_with_fused_attention():
+  """Eval batches are filled up with all-padding rows: with fused attention
+  (lengths) the loss stays finite and equals the reference's."""
+  batch = _batch()
+  for key in batch:
+    batch[key] = np.concatenate([batch[key], np.zeros_like(batch[key][:1])])
+  trainable, frozen = split_trainable(_params(), "prompt")
+  losses = {}
+  for impl in ("xla", "fused"):
+    model = _model(CONFIG.replace(attention_impl=impl))
+    losses[impl] = float(jax.jit(functools.partial(
+        step_lib.eval_step, model=model))(trainable, frozen,
+                                          batch)["loss_sum"])
+  assert np.isfinite(losses["fused"])
+  np.testing.assert_allclose(losses["fused"], losses["xla"], rtol=1e-6)

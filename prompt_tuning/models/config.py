@@ -60,7 +60,9 @@ class T5Config:
   remat_policy: str = "none"
   # Attention kernel: 'xla' is the plain einsum-softmax-einsum reference;
   # 'fused' calls `jax.nn.dot_product_attention` (cuDNN flash attention on a
-  # GPU in bfloat16, XLA elsewhere). Same function up to bfloat16 rounding.
+  # GPU in bfloat16, XLA elsewhere), masking by each row's real length: the
+  # same function up to bfloat16 rounding for right-padded rows (all that
+  # seqio's converters produce; a 0 token inside a row would be attended).
   attention_impl: str = "xla"
 
   def __post_init__(self):

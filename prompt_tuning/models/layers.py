@@ -172,19 +172,47 @@ def mask_to_bias(mask: Array) -> Array:
   return jnp.where(mask, 0.0, MASK_BIAS).astype(jnp.float32)
 
 
+def real_lengths(mask: Array) -> Array:
+  """[B, T] bool, True for real positions -> [B] int32 counts, at least 1.
+
+  Read as lengths, a mask means "the first n positions are real": true of
+  every right-padded row (seqio's feature converters pad on the right, and
+  packing is refused). An all-padding row (eval batches are filled up with
+  them) counts 1, so that attention over it stays finite.
+  """
+  return jnp.maximum(jnp.sum(mask, axis=-1, dtype=jnp.int32), 1)
+
+
 def _fused_attention(query: Array, key: Array, value: Array,
-                     bias: Optional[Array], mask: Array) -> Array:
+                     bias: Optional[Array], mask: Array,
+                     lengths: Optional[Tuple[Array, Array]],
+                     causal: bool) -> Array:
   """softmax(q k^T + bias, masked) v through `jax.nn.dot_product_attention`.
+
+  With `lengths`, the mask is given as each row's number of real queries and
+  keys (right padding) instead of `mask`: cuDNN then skips the padded
+  blocks, while a boolean mask would be merged with the bias into a
+  [B, heads, q, k] array per layer (and its gradient, just as large, in the
+  backward pass). Padded query rows give unspecified (finite) outputs, which
+  nothing downstream reads.
 
   Args:
     query: [B, q, heads, kv].
     key, value: [B, k, heads, kv].
     bias: [1, heads, q, k] float32 or None.
-    mask: [B or 1, 1, q, k] bool.
+    mask: [B or 1, 1, q, k] bool; used when `lengths` is None.
+    lengths: optional ([B] real queries, [B] real keys), int32, >= 1.
+    causal: with `lengths`, also mask keys after the query (decoder
+      self-attention); without, `mask` already holds the causality.
 
   Returns:
     [B, q, heads, kv] in the query's dtype.
   """
+  if lengths is None:
+    masking = dict(mask=mask)
+  else:
+    masking = dict(query_seq_lengths=lengths[0],
+                   key_value_seq_lengths=lengths[1], is_causal=causal)
   if _fused_backend(query, key) == "cudnn":
     try:
       # cuDNN takes the bias in the operands' dtype: the position bias is
@@ -192,13 +220,13 @@ def _fused_attention(query: Array, key: Array, value: Array,
       return jax.nn.dot_product_attention(
           query, key, value,
           bias=None if bias is None else bias.astype(query.dtype),
-          mask=mask, scale=1.0, implementation="cudnn")
+          scale=1.0, implementation="cudnn", **masking)
     except (NotImplementedError, ValueError, RuntimeError) as e:
       # Raised while tracing (unsupported shape, cuDNN too old or absent):
       # the same function through XLA is still correct, only slower.
       _warn_cudnn_fallback(f"{type(e).__name__}: {e}")
-  return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
-                                      scale=1.0, implementation="xla")
+  return jax.nn.dot_product_attention(query, key, value, bias=bias, scale=1.0,
+                                      implementation="xla", **masking)
 
 
 @functools.lru_cache(maxsize=None)
@@ -219,15 +247,22 @@ def _fused_backend(query: Array, key: Array) -> str:
   """The `jax.nn.dot_product_attention` implementation for these operands.
 
   cuDNN's flash attention takes bfloat16/float16 only, head widths that are
-  multiples of 8 up to 256, and (training with a bias) even lengths; anything
-  else, and every non-GPU backend, runs XLA's composition of the same math.
+  multiples of 8 up to 256, and in training even lengths; anything else, and every non-GPU backend, runs XLA's composition of the same math
+  (on a GPU with a one-time warning saying why).
   """
+  if jax.default_backend() != "gpu":
+    return "xla"
   head_dim = query.shape[-1]
-  if (jax.default_backend() == "gpu" and
-      query.dtype in (jnp.bfloat16, jnp.float16) and
-      head_dim % 8 == 0 and head_dim <= 256 and
-      query.shape[1] % 2 == 0 and key.shape[1] % 2 == 0):
+  if query.dtype not in (jnp.bfloat16, jnp.float16):
+    reason = f"dtype {query.dtype} (cuDNN takes bfloat16 or float16)"
+  elif head_dim % 8 or head_dim > 256:
+    reason = f"head width {head_dim} (cuDNN takes multiples of 8 up to 256)"
+  elif query.shape[1] % 2 or key.shape[1] % 2:
+    reason = (f"odd length {query.shape[1]}x{key.shape[1]} (cuDNN takes "
+              "even lengths; pad inputs to an even length)")
+  else:
     return "cudnn"
+  _warn_cudnn_fallback(reason)
   return "xla"
 
 
@@ -243,9 +278,12 @@ class MultiHeadAttention(nn.Module):
   `impl='fused'` computes the same function with
   `jax.nn.dot_product_attention` (scale 1: T5 folds 1/sqrt(head_dim) into the
   query initialisation), which is cuDNN flash attention on a GPU in bfloat16:
-  the [B, heads, q, k] scores are never written to memory. Decoding steps and
-  attention-weight dropout (which the fused kernels do not expose) always take
-  the reference path, so enabling `fused` changes nothing but rounding.
+  the [B, heads, q, k] scores are never written to memory. Given `lengths`,
+  it masks by each row's real length instead of `mask` (no [B, heads, q, k]
+  mask-plus-bias array either), which is the same mask for right-padded rows.
+  Decoding steps, `init` and attention-weight dropout (which the fused kernels
+  do not expose) take the reference path, so enabling `fused` changes nothing
+  but rounding on real positions.
   """
 
   num_heads: int
@@ -255,10 +293,14 @@ class MultiHeadAttention(nn.Module):
   dtype: str = "bfloat16"
   param_dtype: str = "float32"
   impl: str = "xla"
+  # Decoder self-attention: with `lengths`, the fused path masks keys after
+  # the query itself (the reference reads causality from `mask`).
+  causal: bool = False
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Optional[Array],
-               mask: Array, decode_position: Optional[Array] = None) -> Array:
+               mask: Array, decode_position: Optional[Array] = None,
+               lengths: Optional[Tuple[Array, Array]] = None) -> Array:
     """Attends `inputs_q` to `inputs_kv`.
 
     Args:
@@ -269,6 +311,9 @@ class MultiHeadAttention(nn.Module):
       mask: [B or 1, 1, q, k] bool, True where a query may attend to a key.
       decode_position: scalar int; when given, q == k == 1 and the new
         key/value is cached at this position (self-attention decoding).
+      lengths: optional ([B] real queries, [B] real keys) int32 >= 1, the
+        same mask as `mask` for right-padded rows (the fused path uses it;
+        see `_fused_attention`).
 
     Returns:
       [B, q, H] in `dtype`.
@@ -294,8 +339,12 @@ class MultiHeadAttention(nn.Module):
       key, value = self._update_cache(key, value, decode_position)
 
     weight_dropout = not self.deterministic and self.dropout_rate > 0
-    if self.impl == "fused" and decode_position is None and not weight_dropout:
-      out = _fused_attention(query, key, value, bias, mask)
+    # `init` takes the reference path: same parameters, and no cuDNN checks
+    # (or warnings) on the dummy shapes it is called with.
+    if (self.impl == "fused" and decode_position is None and
+        not weight_dropout and not self.is_initializing()):
+      out = _fused_attention(query, key, value, bias, mask, lengths,
+                             self.causal)
     else:
       if self.impl == "fused" and weight_dropout:
         _warn_dropout_fallback()

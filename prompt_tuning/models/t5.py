@@ -46,14 +46,16 @@ class EncoderLayer(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array,
-               mask: Array) -> Tuple[Array, None]:
+  def __call__(self, x: Array, bias: Array, mask: Array,
+               lengths: Optional[Tuple[Array, Array]] = None
+               ) -> Tuple[Array, None]:
     """One encoder layer.
 
     Args:
       x: [B, T, H] encoder stream.
       bias: [1, heads, T, T] float32 relative-position bias.
       mask: [B, 1, T, T] bool attention mask.
+      lengths: the same mask as ([B], [B]) real lengths, for fused attention.
 
     Returns:
       ([B, T, H], None): the (carry, output) pair lets the same module run
@@ -65,7 +67,7 @@ class EncoderLayer(nn.Module):
     y = layers.MultiHeadAttention(
         cfg.num_heads, cfg.head_dim, cfg.dropout_rate, self.deterministic,
         cfg.dtype, cfg.param_dtype, cfg.attention_impl,
-        name="attention")(y, y, bias, mask)
+        name="attention")(y, y, bias, mask, lengths=lengths)
     x = x + _dropout(cfg.dropout_rate, self.deterministic, y)
     y = norm("pre_mlp_layer_norm")(x)
     y = layers.MlpBlock(cfg.mlp_dim, tuple(cfg.mlp_activations),
@@ -84,7 +86,10 @@ class DecoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x: Array, encoded: Array, self_bias: Array,
                self_mask: Array, cross_mask: Array,
-               decode_position: Optional[Array] = None) -> Tuple[Array, None]:
+               decode_position: Optional[Array] = None,
+               self_lengths: Optional[Tuple[Array, Array]] = None,
+               cross_lengths: Optional[Tuple[Array, Array]] = None
+               ) -> Tuple[Array, None]:
     """One decoder layer.
 
     Args:
@@ -96,21 +101,24 @@ class DecoderLayer(nn.Module):
         padding).
       cross_mask: [B, 1, L, T] bool.
       decode_position: scalar int while decoding with a KV cache, else None.
+      self_lengths, cross_lengths: the masks as ([B], [B]) real lengths, for
+        fused attention (teacher forcing only).
 
     Returns:
       ([B, L, H], None).
     """
     cfg = self.config
     norm = lambda name: layers.RMSNorm(cfg.dtype, cfg.param_dtype, name=name)
-    attention = lambda name: layers.MultiHeadAttention(
+    attention = lambda name, causal=False: layers.MultiHeadAttention(
         cfg.num_heads, cfg.head_dim, cfg.dropout_rate, self.deterministic,
-        cfg.dtype, cfg.param_dtype, cfg.attention_impl, name=name)
+        cfg.dtype, cfg.param_dtype, cfg.attention_impl, causal, name=name)
     y = norm("pre_self_attention_layer_norm")(x)
-    y = attention("self_attention")(y, y, self_bias, self_mask,
-                                    decode_position)
+    y = attention("self_attention", causal=True)(
+        y, y, self_bias, self_mask, decode_position, lengths=self_lengths)
     x = x + _dropout(cfg.dropout_rate, self.deterministic, y)
     y = norm("pre_cross_attention_layer_norm")(x)
-    y = attention("encoder_decoder_attention")(y, encoded, None, cross_mask)
+    y = attention("encoder_decoder_attention")(y, encoded, None, cross_mask,
+                                               lengths=cross_lengths)
     x = x + _dropout(cfg.dropout_rate, self.deterministic, y)
     y = norm("pre_mlp_layer_norm")(x)
     y = layers.MlpBlock(cfg.mlp_dim, tuple(cfg.mlp_activations),
@@ -185,10 +193,14 @@ class Encoder(nn.Module):
     # [B, 1, T, T]): their sum would be a [B, heads, T, T] float32 array
     # that every layer re-reads.
     mask = input_mask[:, None, :, None] & input_mask[:, None, None, :]
+    lengths = None
+    if cfg.attention_impl == "fused":
+      n = layers.real_lengths(input_mask)  # [B]
+      lengths = (n, n)
     x = _dropout(cfg.dropout_rate, deterministic, x)
     x = layers.constrain(x.astype(cfg.dtype), ("batch", "length", "embed"))
     x = _run_stack(self, EncoderLayer, cfg.num_encoder_layers, cfg,
-                   deterministic, x, relpos, mask)
+                   deterministic, x, relpos, mask, lengths)
     x = layers.RMSNorm(cfg.dtype, cfg.param_dtype, name="encoder_norm")(x)
     return _dropout(cfg.dropout_rate, deterministic, x)
 
@@ -224,6 +236,7 @@ class Decoder(nn.Module):
     """
     cfg = self.config
     deterministic = not enable_dropout
+    self_lengths = cross_lengths = None
     relpos_module = layers.RelativePositionBias(
         cfg.num_heads, cfg.relative_attention_num_buckets,
         cfg.relative_attention_max_distance, cfg.dtype, cfg.param_dtype,
@@ -239,6 +252,10 @@ class Decoder(nn.Module):
       self_mask = (causal[None, None] & real[:, None, :, None] &
                    real[:, None, None, :])
       cross_mask = real[:, None, :, None] & encoder_mask[:, None, None, :]
+      if cfg.attention_impl == "fused":
+        n = layers.real_lengths(real)  # [B]
+        self_lengths = (n, n)
+        cross_lengths = (n, layers.real_lengths(encoder_mask))
     else:
       if max_decode_length is None:
         raise ValueError("max_decode_length is required when decoding.")
@@ -255,7 +272,7 @@ class Decoder(nn.Module):
     y = layers.constrain(y, ("batch", "length", "embed"))
     y = _run_stack(self, DecoderLayer, cfg.num_decoder_layers, cfg,
                    deterministic, y, encoded, relpos, self_mask, cross_mask,
-                   decode_position)
+                   decode_position, self_lengths, cross_lengths)
     y = layers.RMSNorm(cfg.dtype, cfg.param_dtype, name="decoder_norm")(y)
     y = _dropout(cfg.dropout_rate, deterministic, y)
     if cfg.logits_via_embedding:
