@@ -31,7 +31,8 @@ from typing import (Any, Callable, Dict, List, Literal, Mapping, Optional,
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
+
+from prompt_tuning import partitioning
 
 PyTree = Any
 
@@ -136,13 +137,6 @@ def _find_prompt(state: PyTree, path: Sequence[str]) -> Optional[Any]:
       return None
     node = node[name]
   return node
-
-
-def _to_host(x: Any) -> np.ndarray:
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    # A collective: every process must call save(), as orbax requires anyway.
-    x = multihost_utils.process_allgather(x, tiled=True)
-  return np.asarray(jax.device_get(x))
 
 
 @dataclasses.dataclass
@@ -442,7 +436,9 @@ class Checkpointer:
     prompt = _find_prompt(state, self.prompt_path)
     if prompt is None:
       return
-    prompt = _to_host(prompt).astype(np.float32)  # [P, H]
+    # A collective where the prompt is spread over processes: every process
+    # gets here (orbax's save requires all of them anyway).
+    prompt = partitioning.to_host(prompt).astype(np.float32)  # [P, H]
     if not _is_writer():
       return
     prompts_dir = os.path.join(self.model_dir, _PROMPTS_DIR)

@@ -33,8 +33,18 @@ flags.DEFINE_multi_string("task_module", [],
                           "Python modules to import before parsing gin, "
                           "e.g. a module that registers your SeqIO tasks.")
 flags.DEFINE_bool("multihost", False,
-                  "Call jax.distributed.initialize() (TPU VM pods, or GPU "
-                  "clusters with JAX_COORDINATOR_ADDRESS etc. set).")
+                  "Call jax.distributed.initialize(): TPU VM pods and "
+                  "clusters JAX detects (SLURM, Open MPI, ...) need nothing "
+                  "more; elsewhere give the three flags below.")
+# T5X's names for an explicit multi-process setup (GPU clusters, or several
+# processes on one machine: launch/local_processes.py).
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0's coordinator (with --multihost).")
+flags.DEFINE_integer("process_count", None,
+                     "Number of processes (with --multihost).")
+flags.DEFINE_integer("process_index", None,
+                     "This process's index, 0..process_count-1 (with "
+                     "--multihost).")
 flags.DEFINE_bool("debug", False, "Show full tracebacks for errors.")
 
 # What a user can get wrong: bad config, paths, shapes, divisibility, data.
@@ -98,7 +108,16 @@ def _parse_flags(argv):
 def _main(fn_name: str, model_dir_macro: str) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.multihost:
-    jax.distributed.initialize()
+    # CPU processes need a collectives library to talk to each other (tests
+    # and laptops); accelerators ignore this setting.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.process_count,
+                               process_id=FLAGS.process_index)
+  elif (FLAGS.coordinator_address or FLAGS.process_count is not None or
+        FLAGS.process_index is not None):
+    raise ValueError("--coordinator_address/--process_count/--process_index "
+                     "set without --multihost: add --multihost.")
   logging.info("jax %s, process %d/%d, devices: %s", jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
   _import_task_modules(FLAGS.task_module)

@@ -10,6 +10,7 @@ for shardings here.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from typing import Any, Iterator, Optional, Sequence, Tuple
@@ -155,22 +156,86 @@ def mesh_context(mesh: Mesh, rules: Optional[Rules] = None) -> Iterator[None]:
     yield
 
 
+def _batch_sharding(mesh: Mesh, global_rows: int, ndim: int) -> NamedSharding:
+  data_size = mesh.shape["data"]
+  if global_rows % data_size:
+    raise ValueError(
+        f"Batch size {global_rows} is not divisible by the data-parallel "
+        f"size {data_size} (mesh {dict(mesh.shape)}); change the batch "
+        f"size or the mesh shape.")
+  return NamedSharding(mesh, PartitionSpec("data", *([None] * (ndim - 1))))
+
+
+@functools.lru_cache(maxsize=8)
+def _check_data_shards_per_process(mesh: Mesh) -> None:
+  """Each process's rows are its own: no `data` index may be shared by two
+  processes, which happens when the `model` axis spans processes."""
+  owners = {}
+  for index in np.ndindex(mesh.devices.shape):
+    device = mesh.devices[index]
+    owners.setdefault(index[0], set()).add(device.process_index)
+  shared = sorted(i for i, p in owners.items() if len(p) > 1)
+  if shared:
+    raise ValueError(
+        f"Mesh {dict(mesh.shape)}: the model axis spans processes (data "
+        f"shards {shared[:4]} live on several), which per-process input "
+        f"batches cannot feed; make the model size at most "
+        f"{jax.local_device_count()} (one process's devices).")
+
+
 def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
-  """Places a global host batch ([B, ...] leaves) split over `data`.
+  """Global arrays split over `data`, from this process's rows.
+
+  Each leaf is [b, ...]: this process's own rows of the global batch (the
+  data layer's per-host shard, b = B / process_count; with one process, the
+  whole batch). The global batch is the process-ordered concatenation.
 
   Raises:
     ValueError: when B is not divisible by the data-parallel size.
   """
-  data_size = mesh.shape["data"]
+  processes = jax.process_count()
+  if processes > 1:
+    _check_data_shards_per_process(mesh)
 
   def put(x):
     x = np.asarray(x)
-    if x.shape[0] % data_size:
-      raise ValueError(
-          f"Batch size {x.shape[0]} is not divisible by the data-parallel "
-          f"size {data_size} (mesh {dict(mesh.shape)}); change the batch "
-          f"size or the mesh shape.")
-    spec = PartitionSpec("data", *([None] * (x.ndim - 1)))
-    return jax.device_put(x, NamedSharding(mesh, spec))
+    rows = x.shape[0] * processes
+    return jax.make_array_from_process_local_data(
+        _batch_sharding(mesh, rows, x.ndim), x, (rows,) + x.shape[1:])
 
   return jax.tree_util.tree_map(put, batch)
+
+
+def shard_global_batch(batch: PyTree, mesh: Mesh) -> PyTree:
+  """Global arrays split over `data`, from a batch every process holds whole.
+
+  For batches that every process reads identically (seqio's evaluator gives
+  each process the whole evaluation set): each process places only the rows
+  its own devices hold.
+
+  Raises:
+    ValueError: when B is not divisible by the data-parallel size.
+  """
+
+  def put(x):
+    x = np.asarray(x)
+    sharding = _batch_sharding(mesh, x.shape[0], x.ndim)
+    return jax.make_array_from_callback(x.shape, sharding,
+                                        lambda index: x[index])
+
+  return jax.tree_util.tree_map(put, batch)
+
+
+def to_host(x: Any) -> np.ndarray:
+  """The whole value of an array as numpy, on every process.
+
+  A collective when the array is spread over several processes (every
+  process must call it); a local copy otherwise.
+  """
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    # Deferred import: multihost_utils pulls in jax.experimental modules.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))

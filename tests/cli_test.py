@@ -6,29 +6,9 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
-import pytest
-
-from prompt_tuning.checkpoints.assemble import flat_names
-from prompt_tuning.models import T5
-from prompt_tuning.models import t5_config
-from tests import t5x_fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def frozen(tmp_path_factory):
-  """A random tiny T5 saved as a T5X legacy checkpoint."""
-  path = str(tmp_path_factory.mktemp("frozen"))
-  tokens = np.ones((1, 3), np.int32)
-  variables = jax.jit(T5(t5_config("t5_1_1_tiny")).init)(
-      jax.random.PRNGKey(0), tokens, tokens, tokens)
-  flat = {k: np.asarray(v.unbox()) for k, v in
-          flat_names(variables["params"]).items()}
-  t5x_fixtures.write_t5x_legacy(path, 0, flat)
-  return path
 
 
 def _cli(command, *args, check=True):
@@ -44,7 +24,7 @@ def _cli(command, *args, check=True):
   return result
 
 
-def _train_args(model_dir, frozen, steps):
+def train_args(model_dir, frozen, steps):
   return ["--gin_file=models/t5_1_1_tiny.gin",
           "--gin_file=runs/prompt_tune.gin",
           f"--gin.MODEL_DIR='{model_dir}'",
@@ -62,7 +42,7 @@ def _train_args(model_dir, frozen, steps):
 
 def test_train_resume_eval_infer(tmp_path, frozen):
   model_dir = str(tmp_path / "run")
-  first = _cli("train", *_train_args(model_dir, frozen, 4))
+  first = _cli("train", *train_args(model_dir, frozen, 4))
   assert "step 4/4 | loss" in first.stderr
   assert "Parameters: " in first.stderr and "trainable" in first.stderr
   assert "tiny_classify/accuracy" in first.stderr
@@ -75,7 +55,7 @@ def test_train_resume_eval_infer(tmp_path, frozen):
   prompt4 = np.load(os.path.join(model_dir, "prompts", "step_4.npy"))
   assert prompt4.shape == (3, 32) and prompt4.dtype == np.float32
 
-  second = _cli("train", *_train_args(model_dir, frozen, 6))
+  second = _cli("train", *train_args(model_dir, frozen, 6))
   assert "Resumed from step 4 (4 batches consumed)" in second.stderr
   assert "step 5/6" in second.stderr and "step 1/6" not in second.stderr
   np.testing.assert_array_equal(
@@ -109,7 +89,7 @@ def test_train_resume_eval_infer(tmp_path, frozen):
 
 def test_bad_input_is_one_clear_line(tmp_path, frozen):
   model_dir = str(tmp_path / "run")
-  args = _train_args(model_dir, frozen, 2)
+  args = train_args(model_dir, frozen, 2)
 
   def error(*extra, base=args):
     result = _cli("train", *base, *extra, check=False)
@@ -128,4 +108,6 @@ def test_bad_input_is_one_clear_line(tmp_path, frozen):
   assert "2 labels" in line and "PROMPT_LENGTH" in line
   line = error("--gin.BATCH_SIZE=6", "--gin.MESH_SHAPE=(4, 1)")
   assert "mesh_shape=(4, 1) needs 4 devices" in line
+  line = error("--process_count=2", "--process_index=0")
+  assert "without --multihost" in line
   assert not os.path.exists(os.path.join(model_dir, "checkpoint_2"))

@@ -44,3 +44,26 @@ def _train_test_vocabulary() -> str:
 
 
 os.environ["T5_VOCABULARY"] = _train_test_vocabulary()
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+
+@pytest.fixture(scope="session")
+def frozen(tmp_path_factory):
+  """A random tiny T5 (t5_1_1_tiny, seed 0) saved as a T5X legacy checkpoint:
+  the frozen model of the end-to-end training tests."""
+  # Imported here: JAX must not load before the XLA_FLAGS above are set.
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.checkpoints.assemble import flat_names  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.models import T5  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.models import t5_config  # pylint: disable=g-import-not-at-top
+  from tests import t5x_fixtures  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.mktemp("frozen"))
+  tokens = np.ones((1, 3), np.int32)
+  variables = jax.jit(T5(t5_config("t5_1_1_tiny")).init)(
+      jax.random.PRNGKey(0), tokens, tokens, tokens)
+  flat = {k: np.asarray(v.unbox()) for k, v in
+          flat_names(variables["params"]).items()}
+  t5x_fixtures.write_t5x_legacy(path, 0, flat)
+  return path

@@ -10,28 +10,13 @@ import orbax.checkpoint as ocp
 import pytest
 
 from prompt_tuning.checkpointing import Checkpointer
-from prompt_tuning.checkpoints.assemble import flat_names
-from prompt_tuning.models import T5
 from prompt_tuning.models import t5_config
 from prompt_tuning.training import loop
 from prompt_tuning.training import optimizers
 from prompt_tuning.training import setup
-from tests import t5x_fixtures
 from tests import tiny_tasks
 
 CONFIG = t5_config("t5_1_1_tiny", dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def frozen(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("frozen"))
-  tokens = np.ones((1, 3), np.int32)
-  variables = jax.jit(T5(CONFIG).init)(jax.random.PRNGKey(0), tokens, tokens,
-                                       tokens)
-  flat = {k: np.asarray(v.unbox()) for k, v in
-          flat_names(variables["params"]).items()}
-  t5x_fixtures.write_t5x_legacy(path, 0, flat)
-  return path
 
 
 def _train(model_dir, frozen, steps, **optimizer):

@@ -42,6 +42,37 @@ def test_shard_batch_requires_divisible_batch():
     partitioning.shard_batch({"x": np.zeros((6, 3))}, mesh)
 
 
+def test_shard_global_batch_and_to_host_round_trip():
+  mesh = partitioning.create_mesh((4, 2))
+  x = np.arange(24, dtype=np.int32).reshape(8, 3)
+  batch = partitioning.shard_global_batch({"x": x}, mesh)
+  assert batch["x"].sharding.spec == P("data", None)
+  np.testing.assert_array_equal(partitioning.to_host(batch["x"]), x)
+  with pytest.raises(ValueError, match="Batch size 6 is not divisible"):
+    partitioning.shard_global_batch({"x": x[:6]}, mesh)
+
+
+class _FakeMesh:
+  """Just what the layout check reads: devices [data, model], shape."""
+
+  def __init__(self, process_of):  # [data][model] -> process index
+    self.devices = np.empty((len(process_of), len(process_of[0])), object)
+    for index in np.ndindex(self.devices.shape):
+      self.devices[index] = type("Device", (), {
+          "process_index": process_of[index[0]][index[1]]})()
+    self.shape = {"data": self.devices.shape[0],
+                  "model": self.devices.shape[1]}
+
+
+def test_model_axis_across_processes_is_refused():
+  # Two processes, model parallelism within each: fine.
+  partitioning._check_data_shards_per_process(_FakeMesh([[0, 0], [1, 1]]))  # pylint: disable=protected-access
+  # The model axis spans both processes: each data shard lives on both.
+  with pytest.raises(ValueError, match="model axis spans processes"):
+    partitioning._check_data_shards_per_process(  # pylint: disable=protected-access
+        _FakeMesh([[0, 1], [0, 1]]))
+
+
 @pytest.mark.parametrize("scan,fsdp", [(False, False), (True, True)])
 def test_loaded_params_are_sharded_by_the_rules(scan, fsdp):
   mesh = partitioning.create_mesh((4, 2))

@@ -115,14 +115,15 @@ class RunEvaluator:
         log_dir=log_dir)
 
   def _shard(self, batch: Mapping[str, np.ndarray]):
-    return partitioning.shard_batch(dict(batch), self._run.mesh)
+    # seqio's evaluator hands every process the same whole batch.
+    return partitioning.shard_global_batch(dict(batch), self._run.mesh)
 
   def predict_batch_fn(self, params: PyTree):
     """`batch -> [B, L]` decoded tokens, for seqio's evaluator."""
     def predict_batch(batch):
       with partitioning.mesh_context(self._run.mesh, self._run.rules):
         out = self._predict(params, self._run.frozen, self._shard(batch))
-      return np.asarray(jax.device_get(out))
+      return partitioning.to_host(out)
     return predict_batch
 
   def rank_batch_fn(self, params: PyTree
@@ -135,7 +136,7 @@ class RunEvaluator:
       with partitioning.mesh_context(self._run.mesh, self._run.rules):
         out = self._rank(params, self._run.frozen, self._shard(batch),
                          jnp.asarray(candidates))
-      return np.asarray(jax.device_get(out))
+      return partitioning.to_host(out)
     return rank_batch
 
   def teacher_forced(self, params: PyTree) -> Dict[str, float]:
@@ -144,8 +145,11 @@ class RunEvaluator:
     with partitioning.mesh_context(self._run.mesh, self._run.rules):
       for padded in data.evaluation_dataset(self._name, self._lengths,
                                             self._split, self._batch_size):
-        sums = jax.device_get(self._eval_step(
-            params, self._run.frozen, self._shard(padded.features)))
+        # This process's slice of each global batch (see
+        # `data.evaluation_dataset`); the sums come back replicated.
+        sums = jax.tree_util.tree_map(partitioning.to_host, self._eval_step(
+            params, self._run.frozen,
+            partitioning.shard_batch(padded.features, self._run.mesh)))
         total = sums if total is None else {
             k: total[k] + sums[k] for k in total}
     if total is None:
