@@ -67,22 +67,28 @@ def launch(command: Sequence[str], processes: int,
     pumps.append(pump)
   status = 0
   remaining = set(range(processes))
-  while remaining:
-    for index in sorted(remaining):
-      code = children[index].poll()
-      if code is None:
-        continue
-      remaining.discard(index)
-      if code != 0 and status == 0:
-        status = code
-        # A lost peer would leave the others waiting in a collective.
-        for other in remaining:
-          children[other].terminate()
-    if remaining:
-      try:
-        children[min(remaining)].wait(timeout=0.2)
-      except subprocess.TimeoutExpired:
-        pass
+  try:
+    while remaining:
+      for index in sorted(remaining):
+        code = children[index].poll()
+        if code is None:
+          continue
+        remaining.discard(index)
+        if code != 0 and status == 0:
+          status = code
+          # A lost peer would leave the others waiting in a collective.
+          for other in remaining:
+            children[other].terminate()
+      if remaining:
+        try:
+          children[min(remaining)].wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+          pass
+  finally:
+    # Interrupted (Ctrl-C) or failed: no process outlives the launcher.
+    for child in children:
+      if child.poll() is None:
+        child.terminate()
   for pump in pumps:
     pump.join(timeout=5)
   return status

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -64,3 +65,21 @@ def test_two_processes_train_resume_and_evaluate(tmp_path, frozen):
       np.load(os.path.join(resumed, "prompts", "step_4.npy")),
       np.load(os.path.join(straight, "prompts", "step_4.npy")))
   assert _per_process(again, r"step 4/4 \| loss (\S+)")[0] == losses[0][-1:]
+
+
+def test_one_failed_process_stops_the_others():
+  """Process 1 exits with 3 while process 0 would wait for a minute (as a
+  process waiting on a lost peer would): the launcher stops process 0 and
+  returns 3 at once, with each process's output prefixed by its index."""
+  script = ("import sys, time\n"
+            "print('up', flush=True)\n"
+            "if '--process_index=1' in sys.argv: sys.exit(3)\n"
+            "time.sleep(60)\n")
+  start = time.monotonic()
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch", "local_processes.py"),
+       "--processes", "2", "--", "-c", script],
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == 3, result.stdout + result.stderr
+  assert time.monotonic() - start < 30
+  assert "[0] up" in result.stdout and "[1] up" in result.stdout
