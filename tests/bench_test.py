@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -207,3 +208,27 @@ def test_frozen_dtype_is_refused_in_model_mode():
         initial_checkpoint_path=HF_T5_1_1, model_config=None, mode="model",
         prompt=setup.PromptConfig(), mesh=None, rules=None, vocabulary=None,
         rng=jax.random.PRNGKey(0), frozen_dtype="bfloat16")
+
+
+@pytest.mark.parametrize("mode", ["prompt", "model"])
+def test_random_params_have_the_unrolled_models_tree(mode):
+  """The bench initialises the scanned twin and unstacks its layers: the
+  result must be exactly the unrolled model's parameter tree (names, shapes,
+  dtypes), with distinct weights per layer."""
+  from prompt_tuning.bench import ours  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.bench.spec import RunSpec  # pylint: disable=g-import-not-at-top
+  spec = RunSpec(impl="ours", preset="t5_1_1_tiny", mode=mode, batch=2,
+                 inputs=8, prompt=4, targets=4, steps=1, warmup=0,
+                 frozen_dtype="float32", dtype="float32")
+  config = ours.model_config(spec)
+  assert not config.scan_layers
+  params = ours.random_params(config, spec)
+  tokens = jnp.ones((1, 1), jnp.int32)
+  want = jax.eval_shape(ours.build_model(config, spec).init,
+                        jax.random.PRNGKey(0), tokens, tokens, tokens)
+  want = jax.tree_util.tree_map(
+      lambda x: (x.shape, x.dtype), nn.unbox(want["params"]))
+  got = jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), params)
+  assert got == want
+  kernel = lambda i: params["encoder"][f"layers_{i}"]["mlp"]["wo"]["kernel"]
+  assert not np.array_equal(np.asarray(kernel(0)), np.asarray(kernel(1)))

@@ -79,21 +79,44 @@ def random_params(config: T5Config, spec: RunSpec) -> PyTree:
 
   The model is initialised with `param_dtype=frozen_dtype`, so a bfloat16
   XXL never exists in float32 on the device; the prompt, which trains, is
-  then cast back to float32 (the optimizer's dtype).
+  then cast back to float32 (the optimizer's dtype). Initialisation always
+  runs the scanned model (one compiled layer) and unstacks the layers for an
+  unrolled config: XLA compiles an unrolled init at ~1 s per layer (18 s
+  for Small on a CPU, against 4.5 s scanned).
   """
-  init_config = config
+  init_config = config.replace(scan_layers=True, remat_policy="none")
   if spec.mode == "prompt":
-    init_config = config.replace(param_dtype=spec.frozen_dtype)
+    init_config = init_config.replace(param_dtype=spec.frozen_dtype)
   model = build_model(init_config, spec)
   tokens = jnp.ones((1, 1), jnp.int32)
   variables = jax.jit(model.init)(jax.random.PRNGKey(spec.seed), tokens,
                                   tokens, tokens)
   params = nn.unbox(variables["params"])
+  if not config.scan_layers:
+    params = unstack_layers(params)
   if spec.mode == "prompt":
     node = params
     for name in PROMPT_PATH[:-1]:
       node = node[name]
     node[PROMPT_PATH[-1]] = node[PROMPT_PATH[-1]].astype(jnp.float32)
+  return params
+
+
+def unstack_layers(params: PyTree) -> PyTree:
+  """A scanned model's params -> the unrolled model's.
+
+  `encoder/layers/...` and `decoder/layers/...` leaves [num_layers, ...]
+  become `layers_{i}/...` leaves [...]; everything else is kept.
+  """
+  params = dict(params)
+  for stack in ("encoder", "decoder"):
+    sub = dict(params[stack])
+    stacked = sub.pop("layers")
+    num_layers = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+    for i in range(num_layers):
+      sub[f"layers_{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i],
+                                                  stacked)
+    params[stack] = sub
   return params
 
 
