@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from prompt_tuning import partitioning
 from prompt_tuning.bench import device
@@ -27,6 +28,7 @@ from prompt_tuning.bench.spec import RunSpec
 from prompt_tuning.models import T5
 from prompt_tuning.models import t5_config
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.t5 import unscan_params
 from prompt_tuning.prompts import PromptedT5
 from prompt_tuning.prompts import initializers
 from prompt_tuning.training import optimizers
@@ -93,30 +95,13 @@ def random_params(config: T5Config, spec: RunSpec) -> PyTree:
                                   tokens, tokens)
   params = nn.unbox(variables["params"])
   if not config.scan_layers:
-    params = unstack_layers(params)
+    params = traverse_util.unflatten_dict(
+        unscan_params(traverse_util.flatten_dict(params, sep="/")), sep="/")
   if spec.mode == "prompt":
     node = params
     for name in PROMPT_PATH[:-1]:
       node = node[name]
     node[PROMPT_PATH[-1]] = node[PROMPT_PATH[-1]].astype(jnp.float32)
-  return params
-
-
-def unstack_layers(params: PyTree) -> PyTree:
-  """A scanned model's params -> the unrolled model's.
-
-  `encoder/layers/...` and `decoder/layers/...` leaves [num_layers, ...]
-  become `layers_{i}/...` leaves [...]; everything else is kept.
-  """
-  params = dict(params)
-  for stack in ("encoder", "decoder"):
-    sub = dict(params[stack])
-    stacked = sub.pop("layers")
-    num_layers = jax.tree_util.tree_leaves(stacked)[0].shape[0]
-    for i in range(num_layers):
-      sub[f"layers_{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i],
-                                                  stacked)
-    params[stack] = sub
   return params
 
 

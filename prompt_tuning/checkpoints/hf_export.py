@@ -27,6 +27,7 @@ from flax import traverse_util
 
 from prompt_tuning.checkpoints import hf
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.t5 import unscan_params
 
 PyTree = Any
 
@@ -52,8 +53,6 @@ _ARCHITECTURE_FIELDS = (
     "num_encoder_layers", "num_decoder_layers", "mlp_activations",
     "logits_via_embedding", "relative_attention_num_buckets",
     "relative_attention_max_distance")
-# Scanned trees keep each stack's layers stacked on a leading axis.
-_SCANNED_PREFIXES = ("encoder/layers/", "decoder/layers/")
 
 
 def _feed_forward_proj(config: T5Config) -> Dict[str, Any]:
@@ -126,20 +125,6 @@ def _check_reads_back(config: T5Config, hf_dict: Mapping[str, Any]) -> None:
                        "this config cannot be written as a Hugging Face T5.")
 
 
-def _unscanned(flat: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-  """Splits scanned `<stack>/layers/...` [L, ...] arrays into layers_<i>."""
-  out = {}
-  for name, array in flat.items():
-    prefix = next((p for p in _SCANNED_PREFIXES if name.startswith(p)), None)
-    if prefix is None:
-      out[name] = array
-      continue
-    stack, rest = prefix.split("/")[0], name[len(prefix):]
-    for i, layer in enumerate(array):  # [L, ...] -> L x [...]
-      out[f"{stack}/layers_{i}/{rest}"] = layer
-  return out
-
-
 def _host_params(params: PyTree) -> Dict[str, np.ndarray]:
   """'/'-joined names -> host numpy arrays, boxes (LogicallyPartitioned)
   removed, scanned stacks split into layers."""
@@ -152,7 +137,7 @@ def _host_params(params: PyTree) -> Dict[str, np.ndarray]:
           f"Parameter {name} is spread over several processes; save_hf "
           "writes from one process: gather the params first.")
     host[name] = np.asarray(jax.device_get(value))
-  return _unscanned(host)
+  return unscan_params(host)
 
 
 def _write_atomic(path: str, write) -> None:

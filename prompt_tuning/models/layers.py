@@ -247,8 +247,9 @@ def _fused_backend(query: Array, key: Array) -> str:
   """The `jax.nn.dot_product_attention` implementation for these operands.
 
   cuDNN's flash attention takes bfloat16/float16 only, head widths that are
-  multiples of 8 up to 256, and in training even lengths; anything else, and every non-GPU backend, runs XLA's composition of the same math
-  (on a GPU with a one-time warning saying why).
+  multiples of 8 up to 256, and in training even lengths; anything else,
+  and every non-GPU backend, runs XLA's composition of the same math (on a
+  GPU with a one-time warning saying why).
   """
   if jax.default_backend() != "gpu":
     return "xla"

@@ -13,7 +13,7 @@ these submodules, so the frozen tree loads unchanged).
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -155,6 +155,29 @@ def _run_stack(parent: nn.Module, layer_cls, num_layers: int,
     x, _ = layer_cls(config, deterministic, name=f"layers_{i}")(
         x, *broadcast_args)
   return x
+
+
+# Where `_run_stack` puts a scanned stack's layers ([num_layers, ...] leaves).
+_SCANNED_PREFIXES = ("encoder/layers/", "decoder/layers/")
+
+
+def unscan_params(flat: Mapping[str, Any]) -> Dict[str, Any]:
+  """A scanned model's params -> the unrolled model's, by '/'-joined name.
+
+  `<stack>/layers/<rest>` [num_layers, ...] becomes `<stack>/layers_<i>/<rest>`
+  [...] for every layer i; other names are kept. Works on numpy or JAX
+  arrays.
+  """
+  out = {}
+  for name, array in flat.items():
+    prefix = next((p for p in _SCANNED_PREFIXES if name.startswith(p)), None)
+    if prefix is None:
+      out[name] = array
+      continue
+    stack, rest = prefix.split("/")[0], name[len(prefix):]
+    for i, layer in enumerate(array):  # [L, ...] -> L x [...]
+      out[f"{stack}/layers_{i}/{rest}"] = layer
+  return out
 
 
 class Encoder(nn.Module):
