@@ -52,9 +52,9 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:  # run as a script: make the repository importable
   sys.path.insert(0, _ROOT)
 
-from prompt_tuning import checkpointing
-from prompt_tuning.checkpoints import load_pretrained
-from prompt_tuning.checkpoints.hf_export import save_hf
+from prompt_tuning.training import checkpoints
+from prompt_tuning.pretrained import load_pretrained
+from prompt_tuning.pretrained.hf_export import save_hf
 from prompt_tuning.models import T5
 from prompt_tuning.models import T5Config
 from prompt_tuning.training import loop
@@ -140,7 +140,7 @@ def _restore_params(run_dir: str, init_dir: str, config: T5Config,
   _, init_params = load_pretrained(init_dir, config=config)
   target = create_train_state(init_params, optimizers.adafactor(optimizer),
                               jax.random.PRNGKey(seed))
-  with checkpointing.Checkpointer(run_dir) as ckpt:
+  with checkpoints.Checkpointer(run_dir) as ckpt:
     state, _ = ckpt.restore(target)
   return state.params
 

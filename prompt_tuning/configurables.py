@@ -19,7 +19,7 @@ import gin
 
 from prompt_tuning.models.config import PRESETS
 from prompt_tuning.models.config import T5Config
-from prompt_tuning import task_registry
+from prompt_tuning.data import registry
 from prompt_tuning.models.config import t5_config
 from prompt_tuning.training import inference
 from prompt_tuning.training import loop
@@ -50,7 +50,7 @@ def task_class_labels(task: str) -> Tuple[str, ...]:
   initialiser takes the run's labels by name; binding CLASS_LABELS to a list
   overrides it.
   """
-  return task_registry.class_labels(task)
+  return registry.class_labels(task)
 
 
 _REGISTERED = False

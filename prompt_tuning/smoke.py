@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from prompt_tuning import partitioning
-from prompt_tuning.checkpoints import load_pretrained
+from prompt_tuning.pretrained import load_pretrained
 from prompt_tuning.models import T5
 from prompt_tuning.models import decoding
 from prompt_tuning.models import t5_config

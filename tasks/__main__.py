@@ -2,7 +2,7 @@
 
 import sys
 
-from prompt_tuning import task_registry
+from prompt_tuning.data import registry
 
 if __name__ == "__main__":
-  sys.exit(task_registry.main())
+  sys.exit(registry.main())

@@ -10,7 +10,7 @@ module, point it at your files, and pass it to a run with
 
 import os
 
-from prompt_tuning import custom_tasks
+from prompt_tuning.data import custom_tasks
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                         "custom_example_data")

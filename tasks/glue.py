@@ -21,10 +21,10 @@ from typing import Callable, List
 import seqio
 
 from prompt_tuning import metrics
-from prompt_tuning import postprocessors
-from prompt_tuning import preprocessors
-from prompt_tuning import task_registry
-from prompt_tuning import vocabularies
+from prompt_tuning.data import postprocessors
+from prompt_tuning.data import preprocessors
+from prompt_tuning.data import registry
+from prompt_tuning.data import vocabularies
 
 VERSION = "2.0.0"
 OUTPUT_FEATURES = vocabularies.output_features(vocabularies.t5_vocabulary())
@@ -95,7 +95,7 @@ def _register(taskless: bool) -> None:
           else config,
           label_names=LABELS[config])]
       postprocess = postprocessors.class_labels(LABELS[config])
-    task_registry.add_task(
+    registry.add_task(
         task_name(config, taskless), family=family,
         description=f"GLUE {config} (T5 format"
                     f"{', no task word' if taskless else ''})",
@@ -111,7 +111,7 @@ def _register(taskless: bool) -> None:
            for c, n in TRAIN_SIZES.items()]
   evals = [(task_name(c, taskless), 0.0)
            for c in ("mnli_matched", "mnli_mismatched")]
-  task_registry.add_mixture(
+  registry.add_mixture(
       f"{family}_v002_proportional", rates + evals, family=family,
       description="the GLUE tasks, proportional to size")
 

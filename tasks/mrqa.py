@@ -20,10 +20,10 @@ Names:
 import seqio
 
 from prompt_tuning import metrics
-from prompt_tuning import postprocessors
-from prompt_tuning import preprocessors
-from prompt_tuning import task_registry
-from prompt_tuning import vocabularies
+from prompt_tuning.data import postprocessors
+from prompt_tuning.data import preprocessors
+from prompt_tuning.data import registry
+from prompt_tuning.data import vocabularies
 
 VERSION = "1.0.0"
 OUTPUT_FEATURES = vocabularies.output_features(vocabularies.t5_vocabulary())
@@ -50,7 +50,7 @@ def _register() -> None:
     # The out-of-domain sets' only split is TFDS 'test' (MRQA's dev set).
     splits = (("train", "validation") if config in IN_DOMAIN else
               {"validation": "test", "test": "test"})
-    task_registry.add_task(
+    registry.add_task(
         task_name(config), family=FAMILY,
         description=f"MRQA {config} ({'in' if config in IN_DOMAIN else 'out of'}"
                     f" domain), question: ... context: ... -> answer",
@@ -65,7 +65,7 @@ def _register() -> None:
   for config in IN_DOMAIN + OUT_OF_DOMAIN:
     if config == TRAIN:
       continue
-    task_registry.add_mixture(
+    registry.add_mixture(
         pair_name(TRAIN, config),
         [(task_name(TRAIN), 1.0), (task_name(config), 0.0)], family=FAMILY,
         description=f"train on SQuAD, evaluate on SQuAD and {config}")

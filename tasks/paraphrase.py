@@ -22,10 +22,10 @@ import functools
 import seqio
 
 from prompt_tuning import metrics
-from prompt_tuning import postprocessors
-from prompt_tuning import preprocessors
-from prompt_tuning import task_registry
-from prompt_tuning import vocabularies
+from prompt_tuning.data import postprocessors
+from prompt_tuning.data import preprocessors
+from prompt_tuning.data import registry
+from prompt_tuning.data import vocabularies
 
 VERSION = "2.0.0"
 OUTPUT_FEATURES = vocabularies.output_features(vocabularies.t5_vocabulary())
@@ -62,7 +62,7 @@ def _register() -> None:
                                 mapping=QQP_TO_MRPC)],
   }
   for dataset, steps in renames.items():
-    task_registry.add_task(
+    registry.add_task(
         task_name(dataset), family=FAMILY,
         description=f"{dataset.upper()} as 'sentence1: .. sentence2: ..' -> "
                     "MRPC's label words",
@@ -75,7 +75,7 @@ def _register() -> None:
         metric_fns=[metrics.f1_score_with_invalid, metrics.accuracy,
                     metrics.invalid_rate(LABELS)])
   for train, evaluate in (("qqp", "mrpc"), ("mrpc", "qqp")):
-    task_registry.add_mixture(
+    registry.add_mixture(
         pair_name(train, evaluate),
         [(task_name(train), 1.0), (task_name(evaluate), 0.0)],
         family=FAMILY,

@@ -31,7 +31,7 @@ draws its own sentences.
 Importing this module (`prompt_tuning.tasks.quickstart`, as runs/quickstart.gin
 does) registers the tasks once per process: each registration is skipped if
 the name is taken. The sentiment tasks carry their label words in the task
-catalogue (`prompt_tuning.task_registry.class_labels`).
+catalogue (`prompt_tuning.data.registry.class_labels`).
 """
 
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -39,9 +39,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import seqio
 
-from prompt_tuning import custom_tasks
+from prompt_tuning.data import custom_tasks
 from prompt_tuning import metrics
-from prompt_tuning import task_registry
+from prompt_tuning.data import registry
 
 # Pretraining sees many sentences so that the tiny model learns the rules
 # rather than the examples; prompt tuning gets "a few thousand", as a small
@@ -163,7 +163,7 @@ def postprocess_label(output: str, example: Optional[Mapping[str, Any]] = None,
 
 def _add_task(task_name: str) -> None:
   is_sentiment = task_name in (SENTIMENT_TASK, TASKLESS_TASK)
-  task_registry.add_task(
+  registry.add_task(
       task_name, family="quickstart",
       description="synthetic " + task_name[len("quickstart_"):].replace(
           "_", ", ") + " (README quickstart)",
@@ -182,7 +182,7 @@ def register() -> Tuple[str, ...]:
   """Registers the tasks and the mixture (idempotent); returns their names."""
   for task_name in PRETRAIN_TASKS + (TASKLESS_TASK,):
     _add_task(task_name)
-  task_registry.add_mixture(PRETRAIN_MIXTURE, PRETRAIN_TASKS,
+  registry.add_mixture(PRETRAIN_MIXTURE, PRETRAIN_TASKS,
                             family="quickstart", default_rate=1.0,
                             description="pretraining mixture of the three "
                                         "prefixed tasks")

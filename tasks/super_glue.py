@@ -21,7 +21,7 @@ ReCoRD max-over-answers EM/F1 (deduplicated per query); WSC accuracy of "did
 it name the referent"; AX-b Matthews correlation; AX-g accuracy. Every
 classification task also reports `invalid_prediction_rate`. Data: TFDS
 `super_glue/<config>:1.0.2`; vocabulary: T5's SentencePiece model
-(`prompt_tuning.vocabularies`). Importing this module registers everything,
+(`prompt_tuning.data.vocabularies`). Importing this module registers everything,
 once per process.
 """
 
@@ -31,10 +31,10 @@ from typing import Callable, List, Sequence
 import seqio
 
 from prompt_tuning import metrics
-from prompt_tuning import postprocessors
-from prompt_tuning import preprocessors
-from prompt_tuning import task_registry
-from prompt_tuning import vocabularies
+from prompt_tuning.data import postprocessors
+from prompt_tuning.data import preprocessors
+from prompt_tuning.data import registry
+from prompt_tuning.data import vocabularies
 
 VERSION = "1.0.2"
 SPLITS = ("train", "validation", "test")
@@ -130,7 +130,7 @@ def _register(taskless: bool) -> None:
                  "axb", "axg"):
     text = ([preprocessors.record] if config == "record" else
             text_preprocessors(config))
-    task_registry.add_task(
+    registry.add_task(
         task_name(config, taskless), family=family,
         description=f"SuperGLUE {config.upper()} (T5 format"
                     f"{', no task word' if taskless else ''})",
@@ -143,7 +143,7 @@ def _register(taskless: bool) -> None:
         metric_fns=_metrics(config))
   for split_kind, splits, correct_only in (
       ("train", ["train"], True), ("eval", ["validation", "test"], False)):
-    task_registry.add_task(
+    registry.add_task(
         task_name(f"wsc_v102_simple_{split_kind}", taskless), family=family,
         description=f"SuperGLUE WSC, T5's simple format ({split_kind})",
         source=_source("wsc.fixed", splits),
@@ -155,7 +155,7 @@ def _register(taskless: bool) -> None:
         metric_fns=[] if correct_only else [metrics.accuracy])
   wsc_train = task_name("wsc_v102_simple_train", taskless)
   wsc_eval = task_name("wsc_v102_simple_eval", taskless)
-  task_registry.add_mixture(
+  registry.add_mixture(
       task_name("wsc_v102_simple", taskless), [(wsc_train, 1.0),
                                                (wsc_eval, 0.0)],
       family=family, description="WSC: trains on simple_train, evaluates "
@@ -163,7 +163,7 @@ def _register(taskless: bool) -> None:
   rates = [(task_name(c, taskless) if c != "wsc_v102_simple_train"
             else wsc_train, float(min(n, MIXTURE_CAP)))
            for c, n in TRAIN_SIZES.items()]
-  task_registry.add_mixture(
+  registry.add_mixture(
       f"{family}_v102_proportional", rates + [(wsc_eval, 0.0)],
       family=family, description="the eight SuperGLUE tasks, proportional "
                                  "to size")

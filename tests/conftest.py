@@ -55,7 +55,7 @@ def frozen(tmp_path_factory):
   # Imported here: JAX must not load before the XLA_FLAGS above are set.
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.checkpoints.assemble import flat_names  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.pretrained.assemble import flat_names  # pylint: disable=g-import-not-at-top
   from prompt_tuning.models import T5  # pylint: disable=g-import-not-at-top
   from prompt_tuning.models import t5_config  # pylint: disable=g-import-not-at-top
   from tests import t5x_fixtures  # pylint: disable=g-import-not-at-top

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import seqio
 
-from prompt_tuning import data
-from prompt_tuning.checkpoints import load_pretrained
+from prompt_tuning.data import pipeline
+from prompt_tuning.pretrained import load_pretrained
 from prompt_tuning.tasks import quickstart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +96,7 @@ def test_postprocessor_and_metric():
 
 def test_tasks_yield_batches():
   vocabulary = quickstart.VOCABULARY
-  batches = data.get_dataset(
+  batches = pipeline.get_dataset(
       quickstart.TASKLESS_TASK, quickstart.FEATURE_LENGTHS, split="validation",
       global_batch_size=8, shuffle=False, seed=0, repeat=False)
   batch = next(batches)
@@ -110,7 +110,7 @@ def test_tasks_yield_batches():
         batch["decoder_target_tokens"][i].tolist()) == expected["targets"][i]
   # validation, unshuffled: the train split's 20,000-example shuffle buffers
   # would take most of this test's time to fill.
-  mixed = next(data.get_dataset(
+  mixed = next(pipeline.get_dataset(
       quickstart.PRETRAIN_MIXTURE, quickstart.FEATURE_LENGTHS,
       split="validation", global_batch_size=32, shuffle=False, seed=0,
       repeat=True))

@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from prompt_tuning import partitioning
-from prompt_tuning.checkpoints import load_pretrained
+from prompt_tuning.pretrained import load_pretrained
 from prompt_tuning.models import T5
 
 HF_T5_1_1 = os.path.join(os.path.dirname(__file__), "fixtures", "hf",

@@ -23,8 +23,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import seqio
 
-from prompt_tuning import custom_tasks
-from prompt_tuning import task_registry
+from prompt_tuning.data import custom_tasks
+from prompt_tuning.data import registry
 
 NUM_TRAIN = 64
 NUM_VALIDATION = 60
@@ -99,7 +99,7 @@ def _preprocessors() -> List[Any]:
 
 def _add_task(name: str, make_examples, metric_fns, postprocess_fn=None,
               class_labels=()):
-  task_registry.add_task(
+  registry.add_task(
       name, family="tests", class_labels=class_labels,
       source=custom_tasks.function_source(make_examples, _SPLIT_SIZES),
       preprocessors=_preprocessors(),
@@ -115,7 +115,7 @@ def register() -> None:
   _add_task("tiny_classify", _classify_examples, [accuracy],
             postprocess_fn=postprocess_label, class_labels=LABELS)
   _add_task("tiny_classify_scored", _classify_examples, [mean_log_likelihood])
-  task_registry.add_mixture("tiny_mix", ["tiny_copy", "tiny_classify"],
+  registry.add_mixture("tiny_mix", ["tiny_copy", "tiny_classify"],
                             family="tests", default_rate=1.0)
 
 

@@ -2,7 +2,7 @@
 
 Measures how fast the project's training input pipeline (seqio task ->
 tokenize -> EOS -> encoder-decoder feature converter -> fixed-shape numpy
-batches, `data.get_dataset`) produces batches for a SuperGLUE-like task, and
+batches, `pipeline.get_dataset`) produces batches for a SuperGLUE-like task, and
 compares the rate with what a train step consumes: the pipeline must stay
 well ahead of the accelerator (issue target: >= 10x the T5.1.1-XL prompt
 step's rate). The task is BoolQ-shaped and formatted exactly like
@@ -58,13 +58,13 @@ def _default_vocabulary() -> str:
 def register(vocabulary_path: str, num_examples: int) -> str:
   """Registers the BoolQ-like task (idempotent); returns its name."""
   import seqio  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import custom_tasks  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import task_registry  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import vocabularies  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.data import custom_tasks  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.data import registry  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.data import vocabularies  # pylint: disable=g-import-not-at-top
   from prompt_tuning.tasks import super_glue  # pylint: disable=g-import-not-at-top
 
   raw = _examples(num_examples, seed=0)
-  task_registry.add_task(
+  registry.add_task(
       TASK, family="bench", description="BoolQ-shaped synthetic task",
       source=custom_tasks.function_source(lambda split: raw,
                                           {"train": num_examples}),
@@ -82,11 +82,11 @@ def measure(batch_size: int, inputs: int, targets: int, batches: int,
             warmup: int, vocabulary_path: str,
             num_examples: int) -> Dict[str, object]:
   """Times `batches` batches after `warmup`; returns the JSON record."""
-  from prompt_tuning import data  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.data import pipeline  # pylint: disable=g-import-not-at-top
   name = register(vocabulary_path, num_examples)
   lengths = {"inputs": inputs, "targets": targets}
   start = time.perf_counter()
-  iterator = data.get_dataset(name, lengths, "train", batch_size,
+  iterator = pipeline.get_dataset(name, lengths, "train", batch_size,
                               shuffle=True, seed=0, repeat=True, shard_id=0,
                               num_shards=1)
   for _ in range(warmup):

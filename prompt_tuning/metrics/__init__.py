@@ -3,7 +3,8 @@
 seqio metric functions `fn(targets, predictions) -> {name: value}` (percent)
 for the classification, correlation and QA tasks prompt tuning is evaluated
 on, plus the SuperGLUE aggregate. They reproduce the T5 library's numbers
-without pulling sklearn or scipy into the evaluation path.
+without pulling sklearn or scipy into the evaluation path. Imports numpy
+only, nothing else of the package.
 """
 
 from prompt_tuning.metrics.classification import MetricFn

@@ -8,7 +8,7 @@ scipy: F1 scores follow `sklearn.metrics.f1_score`/`fbeta_score` (a class
 with no true and no predicted examples scores 0), the Matthews correlation
 follows sklearn's multiclass formula, and Pearson/Spearman follow
 `scipy.stats`. Predictions arriving here are already postprocessed (see
-`prompt_tuning.postprocessors`): a class id, or -1 for an output that names no
+`prompt_tuning.data.postprocessors`): a class id, or -1 for an output that names no
 class, which these metrics count as wrong. MultiRC's helpers live here too:
 its targets are `{"value": class_id, "group": question_id}` dicts.
 """

@@ -151,7 +151,7 @@ def record(targets: Sequence[Dict[str, Any]],
 
   Args:
     targets: dicts {"value": [gold answers], "group": (passage, query)}, as
-      `prompt_tuning.postprocessors.record` makes them.
+      `prompt_tuning.data.postprocessors.record` makes them.
     predictions: dicts {"value": predicted answer}.
 
   Returns:

@@ -1,4 +1,10 @@
-"""Soft prompts for frozen T5: the prompt layer, its initializers, the model."""
+"""Soft prompts for frozen T5: the prompt layer, its initializers, the model.
+
+`layer` (the `Prompt` parameter and how it joins the embedded input),
+`initializers` (random uniform, sampled vocabulary, class labels, text, file),
+`model` (`PromptedT5`: T5 with the prompt injected after the embedding).
+May import `models/`, jax, flax and numpy only.
+"""
 
 from prompt_tuning.prompts.initializers import INITIALIZERS
 from prompt_tuning.prompts.initializers import class_labels

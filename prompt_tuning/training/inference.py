@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning import data
-from prompt_tuning import evaluation
+from prompt_tuning.data import pipeline
+from prompt_tuning.training import evaluation
 from prompt_tuning import metrics
 from prompt_tuning import partitioning
 from prompt_tuning.models import decoding
@@ -143,10 +143,10 @@ class RunEvaluator:
     """Loss and token accuracy over the whole split (padding rows weigh 0)."""
     total = None
     with partitioning.mesh_context(self._run.mesh, self._run.rules):
-      for padded in data.evaluation_dataset(self._name, self._lengths,
+      for padded in pipeline.evaluation_dataset(self._name, self._lengths,
                                             self._split, self._batch_size):
         # This process's slice of each global batch (see
-        # `data.evaluation_dataset`); the sums come back replicated.
+        # `pipeline.evaluation_dataset`); the sums come back replicated.
         sums = jax.tree_util.tree_map(partitioning.to_host, self._eval_step(
             params, self._run.frozen,
             partitioning.shard_batch(padded.features, self._run.mesh)))

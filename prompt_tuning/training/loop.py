@@ -24,8 +24,8 @@ import jax
 import numpy as np
 import optax
 
-from prompt_tuning import checkpointing
-from prompt_tuning import data
+from prompt_tuning.training import checkpoints
+from prompt_tuning.data import pipeline
 from prompt_tuning import partitioning
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.training import losses
@@ -149,9 +149,9 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
-  checkpointing.check_writable(model_dir)
-  provider = data.get_task_or_mixture(mixture_or_task_name)
-  data.check_feature_lengths(provider, task_feature_lengths)
+  checkpoints.check_writable(model_dir)
+  provider = pipeline.get_task_or_mixture(mixture_or_task_name)
+  pipeline.check_feature_lengths(provider, task_feature_lengths)
   mesh = partitioning.create_mesh(mesh_shape)
   rules = partitioning.logical_axis_rules(fsdp)
   if schedule.batch_size % mesh.shape["data"]:
@@ -177,7 +177,7 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
   state = jax.device_put(state, shardings)
   # Opened only now that the inputs are known good: orbax starts background
   # work that a failing run would leave behind.
-  with checkpointing.Checkpointer(
+  with checkpoints.Checkpointer(
       model_dir, keep=schedule.keep_checkpoints,
       best_metric=schedule.best_metric or None,
       best_mode=schedule.best_mode) as ckpt:
@@ -185,7 +185,7 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
                  mixture_or_task_name, task_feature_lengths, schedule, decode)
 
 
-def _loop(ckpt: checkpointing.Checkpointer, run: setup.RunModel,
+def _loop(ckpt: checkpoints.Checkpointer, run: setup.RunModel,
           state: TrainState, shardings: TrainState,
           tx: optax.GradientTransformation, counts: Mapping[str, Any],
           model_dir: str, mixture_or_task_name: str,
@@ -204,7 +204,7 @@ def _loop(ckpt: checkpointing.Checkpointer, run: setup.RunModel,
   train_step = step_lib.jit_train_step(
       run.model, tx, shardings, run.frozen_shardings(), batch_sharding,
       z_loss=schedule.z_loss, num_microbatches=schedule.num_microbatches)
-  batches = data.get_dataset(
+  batches = pipeline.get_dataset(
       mixture_or_task_name, task_feature_lengths, split="train",
       global_batch_size=schedule.batch_size, shuffle=True,
       seed=schedule.seed, repeat=True,

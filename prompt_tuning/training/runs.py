@@ -15,9 +15,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
 
-from prompt_tuning import checkpointing
-from prompt_tuning import data
-from prompt_tuning import evaluation
+from prompt_tuning.training import checkpoints
+from prompt_tuning.data import pipeline
+from prompt_tuning.training import evaluation
 from prompt_tuning import partitioning
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.training import setup
@@ -30,8 +30,8 @@ def _build(prompt_path: str, initial_checkpoint_path: str,
            placement: str, mesh_shape: Tuple[int, int],
            fsdp: bool, frozen_dtype: Optional[str] = None) -> setup.RunModel:
   """The frozen model with the saved prompt (file or run directory) in place."""
-  prompt = checkpointing.load_prompt(prompt_path)  # [P, H]
-  provider = data.get_task_or_mixture(mixture_or_task_name)
+  prompt = checkpoints.load_prompt(prompt_path)  # [P, H]
+  provider = pipeline.get_task_or_mixture(mixture_or_task_name)
   mesh = partitioning.create_mesh(mesh_shape)
   run = setup.build_model(
       initial_checkpoint_path=initial_checkpoint_path,

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import partitioning
-from prompt_tuning.checkpoints import load_pretrained
+from prompt_tuning.pretrained import load_pretrained
 from prompt_tuning.models import T5
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.prompts import PromptedT5

@@ -2,7 +2,7 @@
 
 The TFDS-backed tasks run on `tfds.testing.mock_data` (random examples
 generated from each dataset's feature spec; no files, no network) through the
-project's own input pipeline (`data.get_dataset`: seqio, then the
+project's own input pipeline (`pipeline.get_dataset`: seqio, then the
 encoder-decoder feature converter). Postprocessors and metrics are checked
 end to end through `evaluation.Evaluator` with fake model functions, and the
 custom-task route from temporary TSV and JSONL files.
@@ -15,16 +15,16 @@ import pytest
 import seqio
 import tensorflow_datasets as tfds
 
-from prompt_tuning import data
-from prompt_tuning import evaluation
-from prompt_tuning import task_registry
-from prompt_tuning import custom_tasks
+from prompt_tuning.data import pipeline
+from prompt_tuning.training import evaluation
+from prompt_tuning.data import registry
+from prompt_tuning.data import custom_tasks
 
-task_registry.import_builtin()
+registry.import_builtin()
 LENGTHS = {"inputs": 64, "targets": 8}
 _TFDS_FAMILIES = ("super_glue", "taskless_super_glue", "glue",
                   "taskless_glue", "mrqa", "paraphrase")
-_NAMES = [i.name for i in task_registry.infos()
+_NAMES = [i.name for i in registry.infos()
           if i.family in _TFDS_FAMILIES]
 
 
@@ -62,11 +62,11 @@ def test_every_tfds_task_yields_batches(name):
   split = "train" if "train" in provider.splits else provider.splits[0]
   with tfds.testing.mock_data(num_examples=4,
                               policy=tfds.testing.MockPolicy.USE_CODE):
-    batches = data.get_dataset(name, LENGTHS, split, global_batch_size=2,
+    batches = pipeline.get_dataset(name, LENGTHS, split, global_batch_size=2,
                                shuffle=False, seed=0, repeat=True, shard_id=0,
                                num_shards=1)
     batch = next(batches)
-  assert set(batch) == set(data.MODEL_FEATURES)
+  assert set(batch) == set(pipeline.MODEL_FEATURES)
   assert batch["encoder_input_tokens"].shape == (2, LENGTHS["inputs"])
   assert batch["decoder_target_tokens"].shape == (2, LENGTHS["targets"])
   # Every example has real inputs and at least an EOS target.
@@ -86,7 +86,7 @@ _EVAL_NAMES = [n for n in _NAMES if "wsc" not in n and "stsb" not in n and
 @pytest.fixture
 def mock_tfds(monkeypatch):
   """TFDS mock data; seqio's in-memory cache is off (it reads split sizes,
-  which mock data lacks; `data.get_dataset` passes the same flag)."""
+  which mock data lacks; `pipeline.get_dataset` passes the same flag)."""
   get_dataset = seqio.Task.get_dataset
 
   def without_mem_cache(self, *args, **kwargs):
@@ -117,28 +117,28 @@ def test_perfect_predictions_score_perfectly(name, mock_tfds):
 
 
 def test_class_labels_by_name():
-  assert task_registry.class_labels("super_glue_cb_v102") == (
+  assert registry.class_labels("super_glue_cb_v102") == (
       "entailment", "contradiction", "neutral")
-  assert task_registry.class_labels("taskless_super_glue_rte_v102") == (
+  assert registry.class_labels("taskless_super_glue_rte_v102") == (
       "entailment", "not_entailment")
-  assert task_registry.class_labels("mrqa_squad_v100") == ()
-  assert task_registry.class_labels("super_glue_record_v102") == ()
-  assert task_registry.class_labels("paraphrase_qqp_to_mrpc_v002") == (
+  assert registry.class_labels("mrqa_squad_v100") == ()
+  assert registry.class_labels("super_glue_record_v102") == ()
+  assert registry.class_labels("paraphrase_qqp_to_mrpc_v002") == (
       "not_equivalent", "equivalent")
   with pytest.raises(ValueError, match="No SeqIO task or mixture named "
                      "'glue_sst_v002' .close matches: glue_sst2_v002"):
-    task_registry.class_labels("glue_sst_v002")
+    registry.class_labels("glue_sst_v002")
 
 
 def test_list_command(capsys):
-  assert task_registry.main(["list", "--family", "paraphrase"]) == 0
+  assert registry.main(["list", "--family", "paraphrase"]) == 0
   out = capsys.readouterr().out.splitlines()
   assert [line.split()[0] for line in out] == [
       "paraphrase_mrpc_to_qqp_v002", "paraphrase_mrpc_v002",
       "paraphrase_qqp_to_mrpc_v002", "paraphrase_qqp_v002"]
-  assert task_registry.main(["labels", "glue_sst2_v002"]) == 0
+  assert registry.main(["labels", "glue_sst2_v002"]) == 0
   assert capsys.readouterr().out.split() == ["negative", "positive"]
-  assert task_registry.main(["list", "--family", "nope"]) == 2
+  assert registry.main(["list", "--family", "nope"]) == 2
   assert "no registered tasks in family 'nope'" in capsys.readouterr().err
 
 
@@ -181,7 +181,7 @@ def test_custom_task_from_tsv_and_jsonl(tmp_path):
       text_fields=("text",), label_words=("negative", "positive"),
       task_prefix="sentiment", metric_names=("accuracy", "f1"),
       vocabulary=seqio.ByteVocabulary())
-  assert task_registry.class_labels(name) == ("negative", "positive")
+  assert registry.class_labels(name) == ("negative", "positive")
   task = seqio.get_mixture_or_task(name)
   rows = list(task.get_dataset(LENGTHS, split="train", shuffle=False,
                                try_in_mem_cache=False).as_numpy_iterator())
@@ -204,7 +204,7 @@ def test_custom_generation_task_scores_exact_match_and_f1(tmp_path):
   name = custom_tasks.register_from_files(
       "test_custom_qa", {"validation": path}, inputs_field="question",
       targets_field="answer", vocabulary=seqio.ByteVocabulary())
-  assert task_registry.class_labels(name) == ()
+  assert registry.class_labels(name) == ()
   evaluator = evaluation.Evaluator(name, {"inputs": 32, "targets": 12},
                                    batch_size=2)
   metrics = evaluator.evaluate(lambda batch: batch["decoder_target_tokens"])
@@ -247,7 +247,7 @@ def test_custom_task_missing_file_and_bad_json(tmp_path):
 def test_shipped_custom_example_task():
   from prompt_tuning.tasks import custom_example  # pylint: disable=g-import-not-at-top
   task = seqio.get_mixture_or_task(custom_example.TASK)
-  assert task_registry.class_labels(custom_example.TASK) == ("negative",
+  assert registry.class_labels(custom_example.TASK) == ("negative",
                                                              "positive")
   rows = list(task.get_dataset(LENGTHS, split="validation", shuffle=False,
                                try_in_mem_cache=False).as_numpy_iterator())

@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from prompt_tuning.checkpoints import t5x
+from prompt_tuning.pretrained import t5x
 from tests import t5x_fixtures
 
 

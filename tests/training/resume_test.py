@@ -9,7 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from prompt_tuning.checkpointing import Checkpointer
+from prompt_tuning.training.checkpoints import Checkpointer
 from prompt_tuning.models import t5_config
 from prompt_tuning.training import loop
 from prompt_tuning.training import optimizers

@@ -24,7 +24,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from prompt_tuning import task_registry
+from prompt_tuning.data import registry
 
 Batch = Dict[str, np.ndarray]
 TaskOrMixture = Union[seqio.Task, seqio.Mixture]
@@ -49,7 +49,7 @@ def get_task_or_mixture(name: str) -> TaskOrMixture:
     ValueError: (one line) if nothing is registered under `name`; it lists up
       to 5 close matches and says how tasks get registered.
   """
-  return task_registry.get(name)
+  return registry.get(name)
 
 
 def check_feature_lengths(provider: TaskOrMixture,

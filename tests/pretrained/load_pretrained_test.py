@@ -6,13 +6,14 @@ import jax
 import numpy as np
 import pytest
 
-from prompt_tuning.checkpoints import load_pretrained
-from prompt_tuning.checkpoints.assemble import flat_names
+from prompt_tuning.pretrained import load_pretrained
+from prompt_tuning.pretrained.assemble import flat_names
 from prompt_tuning.models import T5
 from prompt_tuning.models import t5_config
 from tests import t5x_fixtures
 
-HF_DIR = os.path.join(os.path.dirname(__file__), "fixtures", "hf")
+HF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "fixtures", "hf")
 
 
 def _hf_logits(name, **overrides):

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from prompt_tuning import evaluation
+from prompt_tuning.training import evaluation
 from tests import tiny_tasks
 
 LENGTHS = {"inputs": 32, "targets": 24}

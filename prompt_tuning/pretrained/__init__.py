@@ -1,9 +1,14 @@
-"""Reading pretrained T5 checkpoints: T5X (legacy and orbax) and Hugging Face.
+"""Pretrained weights: T5X (legacy, orbax) and Hugging Face checkpoint readers.
 
 One entry point, `load_pretrained(path, config=None, mesh=None)`, recognises
 the format, reads one parameter at a time and returns `(config, params)` with
 params laid out for `prompt_tuning.models.T5` (scanned or not, sharded when a
-mesh is given).
+mesh is given). Modules: `t5x` and `hf` (the readers), `assemble` (tree
+assembly, checks, placement), `hf_export` (writing a Hugging Face checkpoint).
+"Checkpoint" here always means someone's pretrained model; a training run's
+own checkpoints are `prompt_tuning.training.checkpoints`. May import
+`models/`, `partitioning`, TensorStore and msgpack; never `training/`,
+`data/` or gin.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ from typing import Any, Optional, Tuple
 import jax
 
 from prompt_tuning import partitioning
-from prompt_tuning.checkpoints import hf
-from prompt_tuning.checkpoints import t5x
-from prompt_tuning.checkpoints.assemble import assemble_params
+from prompt_tuning.pretrained import hf
+from prompt_tuning.pretrained import t5x
+from prompt_tuning.pretrained.assemble import assemble_params
 from prompt_tuning.models.config import T5Config
 
 PyTree = Any

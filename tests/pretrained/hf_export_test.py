@@ -1,4 +1,4 @@
-"""Tests of the Hugging Face writer (prompt_tuning.checkpoints.hf_export).
+"""Tests of the Hugging Face writer (prompt_tuning.pretrained.hf_export).
 
 Round trips through `load_pretrained` must be bit-exact, and re-exporting the
 committed fixtures (written by transformers 4.57) must reproduce transformers'
@@ -16,15 +16,17 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from prompt_tuning.checkpoints import hf
-from prompt_tuning.checkpoints import hf_export
-from prompt_tuning.checkpoints import load_pretrained
+from prompt_tuning.pretrained import hf
+from prompt_tuning.pretrained import hf_export
+from prompt_tuning.pretrained import load_pretrained
 from prompt_tuning.models import T5
 from prompt_tuning.models import T5Config
 from prompt_tuning.models import t5_config
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                        "fixtures", "hf")
+# The committed fixtures live in tests/fixtures/, one folder up.
+FIXTURES = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "fixtures", "hf")
 
 UNTIED_GATED = t5_config("t5_1_1_tiny", num_decoder_layers=3,
                          dtype="float32")

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning.checkpoints.assemble import abstract_params
-from prompt_tuning.checkpoints.assemble import assemble_params
-from prompt_tuning.checkpoints.assemble import flat_names
+from prompt_tuning.pretrained.assemble import abstract_params
+from prompt_tuning.pretrained.assemble import assemble_params
+from prompt_tuning.pretrained.assemble import flat_names
 from prompt_tuning.models import T5
 from prompt_tuning.models import t5_config
 from prompt_tuning.models.layers import relative_position_buckets
@@ -141,10 +141,13 @@ def test_scan_and_remat_compute_the_same_function(remat):
                              rtol=1e-5)
   g_base = jax.grad(lambda p: loss(base, p))(params)
   g_var = jax.grad(lambda p: loss(variant, p))(scanned)
+  # Scanned and unrolled layers sum in another order: float32 gradients of
+  # size ~2 then differ by a few 1e-6 absolute (measured: <= 3.6e-6, on this
+  # machine's CPU), which is large relative to the entries near zero.
   np.testing.assert_allclose(
       g_var["encoder"]["layers"]["mlp"]["wo"]["kernel"][1],
       g_base["encoder"]["layers_1"]["mlp"]["wo"]["kernel"], rtol=1e-4,
-      atol=1e-6)
+      atol=2e-5)
 
 
 def test_dropout_is_active_only_when_enabled():

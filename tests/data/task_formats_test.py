@@ -9,9 +9,9 @@ for MRQA and the paraphrase pair, and the taskless forms (task word removed).
 import seqio
 import tensorflow as tf
 
-from prompt_tuning import task_registry
+from prompt_tuning.data import registry
 
-task_registry.import_builtin(("glue", "mrqa", "paraphrase", "super_glue"))
+registry.import_builtin(("glue", "mrqa", "paraphrase", "super_glue"))
 
 
 def _formatted(task_name, example):

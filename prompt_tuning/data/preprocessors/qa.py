@@ -15,7 +15,7 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
-from prompt_tuning.preprocessors.glue import UNKNOWN_LABEL
+from prompt_tuning.data.preprocessors.glue import UNKNOWN_LABEL
 
 
 @seqio.map_over_dataset

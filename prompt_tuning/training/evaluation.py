@@ -11,7 +11,7 @@ every label word of its task (the task catalogue's `class_labels`), and the
 best-scoring label's tokens stand in for the decoded prediction, so the
 task's postprocessor and metrics apply unchanged and no prediction is ever
 outside the label set. Batches always have the full batch
-size (the last one is zero-padded, as in `data.pad_batch`) so one compiled
+size (the last one is zero-padded, as in `pipeline.pad_batch`) so one compiled
 function serves every batch. Every process iterates the whole evaluation set
 and gets the same batches: `predict_batch` must return the predictions for the
 whole batch on every process. `write_predictions_jsonl` saves
@@ -30,8 +30,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from prompt_tuning import data
-from prompt_tuning import task_registry
+from prompt_tuning.data import pipeline
+from prompt_tuning.data import registry
 
 Batch = Dict[str, np.ndarray]
 # batch -> [B, L] int token ids (greedy or best beam).
@@ -72,7 +72,7 @@ def _padded_batches(dataset: tf.data.Dataset, batch_size: int
                     ) -> Iterator[Tuple[np.ndarray, Batch, int]]:
   """Batches an enumerated seqio dataset: (indices [n], features, n)."""
   for indices, features in dataset.batch(batch_size).as_numpy_iterator():
-    padded, n = data.pad_batch(features, batch_size)
+    padded, n = pipeline.pad_batch(features, batch_size)
     yield indices, padded, n
 
 
@@ -186,13 +186,13 @@ class Evaluator:
     """
     if batch_size <= 0:
       raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    provider = data.get_task_or_mixture(mixture_or_task_name)
-    data.check_feature_lengths(provider, task_feature_lengths)
+    provider = pipeline.get_task_or_mixture(mixture_or_task_name)
+    pipeline.check_feature_lengths(provider, task_feature_lengths)
     self.batch_size = batch_size
     self._targets_length = task_feature_lengths["targets"]
     self._evaluator = seqio.Evaluator(
         mixture_or_task_name=mixture_or_task_name,
-        feature_converter=data.feature_converter(),
+        feature_converter=pipeline.feature_converter(),
         eval_split=split,
         use_cached=use_cached,
         sequence_length=dict(task_feature_lengths),
@@ -218,14 +218,14 @@ class Evaluator:
 
   def ranked_tasks(self) -> Tuple[str, ...]:
     """The evaluated tasks that have label words (rank classification)."""
-    return tuple(n for n in self._tasks if task_registry.class_labels(n))
+    return tuple(n for n in self._tasks if registry.class_labels(n))
 
   def _outputs(self, task: seqio.Task, dataset: tf.data.Dataset,
                predict_batch: Optional[PredictBatchFn],
                rank_batch: Optional[RankBatchFn]
                ) -> List[Tuple[int, np.ndarray]]:
     """Decoded (or, with rank_batch, best-label) tokens per example."""
-    labels = task_registry.class_labels(task.name) if rank_batch else ()
+    labels = registry.class_labels(task.name) if rank_batch else ()
     if labels:
       candidates = label_candidates(
           labels, task.output_features["targets"].vocabulary,
@@ -245,7 +245,7 @@ class Evaluator:
     """Runs the model over each task's examples and computes its metrics.
 
     Args:
-      predict_batch: batch (data.MODEL_FEATURES, [B, T] / [B, L] int32) ->
+      predict_batch: batch (pipeline.MODEL_FEATURES, [B, T] / [B, L] int32) ->
         [B, L] int decoded token ids. Needed if a task has prediction metrics
         (and, with rank_batch, no label words).
       score_batch: batch -> [B] float log-likelihood of the targets. Needed

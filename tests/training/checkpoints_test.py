@@ -12,8 +12,8 @@ import optax
 import pytest
 
 from prompt_tuning import partitioning
-from prompt_tuning.checkpointing import Checkpointer
-from prompt_tuning.checkpointing import load_prompt
+from prompt_tuning.training.checkpoints import Checkpointer
+from prompt_tuning.training.checkpoints import load_prompt
 
 P_LEN, H = 5, 8
 

@@ -25,7 +25,7 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
-from prompt_tuning.checkpoints import hf
+from prompt_tuning.pretrained import hf
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.t5 import unscan_params
 

@@ -9,7 +9,7 @@ its metric.
 import numpy as np
 
 from prompt_tuning import metrics
-from prompt_tuning import postprocessors
+from prompt_tuning.data import postprocessors
 
 
 def test_string_label_to_class_id():

@@ -25,9 +25,9 @@ import seqio
 import tensorflow as tf
 
 from prompt_tuning import metrics
-from prompt_tuning import postprocessors
-from prompt_tuning import task_registry
-from prompt_tuning import vocabularies
+from prompt_tuning.data import postprocessors
+from prompt_tuning.data import registry
+from prompt_tuning.data import vocabularies
 
 Examples = Dict[str, List]
 # Metric names `register_from_files` accepts, by mode.
@@ -256,7 +256,7 @@ def register_from_files(
     raise ValueError(f"Unknown metric(s) {unknown} for task {name!r}; use "
                      f"{sorted(known)}.")
   vocabulary = vocabulary or vocabularies.t5_vocabulary()
-  task_registry.add_task(
+  registry.add_task(
       name, family=family, class_labels=labels,
       description="from " + ", ".join(
           sorted({os.path.basename(p) for p in files.values()})),

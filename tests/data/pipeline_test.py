@@ -7,7 +7,7 @@ validation examples), so they need no files and run in seconds.
 import numpy as np
 import pytest
 
-from prompt_tuning import data
+from prompt_tuning.data import pipeline
 from tests import tiny_tasks
 
 LENGTHS = {"inputs": 32, "targets": 24}
@@ -22,7 +22,7 @@ def _train(task="tiny_classify", global_batch_size=8, shuffle=True, seed=0,
            repeat=True, **kwargs):
   kwargs.setdefault("shard_id", 0)
   kwargs.setdefault("num_shards", 1)
-  return data.get_dataset(task, LENGTHS, "train", global_batch_size,
+  return pipeline.get_dataset(task, LENGTHS, "train", global_batch_size,
                           shuffle=shuffle, seed=seed, repeat=repeat, **kwargs)
 
 
@@ -44,9 +44,9 @@ def _assert_same(batches_a, batches_b):
 
 def test_batch_features_shapes_and_dtypes():
   batch = next(_train(global_batch_size=8))
-  assert set(batch) == set(data.MODEL_FEATURES)
+  assert set(batch) == set(pipeline.MODEL_FEATURES)
   assert batch["encoder_input_tokens"].shape == (8, LENGTHS["inputs"])
-  for key in data.MODEL_FEATURES[1:]:
+  for key in pipeline.MODEL_FEATURES[1:]:
     assert batch[key].shape == (8, LENGTHS["targets"])
   for value in batch.values():
     assert value.dtype == np.int32
@@ -113,7 +113,7 @@ def test_pack_is_refused():
 
 def test_unknown_task_lists_close_matches():
   with pytest.raises(ValueError) as error:
-    data.get_task_or_mixture("tiny_clasify")
+    pipeline.get_task_or_mixture("tiny_clasify")
   message = str(error.value)
   assert "\n" not in message
   assert "tiny_classify" in message
@@ -140,19 +140,19 @@ def test_resume_of_unseeded_shuffle_is_refused():
 ])
 def test_bad_feature_lengths(lengths, match):
   with pytest.raises(ValueError, match=match):
-    data.get_dataset("tiny_copy", lengths, "train", 8, shuffle=False,
+    pipeline.get_dataset("tiny_copy", lengths, "train", 8, shuffle=False,
                      seed=0, repeat=False, shard_id=0, num_shards=1)
 
 
 def test_pad_batch():
   batch = {"a": np.ones((3, 4), np.int32), "b": np.arange(3)}
-  padded, n = data.pad_batch(batch, 5)
+  padded, n = pipeline.pad_batch(batch, 5)
   assert n == 3
   assert padded["a"].shape == (5, 4) and padded["a"].dtype == np.int32
   np.testing.assert_array_equal(padded["a"][3:], 0)
   np.testing.assert_array_equal(padded["b"], [0, 1, 2, 0, 0])
   with pytest.raises(ValueError):
-    data.pad_batch(batch, 2)
+    pipeline.pad_batch(batch, 2)
 
 
 @pytest.mark.parametrize("task, num_examples", [
@@ -162,7 +162,7 @@ def test_pad_batch():
 def test_evaluation_batches_keep_every_example_once(task, num_examples):
   # 16 rows per global batch over 2 hosts: 60 examples leave a last batch
   # with 12 real rows, 8 on host 0 and 4 on host 1.
-  hosts = [list(data.evaluation_dataset(task, LENGTHS, "validation", 16,
+  hosts = [list(pipeline.evaluation_dataset(task, LENGTHS, "validation", 16,
                                         shard_id=i, num_shards=2))
            for i in range(2)]
   assert len(hosts[0]) == len(hosts[1]) == -(-num_examples // 16)
@@ -177,7 +177,7 @@ def test_evaluation_batches_keep_every_example_once(task, num_examples):
         np.testing.assert_array_equal(value[n:], 0)
       seen += n
   assert seen == num_examples
-  whole = list(data.evaluation_dataset(task, LENGTHS, "validation", 16,
+  whole = list(pipeline.evaluation_dataset(task, LENGTHS, "validation", 16,
                                        shard_id=0, num_shards=1))
   in_order = _rows([{k: v[:b.num_examples] for k, v in b.features.items()}
                     for b in whole])

@@ -1,4 +1,4 @@
-"""Tests of the Hugging Face T5 reader (prompt_tuning.checkpoints.hf).
+"""Tests of the Hugging Face T5 reader (prompt_tuning.pretrained.hf).
 
 The committed fixtures under tests/fixtures/hf/ were written by transformers
 4.57 (tests/fixtures/make_hf_fixtures.py); these tests need numpy only. Raw
@@ -16,10 +16,12 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from prompt_tuning.checkpoints import hf
+from prompt_tuning.pretrained import hf
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                        "fixtures", "hf")
+# The committed fixtures live in tests/fixtures/, one folder up.
+FIXTURES = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "fixtures", "hf")
 UNTIED = os.path.join(FIXTURES, "t5_1_1_style")
 TIED = os.path.join(FIXTURES, "t5_1_0_style")
 

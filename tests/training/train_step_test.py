@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning import partitioning
-from prompt_tuning.checkpoints.assemble import flat_names
+from prompt_tuning.pretrained.assemble import flat_names
 from prompt_tuning.models import T5
 from prompt_tuning.models import t5_config
 from prompt_tuning.prompts import PromptedT5
