@@ -25,6 +25,10 @@ INSTALL_REQUIRES = [
     "msgpack>=1.0",
     "ml_dtypes>=0.5",
     "numpy>=1.26",
+    # The sweep report's figures (Agg backend, no display).
+    "matplotlib>=3.8,<4",
+    # Sweep files are TOML; tomllib is in the standard library from 3.11.
+    "tomli>=2; python_version<'3.11'",
 ]
 
 EXTRAS_REQUIRE = {
@@ -53,12 +57,15 @@ setuptools.setup(
     ["prompt_tuning.tasks"],
     package_dir={"prompt_tuning.tasks": "tasks"},
     package_data={"prompt_tuning.tasks": ["custom_example_data/*.tsv",
-                                          "quickstart_checkpoint/*"]},
+                                          "quickstart_checkpoint/*",
+                                          "mini_study_checkpoints/*/*"]},
     install_requires=INSTALL_REQUIRES,
     entry_points={"console_scripts": [
         "prompt-tuning-train=prompt_tuning.train:main",
         "prompt-tuning-eval=prompt_tuning.eval:main",
         "prompt-tuning-infer=prompt_tuning.infer:main",
+        "prompt-tuning-sweep=prompt_tuning.sweep:main",
+        "prompt-tuning-report=prompt_tuning.report:main",
     ]},
     extras_require=EXTRAS_REQUIRE,
     license="Apache-2.0",

@@ -6,8 +6,10 @@ That needs a pretrained model that is small enough to commit (< 2 MB) and to
 run in minutes on a laptop CPU, and that really has the skill. This script
 makes it from scratch, with the project's own training loop:
 
-1. a random-init T5 of `QUICKSTART_CONFIG` (T5.1.1 style: gated-GELU, untied
-   logits; ~0.25M parameters) is written as a Hugging Face checkpoint;
+1. a random-init T5 of `SIZES[--size]` (T5.1.1 style: gated-GELU, untied
+   logits; 'base' = `QUICKSTART_CONFIG`, ~0.25M parameters; 'small' and
+   'large' are the other rungs of the mini-study's ladder) is written as a
+   Hugging Face checkpoint;
 2. it is model-tuned (every weight trains, `train(mode='model')`) on the
    prefixed multi-task mixture `quickstart_pretrain` ('first: ...',
    'last: ...', 'sentiment: ...'), and evaluated on each task's validation
@@ -15,12 +17,15 @@ makes it from scratch, with the project's own training loop:
 3. the final weights are restored from the run's orbax checkpoint and
    exported with `save_hf` (float32 config.json + model.safetensors, which
    `load_pretrained` reads back bit-exactly, checked here) into
-   tasks/quickstart_checkpoint/, next to a README.md recording the metrics.
+   tasks/quickstart_checkpoint/ ('base') or tasks/mini_study_checkpoints/
+   <size>/, next to a README.md recording the metrics.
 
 Run from the repository root (about 10 minutes on 2 CPU cores; the result is
 committed, so users never need to):
 
-  python launch/make_quickstart_checkpoint.py
+  python launch/make_quickstart_checkpoint.py              # base
+  python launch/make_quickstart_checkpoint.py --size small
+  python launch/make_quickstart_checkpoint.py --size large
 
 `--help` lists the options (--output, --work_dir to keep the run directory,
 --train_steps, --batch_size, --learning_rate, --seed, ...). Data order,
@@ -73,15 +78,34 @@ QUICKSTART_CONFIG = T5Config(
     # Written to config.json for the prompt-tuning runs (the paper's 0.1);
     # pretraining here overrides it with --dropout_rate.
     dropout_rate=0.1, dtype="float32")
-DEFAULT_OUTPUT = os.path.join(_ROOT, "tasks", "quickstart_checkpoint")
+# The mini-study's ladder of frozen models (gin_configs/sweeps/mini_study.toml):
+# three clearly different sizes, all pretrained the same way on the same
+# mixture. 'base' is the quickstart's model itself (committed once).
+SIZES = {
+    "small": QUICKSTART_CONFIG.replace(emb_dim=32, num_heads=2, head_dim=16,
+                                       mlp_dim=64),
+    "base": QUICKSTART_CONFIG,
+    "large": QUICKSTART_CONFIG.replace(emb_dim=112, num_heads=4, head_dim=28,
+                                       mlp_dim=224),
+}
+OUTPUTS = {
+    "small": os.path.join(_ROOT, "tasks", "mini_study_checkpoints", "small"),
+    "base": os.path.join(_ROOT, "tasks", "quickstart_checkpoint"),
+    "large": os.path.join(_ROOT, "tasks", "mini_study_checkpoints", "large"),
+}
 
 
 def _parse(argv):
   parser = argparse.ArgumentParser(
       description=__doc__.splitlines()[0],
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  parser.add_argument("--output", default=DEFAULT_OUTPUT,
-                      help="HF checkpoint directory to (over)write.")
+  parser.add_argument("--size", default="base", choices=sorted(SIZES),
+                      help="which model of the ladder: 'base' is the "
+                      "quickstart's; 'small' and 'large' complete the "
+                      "mini-study's size curve.")
+  parser.add_argument("--output", default="",
+                      help="HF checkpoint directory to (over)write; default: "
+                      "the size's folder under tasks/.")
   parser.add_argument("--work_dir", default="",
                       help="run directory for the pretraining checkpoints; "
                       "default: a temporary directory, deleted at the end.")
@@ -98,19 +122,23 @@ def _parse(argv):
   return parser.parse_args(argv)
 
 
-def _write_readme(output: str, args: argparse.Namespace,
-                  metrics: dict, seconds: float) -> None:
+def _write_readme(output: str, args: argparse.Namespace, config: T5Config,
+                  parameters: int, metrics: dict, seconds: float) -> None:
   accuracies = "\n".join(
       f"| `{name.split('/')[0]}` | {value:.1f} |"
       for name, value in sorted(metrics.items())
       if name.endswith("/accuracy"))
-  text = f"""# quickstart_checkpoint
+  role = ("The frozen model of the README quickstart (and the 'base' rung of "
+          "the mini-study's ladder)" if args.size == "base" else
+          f"The '{args.size}' rung of the mini-study's ladder of frozen models "
+          "(gin_configs/sweeps/mini_study.toml)")
+  text = f"""# {os.path.basename(os.path.normpath(output))}
 
-The frozen model of the README quickstart: a tiny T5.1.1-style T5
-({QUICKSTART_CONFIG.emb_dim} wide, {QUICKSTART_CONFIG.num_heads} heads x \
-{QUICKSTART_CONFIG.head_dim}, MLP {QUICKSTART_CONFIG.mlp_dim}, \
-{QUICKSTART_CONFIG.num_encoder_layers}+{QUICKSTART_CONFIG.num_decoder_layers} \
-layers, vocabulary {QUICKSTART_CONFIG.vocab_size}, gated-GELU, untied), as a
+{role}: a tiny T5.1.1-style T5 with {parameters:,} parameters
+({config.emb_dim} wide, {config.num_heads} heads x {config.head_dim}, \
+MLP {config.mlp_dim}, \
+{config.num_encoder_layers}+{config.num_decoder_layers} \
+layers, vocabulary {config.vocab_size}, gated-GELU, untied), as a
 Hugging Face checkpoint (float32). It was trained from a random init by
 `launch/make_quickstart_checkpoint.py` on the mixture `quickstart_pretrain`
 (tasks/quickstart.py) for {args.train_steps} steps of batch \
@@ -124,7 +152,7 @@ Validation accuracy (%, greedy decoding) at the end of pretraining:
 |---|---|
 {accuracies}
 
-Regenerate with `python launch/make_quickstart_checkpoint.py`.
+Regenerate with `python launch/make_quickstart_checkpoint.py --size {args.size}`.
 """
   with open(os.path.join(output, "README.md"), "w", encoding="utf-8") as f:
     f.write(text)
@@ -154,7 +182,8 @@ def main(argv=None) -> int:
   work_dir = args.work_dir or tempfile.mkdtemp(prefix="quickstart_ckpt_")
   init_dir = os.path.join(work_dir, "init")
   run_dir = os.path.join(work_dir, "run")
-  config = QUICKSTART_CONFIG
+  config = SIZES[args.size]
+  output = args.output or OUTPUTS[args.size]
 
   tokens = np.ones((1, 4), np.int32)
   variables = jax.jit(T5(config).init)(jax.random.PRNGKey(args.seed), tokens,
@@ -177,19 +206,20 @@ def main(argv=None) -> int:
   seconds = time.perf_counter() - start
 
   params = _restore_params(run_dir, init_dir, config, optimizer, args.seed)
-  save_hf(params, config, args.output)
+  save_hf(params, config, output)
   # What the quickstart will freeze must be exactly what was trained.
-  _, loaded = load_pretrained(args.output)
+  _, loaded = load_pretrained(output)
   trained = traverse_util.flatten_dict(params, sep="/")
   for name, value in traverse_util.flatten_dict(loaded, sep="/").items():
     np.testing.assert_array_equal(np.asarray(value),
                                   np.asarray(trained[name]), err_msg=name)
-  _write_readme(args.output, args, result["eval"], seconds)
+  _write_readme(output, args, config, result["parameters"]["total"],
+                result["eval"], seconds)
   if not args.work_dir:
     shutil.rmtree(work_dir)
-  size = sum(os.path.getsize(os.path.join(args.output, f))
-             for f in os.listdir(args.output))
-  logging.info("Wrote %s (%d bytes) in %.1f min; eval: %s", args.output, size,
+  size = sum(os.path.getsize(os.path.join(output, f))
+             for f in os.listdir(output))
+  logging.info("Wrote %s (%d bytes) in %.1f min; eval: %s", output, size,
                seconds / 60, json.dumps(result["eval"], sort_keys=True))
   return 0
 

@@ -11,6 +11,7 @@ the files in `gin_configs/`. It also parses T5X-style command lines: `--gin_file
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 from typing import Optional, Sequence, Tuple
@@ -114,6 +115,44 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
   except (ValueError, SyntaxError, TypeError) as e:
     raise ConfigError(_explain(e)) from None
   gin.finalize()
+
+
+def check_bindings(gin_files: Sequence[str], bindings: Sequence[str],
+                   search_paths: Sequence[str] = ()) -> str:
+  """Parses a run's config as the CLI would, then forgets it.
+
+  Besides everything `parse` checks, a macro that `bindings` set must be read
+  somewhere (`%NAME`): gin would accept `TRAIN_STEPZ = 10` as a new macro
+  that nothing reads. Used by the sweep command to check every run before
+  the first one starts.
+
+  Returns:
+    The parsed config (`gin.config_str()`).
+
+  Raises:
+    ConfigError: as `parse`, or a macro nothing reads (with close matches).
+  """
+  root = logging.getLogger()
+  level = root.level
+  # gin logs each search path it tries and misses at ERROR level.
+  root.setLevel(logging.CRITICAL)
+  try:
+    parse(gin_files, bindings, search_paths)
+    text = gin.config_str()
+  finally:
+    root.setLevel(level)
+    gin.clear_config()
+  defined = set(re.findall(r"^([A-Z][A-Z0-9_]*) = ", text, re.M))
+  read = set(re.findall(r"%([A-Za-z_][A-Za-z0-9_.]*)", text))
+  for binding in bindings:
+    match = re.match(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=", binding)
+    if match and match.group(1) in defined and match.group(1) not in read:
+      name = match.group(1)
+      close = difflib.get_close_matches(name, sorted(defined - {name}), n=3)
+      hint = f" Did you mean {', '.join(close)}?" if close else ""
+      raise ConfigError(f"Macro {name} is set ({binding.strip()!r}) but "
+                        f"nothing reads it (no %{name} in the config).{hint}")
+  return text
 
 
 def _explain(error: Exception) -> str:

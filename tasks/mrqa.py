@@ -14,7 +14,9 @@ Names:
   usual validation evaluation reaches it;
 - `mrqa_squad_to_<config>_v100`: mixtures that train on SQuAD only and
   evaluate on SQuAD and `<config>` (the paper's "SQuAD -> X" pairs), one per
-  other set.
+  other set;
+- `mrqa_squad_to_out_of_domain_v100`: trains on SQuAD once and evaluates on
+  SQuAD and all six out-of-domain sets (the paper's Table 1 in one run).
 """
 
 import seqio
@@ -33,6 +35,7 @@ OUT_OF_DOMAIN = ("bio_asq", "drop", "duo_rc", "race", "relation_extraction",
                  "textbook_qa")
 TRAIN = "squad"
 FAMILY = "mrqa"
+OUT_OF_DOMAIN_MIXTURE = "mrqa_squad_to_out_of_domain_v100"
 
 
 def task_name(config: str) -> str:
@@ -69,6 +72,12 @@ def _register() -> None:
         pair_name(TRAIN, config),
         [(task_name(TRAIN), 1.0), (task_name(config), 0.0)], family=FAMILY,
         description=f"train on SQuAD, evaluate on SQuAD and {config}")
+  registry.add_mixture(
+      OUT_OF_DOMAIN_MIXTURE,
+      [(task_name(TRAIN), 1.0)] + [(task_name(c), 0.0) for c in OUT_OF_DOMAIN],
+      family=FAMILY,
+      description="train on SQuAD, evaluate on SQuAD and the six "
+                  "out-of-domain sets (Table 1)")
 
 
 _register()

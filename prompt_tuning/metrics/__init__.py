@@ -25,17 +25,19 @@ from prompt_tuning.metrics.qa import record
 from prompt_tuning.metrics.qa import squad
 from prompt_tuning.metrics.qa import trivia_qa
 from prompt_tuning.metrics.superglue import DIAGNOSTIC_TASKS
+from prompt_tuning.metrics.superglue import IGNORED_IN_SCORE
 from prompt_tuning.metrics.superglue import SUPERGLUE_TASKS
 from prompt_tuning.metrics.superglue import superglue_average
 from prompt_tuning.metrics.superglue import superglue_task_name
 from prompt_tuning.metrics.superglue import superglue_task_scores
+from prompt_tuning.metrics.superglue import task_score
 
 __all__ = [
-    "DIAGNOSTIC_TASKS", "MetricFn", "SUPERGLUE_TASKS", "accuracy",
+    "DIAGNOSTIC_TASKS", "IGNORED_IN_SCORE", "MetricFn", "SUPERGLUE_TASKS", "accuracy",
     "all_match", "deduplicate_metric", "f1_score_with_invalid",
     "invalid_rate", "matthews_corrcoef", "mean_group_metric",
     "mean_multiclass_f1", "multirc_f1_over_all_answers", "normalize_squad",
     "normalize_trivia_qa", "pearson_corrcoef", "record", "spearman_corrcoef",
     "squad", "superglue_average", "superglue_task_name",
-    "superglue_task_scores", "trivia_qa",
+    "superglue_task_scores", "task_score", "trivia_qa",
 ]

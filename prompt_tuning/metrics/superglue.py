@@ -23,7 +23,7 @@ SUPERGLUE_TASKS = ("boolq", "cb", "copa", "multirc", "record", "rte", "wic",
 # Recognised too, though not in the score.
 DIAGNOSTIC_TASKS = ("axb", "axg")
 # Bookkeeping metrics that say nothing about task quality.
-_ALWAYS_IGNORED = frozenset({"invalid_prediction_rate"})
+IGNORED_IN_SCORE = frozenset({"invalid_prediction_rate"})
 
 
 def superglue_task_name(name: str) -> Optional[str]:
@@ -43,6 +43,21 @@ def superglue_task_name(name: str) -> Optional[str]:
   return found.pop() if found else None
 
 
+def task_score(task_metrics: Mapping[str, float],
+               ignore: Collection[str] = ()) -> float:
+  """One task's score: the mean of its metrics (the leaderboard's rule).
+
+  Raises:
+    ValueError: no metric is left once `IGNORED_IN_SCORE` and `ignore` are
+      removed.
+  """
+  ignored = IGNORED_IN_SCORE | frozenset(ignore)
+  values = [float(v) for k, v in task_metrics.items() if k not in ignored]
+  if not values:
+    raise ValueError(f"No metric to average in {dict(task_metrics)}.")
+  return float(np.mean(values))
+
+
 def superglue_task_scores(
     scores: Mapping[str, Mapping[str, float]],
     ignore: Collection[str] = ()) -> Dict[str, float]:
@@ -59,17 +74,17 @@ def superglue_task_scores(
   Raises:
     ValueError: if two names are the same task, or a task has no metric left.
   """
-  ignored = _ALWAYS_IGNORED | frozenset(ignore)
   task_scores: Dict[str, float] = {}
   for name, metrics in scores.items():
     task = superglue_task_name(name) or name
     if task in task_scores:
       raise ValueError(f"Task {task!r} appears twice in the scores (as "
                        f"{name!r} and another name); pass one of them.")
-    values = [float(v) for k, v in metrics.items() if k not in ignored]
-    if not values:
-      raise ValueError(f"Task {name!r} has no metric to average: {metrics}.")
-    task_scores[task] = float(np.mean(values))
+    try:
+      task_scores[task] = task_score(metrics, ignore)
+    except ValueError:
+      raise ValueError(
+          f"Task {name!r} has no metric to average: {metrics}.") from None
   return task_scores
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from prompt_tuning import partitioning
+from prompt_tuning.training import records
 
 PyTree = Any
 
@@ -51,21 +52,6 @@ def _is_writer() -> bool:
   # Orbax coordinates its own multi-process writes; our small side files
   # (prompt exports, best.json) must have exactly one writer.
   return jax.process_index() == 0
-
-
-def _atomic_write(path: str, write: Callable[[Any], None]) -> None:
-  """Writes `path` through a temp file and a rename, so readers never see a
-  partial file (os.replace is atomic on POSIX within one filesystem)."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "wb") as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def _to_json(value: Any, what: str) -> Any:
@@ -329,7 +315,7 @@ class Checkpointer:
                   "value": value, "step": int(step)}
     if _is_writer():
       text = json.dumps(self._best, indent=2, sort_keys=True) + "\n"
-      _atomic_write(os.path.join(self.model_dir, _BEST_FILE),
+      records.atomic_write(os.path.join(self.model_dir, _BEST_FILE),
                     lambda f: f.write(text.encode("utf-8")))
     return True
 
@@ -443,7 +429,7 @@ class Checkpointer:
       return
     prompts_dir = os.path.join(self.model_dir, _PROMPTS_DIR)
     os.makedirs(prompts_dir, exist_ok=True)
-    _atomic_write(os.path.join(prompts_dir, f"step_{step}.npy"),
+    records.atomic_write(os.path.join(prompts_dir, f"step_{step}.npy"),
                   lambda f: np.save(f, prompt, allow_pickle=False))
 
 

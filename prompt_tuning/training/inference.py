@@ -159,14 +159,18 @@ class RunEvaluator:
   def evaluate(self, params: PyTree, step: Optional[int] = None
                ) -> Dict[str, Any]:
     """Returns {'flat': {'eval/loss': ..., '<task>/<metric>': ...,
-    'super_glue/average' (2+ SuperGLUE tasks)}, 'tasks': task -> metric ->
-    value}."""
+    '<task>/score' (the mean of the task's metrics), 'super_glue/average'
+    (2+ SuperGLUE tasks)}, 'tasks': task -> metric -> value}."""
     flat = {f"eval/{k}": v for k, v in self.teacher_forced(params).items()}
     tasks = self._evaluator.evaluate(self.predict_batch_fn(params), step=step,
                                      rank_batch=self.rank_batch_fn(params))
     for task, task_metrics in tasks.items():
       for metric, value in task_metrics.items():
         flat[f"{task}/{metric}"] = value
+      # The paper selects checkpoints by the dev score, a multi-metric task
+      # counting as the mean of its metrics (`best_metric='<task>/score'`).
+      if any(m not in metrics.IGNORED_IN_SCORE for m in task_metrics):
+        flat[f"{task}/score"] = metrics.task_score(task_metrics)
     # A SuperGLUE mixture also gets the leaderboard-style average over the
     # SuperGLUE tasks it evaluated (diagnostics excluded).
     superglue = {t: m for t, m in tasks.items() if m and

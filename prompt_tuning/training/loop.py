@@ -5,10 +5,11 @@ prompt, then steps: jitted `train_step` on global batches built from
 host-local data, a progress line (loss, steps/s, tokens/s, ETA),
 TensorBoard scalars, periodic checkpoints of what trains (never the frozen
 model) and periodic evaluation (teacher-forced loss and token accuracy, and
-decoded predictions scored by the task's metrics). It resumes exactly from
-the newest checkpoint in `model_dir`: prompt, optimizer state, rng and data
-position. A non-finite loss stops the run before anything is saved, so the
-last good checkpoint stays the newest.
+decoded predictions scored by the task's metrics), with the plain records of
+`records` (parameter counts, every evaluation, how the run ended). It
+resumes exactly from the newest checkpoint in `model_dir`: prompt, optimizer
+state, rng and data position. A non-finite loss stops the run before
+anything is saved, so the last good checkpoint stays the newest.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from prompt_tuning import partitioning
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.training import losses
 from prompt_tuning.training import optimizers
+from prompt_tuning.training import records
 from prompt_tuning.training import setup
 from prompt_tuning.training import step as step_lib
 from prompt_tuning.training.inference import DecodeConfig
@@ -170,6 +172,10 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
   logging.info("Parameters: %s total, %s trainable (%.4f%%).",
                f"{counts['total']:,}", f"{counts['trainable']:,}",
                counts["trainable_percent"])
+  if jax.process_index() == 0:
+    records.write_parameters(
+        model_dir, counts, mode=mode,
+        prompt_parameters=counts["trainable"] if mode == "prompt" else 0)
 
   tx = optimizers.adafactor(optimizer)
   state = create_train_state(run.trainable, tx, state_rng)
@@ -223,6 +229,8 @@ def _loop(ckpt: checkpoints.Checkpointer, run: setup.RunModel,
     results = evaluator.evaluate(state.params, step)
     if step > 0:  # the untrained baseline has no checkpoint to select
       ckpt.record_eval(step, results["flat"])
+    if jax.process_index() == 0:
+      records.append_eval(model_dir, step, results["flat"])
     if writer is not None:
       for key, value in results["flat"].items():
         writer.scalar(f"eval/{key}" if "/" not in key else key, value, step)
@@ -297,5 +305,10 @@ def _loop(ckpt: checkpoints.Checkpointer, run: setup.RunModel,
       last_eval = evaluate(final)
   logging.info("Finished at step %d in %.1fs.", final,
                time.perf_counter() - run_start)
+  # A rerun of a finished run trains nothing: its summary stays as it was.
+  if jax.process_index() == 0 and (final > first_step or
+                                   not records.is_finished(model_dir)):
+    records.write_summary(model_dir, final, schedule.train_steps, last_train,
+                          last_eval.get("flat", {}))
   return {"step": final, "train": last_train,
           "eval": last_eval.get("flat", {}), "parameters": counts}

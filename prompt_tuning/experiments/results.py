@@ -1,0 +1,161 @@
+"""Reading run directories: what each run was, and the step early stopping picks.
+
+A run directory is anything under the report's root holding a
+`parameters.json` or a `sweep_run.json` (written by `train` and by the sweep
+runner, see `training.records`). For each one this reads the grid point,
+task and seed (from `sweep_run.json`; for a run started by hand, from its
+`config.gin`), the parameter counts, every evaluation (`eval/metrics.jsonl`)
+and whether it finished. The selected step is the paper's early stopping on
+the dev set: the evaluation (after step 0) with the best `best_metric`
+(default `<task>/score`, the mean of the task's metrics), the earliest one on
+a tie, NaN never; the same rule as `best.json`, which it is checked against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from typing import Any, Dict, List, Mapping, Optional
+
+from prompt_tuning.experiments import runner
+from prompt_tuning.training import records
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+  """One run directory, read."""
+  name: str
+  path: str
+  # 'finished', 'failed', 'partial' (stopped midway) or 'pending'.
+  status: str
+  # axis -> value name ({} for a run not started by a sweep).
+  point: Mapping[str, str]
+  task: str
+  seed: Optional[int]
+  studies: tuple
+  best_metric: str
+  # The frozen T5's own parameters, and what trained.
+  model_parameters: Optional[int]
+  trainable_parameters: Optional[int]
+  mode: str
+  # Early stopping's step and every dev metric there (None / {}: no eval).
+  selected_step: Optional[int]
+  metrics: Mapping[str, float]
+  # Why it is not usable ('' when it is).
+  problem: str = ""
+
+  @property
+  def usable(self) -> bool:
+    return not self.problem
+
+  def task_metrics(self, task: str) -> Dict[str, float]:
+    """`task`'s metrics at the selected step, without the task prefix."""
+    prefix = f"{task}/"
+    return {k[len(prefix):]: v for k, v in self.metrics.items()
+            if k.startswith(prefix) and k != f"{task}/score"}
+
+
+def select_step(history: Mapping[int, Mapping[str, float]], metric: str,
+                mode: str = "max") -> Optional[int]:
+  """The evaluated step (> 0) with the best finite `metric`; ties: earliest."""
+  best_step, best_value = None, None
+  for step in sorted(history):
+    value = history[step].get(metric)
+    if step <= 0 or value is None or math.isnan(value):
+      continue
+    if best_value is None or (value > best_value if mode == "max"
+                              else value < best_value):
+      best_step, best_value = step, value
+  return best_step
+
+
+def _gin_value(config_text: str, key: str) -> Optional[str]:
+  match = re.search(rf"^{re.escape(key)}\s*=\s*(.+)$", config_text, re.M)
+  return match.group(1).strip() if match else None
+
+
+def _from_config(path: str) -> Dict[str, Any]:
+  """Task, seed and best metric of a run started by hand (its config.gin)."""
+  try:
+    with open(os.path.join(path, "config.gin"), encoding="utf-8") as f:
+      text = f.read()
+  except OSError:
+    return {}
+  out: Dict[str, Any] = {}
+  task = _gin_value(text, "MIXTURE_OR_TASK_NAME") or _gin_value(
+      text, "train.mixture_or_task_name")
+  if task:
+    out["task"] = task.strip("'\"")
+  seed = _gin_value(text, "TrainConfig.seed")
+  if seed and seed.isdigit():
+    out["seed"] = int(seed)
+  best = _gin_value(text, "TrainConfig.best_metric")
+  if best and best.strip("'\""):
+    out["best_metric"] = best.strip("'\"")
+  return out
+
+
+def read_run(path: str) -> RunResult:
+  """Reads one run directory (never raises for a damaged or partial one)."""
+  described = records.read_json(os.path.join(path, runner.RUN_FILE)) or {}
+  if not described:
+    described = _from_config(path)
+  task = str(described.get("task", ""))
+  best_metric = str(described.get("best_metric") or
+                    (f"{task}/score" if task else ""))
+  parameters = records.read_json(os.path.join(path, records.PARAMETERS_FILE))
+  status = runner.status(path)
+  history = records.read_eval_history(path)
+  best = records.read_json(os.path.join(path, "best.json")) or {}
+  mode = str(best.get("mode", "max")) if best.get(
+      "metric") == best_metric else "max"
+  step = select_step(history, best_metric, mode) if best_metric else None
+  problem = ""
+  if status != "finished":
+    problem = runner.failure(path) or f"not finished ({status})"
+    problem = f"{status}: {problem}" if status == "failed" else problem
+  elif not task:
+    problem = "no task recorded (no sweep_run.json or config.gin)"
+  elif step is None:
+    problem = (f"no evaluation after step 0 reports {best_metric!r}"
+               if history else "no evaluations (eval/metrics.jsonl)")
+  elif best.get("metric") == best_metric and int(best["step"]) != step:
+    problem = (f"best.json says step {best['step']} but the evaluations "
+               f"select step {step}")
+  seed = described.get("seed")
+  return RunResult(
+      name=str(described.get("run") or os.path.basename(path)), path=path,
+      status=status, point=dict(described.get("point") or {}), task=task,
+      seed=int(seed) if seed is not None else None,
+      studies=tuple(described.get("studies") or ()),
+      best_metric=best_metric,
+      model_parameters=int(parameters["model"]) if parameters else None,
+      trainable_parameters=(int(parameters["trainable"]) if parameters
+                            else None),
+      mode=str(parameters.get("mode", "")) if parameters else "",
+      selected_step=step,
+      metrics=dict(history.get(step, {})) if step is not None else {},
+      problem=problem)
+
+
+def _is_run_dir(path: str) -> bool:
+  return any(os.path.exists(os.path.join(path, name)) for name in
+             (runner.RUN_FILE, records.PARAMETERS_FILE))
+
+
+def read_root(root: str) -> List[RunResult]:
+  """Every run directory under `root` (any depth), sorted by name."""
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"{root}: no such directory (the sweep's root, "
+                            f"e.g. the one `sweep run --root` used).")
+  found = []
+  for folder, subfolders, _ in os.walk(root):
+    if _is_run_dir(folder):
+      found.append(read_run(folder))
+      subfolders[:] = []  # a run's own folders hold no runs
+    else:
+      subfolders[:] = sorted(d for d in subfolders
+                             if not d.startswith("checkpoint_"))
+  return sorted(found, key=lambda r: r.name)

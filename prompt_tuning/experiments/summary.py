@@ -1,0 +1,215 @@
+"""results.csv and summary.md: one row per run, mean +- std per grid cell.
+
+A study's cell is a grid point without its task and seed. For every seed of
+a cell, each evaluated task's score is read at that run's selected step (the
+mean of the task's metrics, `invalid_prediction_rate` left out: the
+leaderboard's rule) and, when every task of the cell was evaluated once, the
+cell's score is the mean over its tasks (`metrics.superglue_average`: the
+SuperGLUE score when the tasks are SuperGLUE's). Means and sample standard
+deviations (ddof=1) are over the seeds that have every task of the cell;
+runs that failed or did not finish are listed and never averaged in.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from prompt_tuning import metrics as metrics_lib
+from prompt_tuning.experiments.results import RunResult
+
+
+@dataclasses.dataclass(frozen=True)
+class Stat:
+  """Mean and sample std of one quantity over seeds."""
+  mean: float
+  std: float  # NaN for a single seed
+  n: int
+
+  def text(self) -> str:
+    if self.n == 1:
+      return f"{self.mean:.2f} (n=1)"
+    return f"{self.mean:.2f} ± {self.std:.2f}"
+
+
+def stat(values: Sequence[float]) -> Stat:
+  values = [float(v) for v in values]
+  std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+  return Stat(float(np.mean(values)), std, len(values))
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One grid point of a study, over seeds."""
+  point: Mapping[str, str]
+  # column (evaluated task, or 'task -> evaluated task') -> Stat
+  tasks: Mapping[str, Stat]
+  # The mean over tasks (None when a task is missing or evaluated twice).
+  score: Optional[Stat]
+  model_parameters: Optional[float]
+  # Seeds with every task, and seeds with some task missing.
+  seeds: Tuple[int, ...]
+  incomplete_seeds: Tuple[int, ...]
+
+
+def evaluated_tasks(run: RunResult) -> List[str]:
+  """Tasks with a score at the run's selected step (a mixture has several)."""
+  return sorted(k[:-len("/score")] for k in run.metrics
+                if k.endswith("/score") and k != "eval/score")
+
+
+def _column(run: RunResult, evaluated: str, single_task: bool) -> str:
+  if single_task or evaluated == run.task:
+    return evaluated
+  return f"{run.task} -> {evaluated}"
+
+
+def cells(study_runs: Sequence[RunResult], axes: Sequence[str]
+          ) -> List[Cell]:
+  """The study's cells in grid order, from its usable runs."""
+  usable = [r for r in study_runs if r.usable]
+  all_tasks = sorted({r.task for r in study_runs})
+  single_task = len(all_tasks) == 1
+  grouped: Dict[Tuple[str, ...], List[RunResult]] = {}
+  for run in usable:
+    grouped.setdefault(tuple(run.point.get(a, "") for a in axes),
+                       []).append(run)
+  expected = {}  # cell -> tasks that any of its runs (usable or not) has
+  for run in study_runs:
+    expected.setdefault(tuple(run.point.get(a, "") for a in axes),
+                        set()).add(run.task)
+  out = []
+  for key, runs in grouped.items():
+    per_seed: Dict[int, List[RunResult]] = {}
+    for run in runs:
+      per_seed.setdefault(run.seed if run.seed is not None else -1,
+                          []).append(run)
+    complete = sorted(s for s, rs in per_seed.items()
+                      if {r.task for r in rs} >= expected[key])
+    incomplete = sorted(set(per_seed) - set(complete))
+    columns: Dict[str, List[float]] = {}
+    scores: List[float] = []
+    for seed in complete:
+      by_task: Dict[str, Dict[str, float]] = {}
+      duplicate = False
+      for run in per_seed[seed]:
+        for evaluated in evaluated_tasks(run):
+          columns.setdefault(_column(run, evaluated, single_task),
+                             []).append(run.metrics[f"{evaluated}/score"])
+          duplicate |= evaluated in by_task
+          by_task[evaluated] = run.task_metrics(evaluated)
+      if by_task and not duplicate:
+        scores.append(metrics_lib.superglue_average(by_task))
+    sizes = [r.model_parameters for r in runs if r.model_parameters]
+    out.append(Cell(
+        point=dict(zip(axes, key)),
+        tasks={c: stat(v) for c, v in sorted(columns.items())},
+        score=stat(scores) if scores and len(scores) == len(complete)
+        else None,
+        model_parameters=float(np.mean(sizes)) if sizes else None,
+        seeds=tuple(complete), incomplete_seeds=tuple(incomplete)))
+  return out
+
+
+def is_superglue(tasks: Sequence[str]) -> bool:
+  """True when the tasks are exactly SuperGLUE's eight (the score's name)."""
+  names = set()
+  for task in tasks:
+    try:
+      names.add(metrics_lib.superglue_task_name(task))
+    except ValueError:
+      return False
+  return names == set(metrics_lib.SUPERGLUE_TASKS)
+
+
+# --- results.csv ------------------------------------------------------------
+
+def csv_text(runs: Sequence[RunResult], axes: Sequence[str]) -> str:
+  """One row per run: grid keys, seed, counts, selected step, every metric."""
+  metric_names = sorted({k for r in runs for k in r.metrics})
+  header = (["run", "status", "studies"] + list(axes) +
+            ["task", "seed", "mode", "model_parameters",
+             "trainable_parameters", "best_metric", "selected_step",
+             "problem"] + metric_names)
+  out = io.StringIO()
+  writer = csv.writer(out, lineterminator="\n")
+  writer.writerow(header)
+  for run in runs:
+    writer.writerow(
+        [run.name, run.status, " ".join(run.studies)] +
+        [run.point.get(a, "") for a in axes] +
+        [run.task, "" if run.seed is None else run.seed, run.mode,
+         _blank(run.model_parameters), _blank(run.trainable_parameters),
+         run.best_metric, _blank(run.selected_step), run.problem] +
+        [_number(run.metrics.get(m)) for m in metric_names])
+  return out.getvalue()
+
+
+def _blank(value: Any) -> Any:
+  return "" if value is None else value
+
+
+def _number(value: Optional[float]) -> str:
+  return "" if value is None else repr(float(value))
+
+
+# --- summary.md -------------------------------------------------------------
+
+def _size(parameters: Optional[float]) -> str:
+  if not parameters:
+    return "?"
+  for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+    if parameters >= scale:
+      return f"{parameters / scale:.3g}{unit}"
+  return f"{parameters:.0f}"
+
+
+def study_table(study_cells: Sequence[Cell], varied: Sequence[str],
+                superglue: bool) -> List[str]:
+  """A markdown table: one row per cell."""
+  columns = sorted({c for cell in study_cells for c in cell.tasks})
+  score_name = "SuperGLUE score" if superglue else "score (mean over tasks)"
+  header = (list(varied) + ["frozen params", "seeds", score_name] + columns)
+  lines = ["| " + " | ".join(header) + " |",
+           "|" + "---|" * len(header)]
+  for cell in study_cells:
+    seeds = ",".join(str(s) for s in cell.seeds)
+    if cell.incomplete_seeds:
+      seeds += " (incomplete: " + ",".join(
+          str(s) for s in cell.incomplete_seeds) + ")"
+    row = ([cell.point.get(a, "") for a in varied] +
+           [_size(cell.model_parameters), seeds or "-",
+            cell.score.text() if cell.score else "-"] +
+           [cell.tasks[c].text() if c in cell.tasks else "-"
+            for c in columns])
+    lines.append("| " + " | ".join(row) + " |")
+  return lines
+
+
+def problem_lines(runs: Sequence[RunResult]) -> List[str]:
+  bad = [r for r in runs if not r.usable]
+  if not bad:
+    return ["All runs finished and were evaluated."]
+  lines = [f"{len(bad)} run(s) not averaged in:", ""]
+  lines += [f"- `{r.name}`: {r.problem}" for r in bad]
+  return lines
+
+
+def markdown(title: str, header_lines: Sequence[str],
+             sections: Sequence[Tuple[str, List[str]]],
+             runs: Sequence[RunResult]) -> str:
+  finished = sum(r.usable for r in runs)
+  parts = [f"# {title}", ""] + list(header_lines) + [
+      "", f"{len(runs)} runs: {finished} finished and evaluated, "
+      f"{len(runs) - finished} not. Each cell: mean ± sample std (ddof=1) "
+      f"over seeds of the dev score at the step early stopping selected "
+      f"(a task's score is the mean of its metrics, in percent).", ""]
+  for heading, lines in sections:
+    parts += [f"## {heading}", ""] + lines + [""]
+  parts += ["## Not averaged in", ""] + problem_lines(runs) + [""]
+  return "\n".join(parts)

@@ -1,0 +1,153 @@
+"""`python -m prompt_tuning.report ROOT`: tables and figures of a sweep.
+
+Reads every run directory under ROOT (what `train` writes: parameters.json,
+eval/metrics.jsonl, summary.json, best.json; and what the sweep command adds:
+sweep.json, sweep_run.json) and writes, into ROOT (or `--out`):
+
+- `results.csv`: one row per run: grid keys, task, seed, frozen-model and
+  trainable parameter counts, the step early stopping selected, every dev
+  metric there, and the run's status;
+- `summary.md`: per study, mean +- std over seeds per grid cell of each
+  task's score and of the mean over tasks (the SuperGLUE score when the
+  tasks are SuperGLUE's), and the runs that failed or did not finish (never
+  averaged in);
+- `<study>.png`: the study's figure (score vs frozen-model size on a log
+  axis, or vs an axis; one line per value of its `lines` axis; error bars:
+  std over seeds; the paper's numbers dashed where the sweep names them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from prompt_tuning.experiments import figures
+from prompt_tuning.experiments import paper
+from prompt_tuning.experiments import results as results_lib
+from prompt_tuning.experiments import runner
+from prompt_tuning.experiments import summary
+from prompt_tuning.training import records
+
+
+def _description(root: str, runs: Sequence[results_lib.RunResult]
+                 ) -> Dict[str, Any]:
+  """ROOT/sweep.json, or one study over what the run directories say."""
+  described = records.read_json(os.path.join(root, runner.SWEEP_FILE))
+  if described:
+    return described
+  axes = sorted({a for r in runs for a in r.point})
+  values = {a: sorted({r.point[a] for r in runs if a in r.point})
+            for a in axes}
+  return {"name": os.path.basename(os.path.normpath(root)),
+          "axes": [{"name": a, "values": values[a], "default": values[a][0]}
+                   for a in axes],
+          "studies": [{"name": "all", "vary": values,
+                       "lines": axes[0] if axes else None,
+                       "x": "parameters", "title": "", "paper": ""}],
+          "runs": [r.name for r in runs]}
+
+
+def _in_study(run: results_lib.RunResult, study: Mapping[str, Any],
+              defaults: Mapping[str, str]) -> bool:
+  if run.studies:
+    return study["name"] in run.studies
+  vary = study.get("vary") or {}
+  return all(run.point.get(a) in (vary[a] if a in vary else [defaults[a]])
+             for a in defaults)
+
+
+def _order(study_cells: List[summary.Cell],
+           axes: Sequence[Mapping[str, Any]]) -> List[summary.Cell]:
+  def key(cell):
+    return tuple(list(a["values"]).index(cell.point.get(a["name"]))
+                 if cell.point.get(a["name"]) in a["values"] else -1
+                 for a in axes)
+  return sorted(study_cells, key=key)
+
+
+def write_report(root: str, out: Optional[str] = None) -> Dict[str, str]:
+  """Writes results.csv, summary.md and one PNG per study; returns paths."""
+  out = out or root
+  runs = results_lib.read_root(root)
+  described = _description(root, runs)
+  planned = set(described.get("runs") or [])
+  missing = sorted(planned - {r.name for r in runs})
+  runs = runs + [results_lib.RunResult(
+      name=n, path=os.path.join(root, n), status="pending", point={},
+      task="", seed=None, studies=(), best_metric="", model_parameters=None,
+      trainable_parameters=None, mode="", selected_step=None, metrics={},
+      problem="not started (no run directory)") for n in missing]
+  axes = described.get("axes") or []
+  axis_names = [a["name"] for a in axes]
+  defaults = {a["name"]: a["default"] for a in axes}
+  os.makedirs(out, exist_ok=True)
+  paths = {"csv": os.path.join(out, "results.csv"),
+           "summary": os.path.join(out, "summary.md")}
+  with open(paths["csv"], "w", encoding="utf-8") as f:
+    f.write(summary.csv_text(runs, axis_names))
+  sections = []
+  for study in described.get("studies") or []:
+    members = [r for r in runs if _in_study(r, study, defaults)]
+    if not members:
+      continue
+    tasks = sorted({r.task for r in members if r.task})
+    superglue = summary.is_superglue(
+        [t for r in members if r.usable for t in summary.evaluated_tasks(r)])
+    study_cells = _order(summary.cells(members, axis_names), axes)
+    varied = [a for a in axis_names if a in (study.get("vary") or {})]
+    lines = summary.study_table(study_cells, varied, superglue)
+    heading = f"Study `{study['name']}`" + (
+        f": {study['title']}" if study.get("title") else "")
+    lines = [f"Tasks: {', '.join(tasks)}.", ""] + lines
+    figure_path = os.path.join(out, f"{study['name']}.png")
+    x = study.get("x") or "parameters"
+    lines_axis = study.get("lines")
+    by_name = {a["name"]: a for a in axes}
+    x_values = by_name[x]["values"] if x in by_name else []
+    line_values = by_name[lines_axis]["values"] if lines_axis else []
+    drawn, numeric = figures.study_lines(study_cells, x, lines_axis,
+                                         list(x_values), list(line_values))
+    figures.draw(
+        figure_path, study.get("title") or f"{described['name']}: "
+        f"{study['name']}", drawn, x=x, numeric_x=numeric,
+        x_values=list(x_values),
+        y_label=("SuperGLUE score" if superglue else
+                 "dev score (mean over tasks)"),
+        overlay=paper.OVERLAYS.get(study.get("paper") or ""))
+    paths[f"figure:{study['name']}"] = figure_path
+    lines += ["", f"Figure: `{os.path.basename(figure_path)}`."]
+    sections.append((heading, lines))
+  header = []
+  for key, label in (("reproduces", "Reproduces"),
+                     ("checkpoints", "Frozen models"),
+                     ("description", "About")):
+    if described.get(key):
+      header.append(f"{label}: {described[key]}")
+  with open(paths["summary"], "w", encoding="utf-8") as f:
+    f.write(summary.markdown(f"Sweep `{described['name']}`", header,
+                             sections, runs))
+  return paths
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m prompt_tuning.report",
+      description="results.csv, summary.md and figures of a sweep's runs.")
+  parser.add_argument("root", help="the sweep's root (its run directories)")
+  parser.add_argument("--out", default="",
+                      help="where to write (default: the root)")
+  args = parser.parse_args(argv)
+  try:
+    paths = write_report(args.root, args.out or None)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 2
+  for kind, path in paths.items():
+    print(f"{kind}: {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,131 @@
+"""A run directory's plain records: what a run was, what it scored, if it ended.
+
+Beside the orbax checkpoints, `train(...)` writes small JSON files that tools
+read without JAX or orbax (the sweep runner, `python -m prompt_tuning.report`):
+
+  <model_dir>/parameters.json      {"total", "trainable", "trainable_percent",
+                                    "model", "mode"}   written at start
+  <model_dir>/eval/metrics.jsonl   one {"step", "metrics": {name: value}} line
+                                   per evaluation, appended (a resumed run
+                                   appends again; the last line of a step wins)
+  <model_dir>/summary.json         {"step", "train_steps", "finished", "train",
+                                    "eval"}   written when the run ends
+
+`model` is the frozen T5's own parameter count (the prompt excluded), the x
+axis of the paper's curves. Only process 0 writes. Every file is replaced
+through a rename (appends are whole lines), so a reader never sees half a
+record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import numpy as np
+
+PARAMETERS_FILE = "parameters.json"
+EVAL_HISTORY_FILE = os.path.join("eval", "metrics.jsonl")
+SUMMARY_FILE = "summary.json"
+
+
+def atomic_write(path: str, write: Callable[[Any], None]) -> None:
+  """Writes `path` through a temp file and a rename, so readers never see a
+  partial file (os.replace is atomic on POSIX within one filesystem)."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "wb") as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _plain(value: Any) -> Any:
+  """numpy / jax scalars -> Python numbers, recursively (JSON can hold them)."""
+  if isinstance(value, Mapping):
+    return {str(k): _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  if hasattr(value, "shape") and np.ndim(value) == 0:
+    return np.asarray(value).item()
+  return value
+
+
+def write_json(path: str, value: Mapping[str, Any]) -> None:
+  text = json.dumps(_plain(value), indent=2, sort_keys=True) + "\n"
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def read_json(path: str) -> Optional[Dict[str, Any]]:
+  """The object in `path`, or None when the file is missing or unreadable."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      value = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return value if isinstance(value, dict) else None
+
+
+def write_parameters(model_dir: str, counts: Mapping[str, Any],
+                     prompt_parameters: int, mode: str) -> None:
+  """parameters.json: the run's counts and the frozen model's own size."""
+  record = dict(counts)
+  record["model"] = int(counts["total"]) - int(prompt_parameters)
+  record["mode"] = mode
+  write_json(os.path.join(model_dir, PARAMETERS_FILE), record)
+
+
+def append_eval(model_dir: str, step: int,
+                metrics: Mapping[str, Any]) -> None:
+  """Appends one evaluation to eval/metrics.jsonl (one line, one write)."""
+  path = os.path.join(model_dir, EVAL_HISTORY_FILE)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  line = json.dumps({"step": int(step), "metrics": _plain(dict(metrics))},
+                    sort_keys=True) + "\n"
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(line)
+
+
+def read_eval_history(model_dir: str) -> Dict[int, Dict[str, float]]:
+  """step -> flat metrics of eval/metrics.jsonl ({} when there is none).
+
+  A line cut short by a crash (the last one) is skipped; for a step evaluated
+  twice (a resumed run) the later line wins.
+  """
+  history: Dict[int, Dict[str, float]] = {}
+  try:
+    with open(os.path.join(model_dir, EVAL_HISTORY_FILE),
+              encoding="utf-8") as f:
+      lines = f.readlines()
+  except OSError:
+    return history
+  for line in lines:
+    try:
+      record = json.loads(line)
+      history[int(record["step"])] = {
+          str(k): float(v) for k, v in record["metrics"].items()}
+    except (ValueError, KeyError, TypeError):
+      continue
+  return history
+
+
+def write_summary(model_dir: str, step: int, train_steps: int,
+                  train: Mapping[str, Any], evaluation: Mapping[str, Any]
+                  ) -> None:
+  """summary.json: the end of a run (finished = it reached train_steps)."""
+  write_json(os.path.join(model_dir, SUMMARY_FILE), {
+      "step": int(step), "train_steps": int(train_steps),
+      "finished": int(step) >= int(train_steps),
+      "train": dict(train), "eval": dict(evaluation)})
+
+
+def is_finished(model_dir: str) -> bool:
+  """True once the run's summary.json says it reached its last step."""
+  summary = read_json(os.path.join(model_dir, SUMMARY_FILE))
+  return bool(summary and summary.get("finished"))

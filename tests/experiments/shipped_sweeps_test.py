@@ -1,0 +1,78 @@
+"""Every sweep file in gin_configs/sweeps/ loads, expands to unique names and
+checks (gin, tasks, best metrics), and the mini-study's ladder is committed."""
+
+import glob
+import json
+import os
+
+import pytest
+
+from prompt_tuning import sweep as sweep_cli
+from prompt_tuning.experiments import sweeps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+FILES = sorted(glob.glob(os.path.join(ROOT, "gin_configs", "sweeps",
+                                      "*.toml")))
+PAPER_STUDIES = ("size_curve", "prompt_length", "prompt_init",
+                 "lm_adaptation", "mrqa_domain_shift",
+                 "paraphrase_domain_shift", "mini_study")
+
+
+def test_one_file_per_paper_study():
+  assert sorted(os.path.basename(f)[:-5] for f in FILES) == sorted(
+      PAPER_STUDIES)
+
+
+@pytest.mark.parametrize("path", FILES, ids=os.path.basename)
+def test_sweep_file_checks(path, monkeypatch):
+  monkeypatch.setenv("LM10K_CHECKPOINTS", "/lm10k")
+  monkeypatch.setenv("LM50K_CHECKPOINTS", "/lm50k")
+  sweep = sweeps.load(path)
+  assert sweep.reproduces and sweep.checkpoints
+  runs = sweeps.expand(sweep)
+  assert len({r.name for r in runs}) == len(runs)
+  assert all(set(r.point) == {a.name for a in sweep.axes} for r in runs)
+  with open(path, encoding="utf-8") as f:
+    assert f.readline().startswith("#")  # says what it reproduces
+  # Every config parses and names a registered task (the CLI's check).
+  sweep_cli.validate(sweep, runs, "/tmp/never_written")
+
+
+def test_lm_adaptation_needs_its_private_checkpoints(monkeypatch):
+  monkeypatch.delenv("LM10K_CHECKPOINTS", raising=False)
+  with pytest.raises(sweeps.SweepError, match="LM10K_CHECKPOINTS"):
+    sweeps.load(os.path.join(ROOT, "gin_configs", "sweeps",
+                             "lm_adaptation.toml"))
+
+
+def test_size_curve_covers_the_paper_grid():
+  sweep = sweeps.load(os.path.join(ROOT, "gin_configs", "sweeps",
+                                   "size_curve.toml"))
+  runs = sweeps.expand(sweep)
+  assert len(runs) == 5 * 2 * 8 * 3
+  xxl = next(r for r in runs if r.point["model"] == "xxl")
+  assert ("INITIAL_CHECKPOINT_PATH = 'gs://t5-data/pretrained_models/t5x/"
+          "t5_1_1_lm100k_xxl/checkpoint_1100000'") in xxl.bindings
+  assert "models/t5_1_1_lm100k_xxl.gin" in xxl.gin_files
+  wsc = next(r for r in runs if "wsc" in r.task)
+  assert wsc.best_metric == "taskless_super_glue_wsc_v102_simple_eval/score"
+
+
+def test_mini_study_ladder_is_committed_and_small():
+  sweep = sweeps.load(os.path.join(ROOT, "gin_configs", "sweeps",
+                                   "mini_study.toml"))
+  assert len(sweep.seeds) >= 2
+  sizes = []
+  for value in sweep.axis("model").values:
+    (binding,) = value.bindings
+    directory = os.path.join(ROOT, binding.split("'")[1])
+    with open(os.path.join(directory, "config.json")) as f:
+      config = json.load(f)
+    sizes.append(os.path.getsize(os.path.join(directory,
+                                              "model.safetensors")))
+    assert config["model_type"] == "t5"
+  assert len(sizes) >= 3 and sizes == sorted(sizes)
+  assert all(b >= 2 * a for a, b in zip(sizes, sizes[1:]))  # clearly apart
+  assert sum(sizes) < 5 * 2**20
+  assert {v.name for v in sweep.axis("method").values} == {"prompt", "model"}
