@@ -13,6 +13,7 @@ exit code and its last `error:` line, and the others go on.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shlex
@@ -114,7 +115,8 @@ class _Active:
 def run_all(sweep: sweeps.Sweep, runs: Sequence[sweeps.Run], root: str, *,
             parallel: int = 1, python: str = sys.executable,
             env: Optional[Mapping[str, str]] = None,
-            echo: Callable[[str], None] = print) -> Dict[str, str]:
+            echo: Callable[[str], None] = functools.partial(
+                print, flush=True)) -> Dict[str, str]:
   """Runs every unfinished run; returns run name -> final status.
 
   The caller writes the plan first (`write_plan`, for the whole sweep).
