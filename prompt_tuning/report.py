@@ -19,6 +19,7 @@ sweep.json, sweep_run.json) and writes, into ROOT (or `--out`):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -61,9 +62,10 @@ def _in_study(run: results_lib.RunResult, study: Mapping[str, Any],
 def _order(study_cells: List[summary.Cell],
            axes: Sequence[Mapping[str, Any]]) -> List[summary.Cell]:
   def key(cell):
+    # Grid order; a value the plan does not name goes after its values.
     return tuple(list(a["values"]).index(cell.point.get(a["name"]))
-                 if cell.point.get(a["name"]) in a["values"] else -1
-                 for a in axes)
+                 if cell.point.get(a["name"]) in a["values"]
+                 else len(a["values"]) for a in axes)
   return sorted(study_cells, key=key)
 
 
@@ -73,6 +75,12 @@ def write_report(root: str, out: Optional[str] = None) -> Dict[str, str]:
   runs = results_lib.read_root(root)
   described = _description(root, runs)
   planned = set(described.get("runs") or [])
+  # A run directory left from an earlier plan of this root (e.g. an axis
+  # value since removed) is listed, never averaged into today's studies.
+  unplanned = {r.name for r in runs if planned and r.name not in planned}
+  runs = [dataclasses.replace(r, problem=r.problem or (
+      f"not in this root's plan ({runner.SWEEP_FILE}): left from an "
+      f"earlier plan")) if r.name in unplanned else r for r in runs]
   missing = sorted(planned - {r.name for r in runs})
   runs = runs + [results_lib.RunResult(
       name=n, path=os.path.join(root, n), status="pending", point={},
@@ -89,7 +97,8 @@ def write_report(root: str, out: Optional[str] = None) -> Dict[str, str]:
     f.write(summary.csv_text(runs, axis_names))
   sections = []
   for study in described.get("studies") or []:
-    members = [r for r in runs if _in_study(r, study, defaults)]
+    members = [r for r in runs if r.name not in unplanned and
+               _in_study(r, study, defaults)]
     if not members:
       continue
     tasks = sorted({r.task for r in members if r.task})

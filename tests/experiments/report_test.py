@@ -77,6 +77,8 @@ def sweep_root(tmp_path_factory):
     names.append(_make_run(root, "small", 2, short,
                            finished=short not in ("cb", "rte"),
                            fail=short == "cb"))
+  # Left from an earlier plan of this root: listed, never averaged in.
+  _make_run(root, "small", 5, "rte")
   records.write_json(os.path.join(root, "sweep.json"), {
       "name": "demo", "reproduces": "Figure 1, in a test",
       "axes": [{"name": "model", "values": ["small", "large"],
@@ -99,7 +101,7 @@ def test_results_csv_rows(sweep_root):
   root, paths = sweep_root
   with open(paths["csv"], encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
-  assert len(rows) == 2 * 2 * 8 + 8 + 1
+  assert len(rows) == 2 * 2 * 8 + 8 + 1 + 1
   row = next(r for r in rows if r["run"] ==
              f"model-large__task-{_task('cb')}__seed-1")
   assert row["status"] == "finished" and row["model"] == "large"
@@ -151,6 +153,8 @@ def test_summary_means_std_and_superglue_score(sweep_root):
   assert f"`model-small__task-{_task('cb')}__seed-2`: failed" in text
   assert f"`model-small__task-{_task('rte')}__seed-2`: not finished" in text
   assert "never_started__seed-0`: not started" in text
+  assert (f"`model-small__task-{_task('rte')}__seed-5`: not in this root's "
+          f"plan") in text
   assert "Figure 1, in a test" in text
 
 
