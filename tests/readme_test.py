@@ -39,3 +39,20 @@ def test_readme_model_and_decoding_snippets_run():
   assert namespace["tokens"].shape == (1, 4)
   assert namespace["beams"].shape == (1, 4, 4)
   assert namespace["log_likelihood"].shape == (1,)
+
+
+def test_readme_mini_study_numbers_are_the_reports():
+  """Every mean ± std in README's mini-study section is in the committed
+  report it was copied from (docs/mini_study/summary.md)."""
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    readme = f.read()
+  section = readme[readme.index("### The mini-study"):]
+  section = section[:section.index("\n## ")]
+  with open(os.path.join(ROOT, "docs", "mini_study", "summary.md"),
+            encoding="utf-8") as f:
+    report = f.read()
+  quoted = re.findall(r"\d+\.\d\d ± \d+\.\d\d", section)
+  assert len(quoted) == 12
+  assert [q for q in quoted if f"| {q} |" not in report] == []
+  for figure in ("size.png", "length.png", "init.png"):
+    assert os.path.exists(os.path.join(ROOT, "docs", "mini_study", figure))
