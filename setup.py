@@ -24,6 +24,9 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.21,<2.22",
     "msgpack>=1.0",
     "ml_dtypes>=0.5",
+    # Hugging Face checkpoints and PEFT adapters, through its numpy API (no
+    # torch); 0.8 reads and writes bfloat16 as ml_dtypes.bfloat16.
+    "safetensors>=0.8.0,<0.9",
     "numpy>=1.26",
     # The sweep report's figures (Agg backend, no display).
     "matplotlib>=3.8,<4",
@@ -32,9 +35,17 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    # scikit-learn: an independent reference the metric tests compare with
-    # (the project's metrics themselves need numpy only).
-    "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.5,<2"],
+    # scikit-learn, scipy: an independent reference the metric tests compare
+    # with (the project's metrics themselves need numpy only). The rest is
+    # what T5 0.9.4's metric and postprocessor modules import, so that
+    # `pip install --no-deps t5==0.9.4` in this env is all that
+    # tests/metrics/make_t5_fixture.py needs; t5 itself cannot be listed:
+    # it requires seqio-nightly and tfds-nightly, which would overwrite
+    # seqio and tensorflow-datasets (see that script).
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.5,<2",
+             "scipy>=1.13,<2", "sacrebleu>=2.4,<3", "rouge-score>=0.1.2,<0.2",
+             "babel>=2.14,<3", "editdistance>=0.8,<0.9",
+             "immutabledict>=4,<5"],
     # Optional PyTorch reference tools (HF fixtures, the PEFT peer of
     # `python -m prompt_tuning.bench`). torch is pinned to the CPU build on
     # local disk: an unpinned torch downloads a multi-GB CUDA build.

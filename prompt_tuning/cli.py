@@ -3,8 +3,10 @@
 Parses absl flags and gin (T5X-style: `--gin_file`, `--gin.KEY=VALUE`,
 `--gin_bindings`, `--gin_search_paths`), imports task modules so their SeqIO
 registrations exist, initialises multi-host JAX when asked, logs the devices
-and versions, writes the config to `MODEL_DIR` (process 0 only), and turns
-errors a user can cause into one line on stderr instead of a traceback.
+and versions, writes the config to `MODEL_DIR` (process 0 only) once a run
+has really started (a run that fails its checks, or one already finished,
+leaves an existing directory's configs alone), and turns errors a user can
+cause into one line on stderr instead of a traceback.
 """
 
 from __future__ import annotations
@@ -16,11 +18,18 @@ import re
 import sys
 from typing import Callable, Sequence
 
-from absl import app
-from absl import flags
-import gin
+# TensorFlow (imported for the data pipeline) logs, at ERROR, that it found
+# no CUDA driver (`failed call to cuInit`) on every machine without a GPU
+# for it, right above a real `error:` line. Its C++ log level must be set
+# before it is imported; --debug keeps everything.
+if "--debug" not in sys.argv:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from prompt_tuning import configurables
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
+import gin  # pylint: disable=g-import-not-at-top
+
+from prompt_tuning import configurables  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "Gin files to parse, in order.")
@@ -65,11 +74,16 @@ def _write_config(model_dir: str, name: str, text: str) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   if not model_dir or jax.process_index() != 0:
     return
-  os.makedirs(model_dir, exist_ok=True)
   path = os.path.join(model_dir, name)
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
+  try:
+    os.makedirs(model_dir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+      f.write(text)
+    os.replace(path + ".tmp", path)
+  except OSError as e:
+    raise OSError(f"MODEL_DIR {model_dir!r}: cannot write {path} "
+                  f"({e.strerror or e}); choose a writable MODEL_DIR."
+                  ) from None
 
 
 def run(fn_name: str, model_dir_macro: str = "MODEL_DIR") -> None:
@@ -122,13 +136,27 @@ def _main(fn_name: str, model_dir_macro: str) -> int:
                jax.process_index(), jax.process_count(), jax.devices())
   _import_task_modules(FLAGS.task_module)
   configurables.parse(FLAGS.gin_file, FLAGS.gin_bindings,
-                      FLAGS.gin_search_paths)
+                      FLAGS.gin_search_paths, entry=fn_name,
+                      also_read=(model_dir_macro,))
   model_dir = configurables.macro(model_dir_macro) or ""
   config_text = gin.config_str()
   logging.info("Gin config:\n%s", config_text)
-  _write_config(model_dir, "config.gin", config_text)
   fn: Callable = gin.get_configurable(fn_name)
-  result = fn()
-  _write_config(model_dir, "operative_config.gin", gin.operative_config_str())
+  started = []
+
+  def on_start() -> None:
+    _write_config(model_dir, "config.gin", config_text)
+    started.append(True)
+
+  if fn_name == "train":
+    # Written once the run has passed its checks: a failed start or a
+    # finished run keeps the configs that describe its checkpoints.
+    result = fn(on_start=on_start)
+  else:
+    result = fn()
+    on_start()
+  if started:
+    _write_config(model_dir, "operative_config.gin",
+                  gin.operative_config_str())
   logging.info("Result: %s", result)
   return 0

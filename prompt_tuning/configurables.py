@@ -5,15 +5,22 @@ makes the run functions and config dataclasses configurable under short names
 (`train`, `evaluate`, `infer`, `model_config`, `PromptConfig`,
 `AdafactorConfig`, `TrainConfig`, `DecodeConfig`, `task_class_labels`) for
 the files in `gin_configs/`. It also parses T5X-style command lines: `--gin_file`,
-`--gin.KEY=VALUE`, `--gin_bindings`, `--gin_search_paths`.
+`--gin.KEY=VALUE`, `--gin_bindings`, `--gin_search_paths`, and refuses what
+gin itself would accept silently: a command-line macro nothing reads
+(`TRAIN_STEPZ = 10` is a new macro to gin) and a binding of a configurable
+the command never calls, each with the nearest real name. The CLI and the
+sweep command check through this one code path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import inspect
 import logging
 import os
 import re
+import tokenize
 from typing import Optional, Sequence, Tuple
 
 import gin
@@ -55,6 +62,18 @@ def task_class_labels(task: str) -> Tuple[str, ...]:
 
 
 _REGISTERED = False
+# Gin name -> the library object it configures.
+_CONFIGURABLES = {
+    "model_config": model_config,
+    "train": loop.train,
+    "evaluate": runs.evaluate,
+    "infer": runs.infer,
+    "PromptConfig": setup.PromptConfig,
+    "AdafactorConfig": optimizers.AdafactorConfig,
+    "TrainConfig": loop.TrainConfig,
+    "DecodeConfig": inference.DecodeConfig,
+    "task_class_labels": task_class_labels,
+}
 
 
 def register() -> None:
@@ -62,16 +81,8 @@ def register() -> None:
   global _REGISTERED
   if _REGISTERED:
     return
-  gin.external_configurable(model_config, name="model_config")
-  gin.external_configurable(loop.train, name="train")
-  gin.external_configurable(runs.evaluate, name="evaluate")
-  gin.external_configurable(runs.infer, name="infer")
-  gin.external_configurable(setup.PromptConfig, name="PromptConfig")
-  gin.external_configurable(optimizers.AdafactorConfig,
-                            name="AdafactorConfig")
-  gin.external_configurable(loop.TrainConfig, name="TrainConfig")
-  gin.external_configurable(inference.DecodeConfig, name="DecodeConfig")
-  gin.external_configurable(task_class_labels, name="task_class_labels")
+  for name, value in _CONFIGURABLES.items():
+    gin.external_configurable(value, name=name)
   _REGISTERED = True
 
 
@@ -93,69 +104,140 @@ def _one_line(error: Exception) -> str:
   return " ".join(str(error).split())
 
 
+@contextlib.contextmanager
+def _quiet_search_misses():
+  """gin logs, at ERROR, every search path a file is not in before it finds
+  it: noise right above a real `error:` line, so it is held back here (a
+  file found nowhere is still an error, raised as IOError)."""
+  root = logging.getLogger()
+  level = root.level
+  root.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    root.setLevel(level)
+
+
 def parse(gin_files: Sequence[str], bindings: Sequence[str],
-          search_paths: Sequence[str] = ()) -> None:
+          search_paths: Sequence[str] = (), entry: Optional[str] = None,
+          also_read: Sequence[str] = ()) -> None:
   """Parses gin files and bindings, then finalizes the config.
 
+  Args:
+    gin_files, bindings, search_paths: as the CLI flags.
+    entry: the configurable the command calls (e.g. 'train'); given, every
+      binding in `bindings` must be read by this command (see
+      `check_read`).
+    also_read: macros the caller reads itself (the CLI's MODEL_DIR).
+
   Raises:
-    ConfigError: a missing file or an unknown / malformed binding, in one
-      line naming it (with close matches for a misspelt configurable).
+    ConfigError: a missing file, an unknown / malformed binding, or (with
+      `entry`) one nothing reads, in one line naming it, with close matches.
   """
   register()
   for path in list(search_paths) + [DEFAULT_SEARCH_PATH]:
     gin.add_config_file_search_path(path)
   try:
-    gin.parse_config_files_and_bindings(list(gin_files), list(bindings),
-                                        finalize_config=False,
-                                        skip_unknown=False)
+    with _quiet_search_misses():
+      gin.parse_config_files_and_bindings(list(gin_files), list(bindings),
+                                          finalize_config=False,
+                                          skip_unknown=False)
   except IOError as e:
     raise ConfigError(f"gin file not found: {_one_line(e)} (searched "
                       f"{', '.join(list(search_paths) + ['gin_configs/'])})"
                       ) from None
+  except tokenize.TokenError:
+    raise ConfigError(_bad_value(bindings, None)) from None
   except (ValueError, SyntaxError, TypeError) as e:
-    raise ConfigError(_explain(e)) from None
+    raise ConfigError(_explain(e, bindings)) from None
   gin.finalize()
+  if entry is not None:
+    check_read(gin.config_str(), bindings, entry, also_read)
 
 
 def check_bindings(gin_files: Sequence[str], bindings: Sequence[str],
-                   search_paths: Sequence[str] = ()) -> str:
-  """Parses a run's config as the CLI would, then forgets it.
-
-  Besides everything `parse` checks, a macro that `bindings` set must be read
-  somewhere (`%NAME`): gin would accept `TRAIN_STEPZ = 10` as a new macro
-  that nothing reads. Used by the sweep command to check every run before
-  the first one starts.
+                   search_paths: Sequence[str] = (),
+                   entry: str = "train") -> str:
+  """Parses a run's config as the CLI would (`parse` with `entry`), then
+  forgets it. Used by the sweep command to check every run before the first
+  one starts.
 
   Returns:
     The parsed config (`gin.config_str()`).
 
   Raises:
-    ConfigError: as `parse`, or a macro nothing reads (with close matches).
+    ConfigError: as `parse`.
   """
-  root = logging.getLogger()
-  level = root.level
-  # gin logs each search path it tries and misses at ERROR level.
-  root.setLevel(logging.CRITICAL)
   try:
-    parse(gin_files, bindings, search_paths)
-    text = gin.config_str()
+    parse(gin_files, bindings, search_paths, entry=entry)
+    return gin.config_str()
   finally:
-    root.setLevel(level)
     gin.clear_config()
-  defined = set(re.findall(r"^([A-Z][A-Z0-9_]*) = ", text, re.M))
-  read = set(re.findall(r"%([A-Za-z_][A-Za-z0-9_.]*)", text))
+
+
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+
+
+def check_read(config_text: str, bindings: Sequence[str], entry: str,
+               also_read: Sequence[str] = ()) -> None:
+  """Refuses a binding that nothing in this command reads.
+
+  gin accepts `TRAIN_STEPZ = 10` as a new macro, and `evaluate.split = 'x'`
+  in a train command as a binding of a function train never calls; both
+  would be ignored. A macro is read if some binding says `%NAME` (or the
+  caller reads it: `also_read`); a configurable is called if it is `entry`
+  or some binding says `@name`.
+
+  Raises:
+    ConfigError: naming the binding and the nearest real name.
+  """
+  read = set(re.findall(r"%(" + _NAME + r")", config_text)) | set(also_read)
+  read.discard("gin")
+  called = {entry} | {ref.split("/")[-1].split(".")[-1] for ref in
+                      re.findall(r"@([A-Za-z_][A-Za-z0-9_./]*)", config_text)}
   for binding in bindings:
-    match = re.match(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=", binding)
-    if match and match.group(1) in defined and match.group(1) not in read:
-      name = match.group(1)
-      close = difflib.get_close_matches(name, sorted(defined - {name}), n=3)
+    key = binding.split("=", 1)[0].strip()
+    if not re.fullmatch(r"[A-Za-z0-9_./]+", key):
+      continue
+    if "." not in key and "/" not in key:
+      if key not in read:
+        close = difflib.get_close_matches(key, sorted(read), n=3)
+        hint = (f" Did you mean {', '.join(close)}?" if close else
+                " (macros this command reads: "
+                f"{', '.join(sorted(n for n in read if n.isupper()))})")
+        raise ConfigError(
+            f"Macro {key} is set ({binding.strip()!r}) but nothing reads it "
+            f"(no %{key} in the config), so it would be ignored.{hint}")
+      continue
+    configurable = key.rsplit(".", 1)[0].split("/")[-1].split(".")[-1]
+    if configurable not in called:
+      close = difflib.get_close_matches(configurable, sorted(called), n=3)
       hint = f" Did you mean {', '.join(close)}?" if close else ""
-      raise ConfigError(f"Macro {name} is set ({binding.strip()!r}) but "
-                        f"nothing reads it (no %{name} in the config).{hint}")
-  return text
+      raise ConfigError(
+          f"{key} is set ({binding.strip()!r}) but this command ({entry}) "
+          f"never calls {configurable}, so it would be ignored.{hint} It "
+          f"calls: {', '.join(sorted(called))}.")
 
 
-def _explain(error: Exception) -> str:
+def _bad_value(bindings: Sequence[str], token: Optional[str]) -> str:
+  """A value gin cannot read, naming the binding it is in."""
+  culprit = next((b for b in bindings if token is not None and
+                  re.search(r"=.*\b" + re.escape(token) + r"\b", b)), None)
+  if culprit is None and token is None:
+    culprit = next((b for b in bindings if b.count("(") != b.count(")") or
+                    b.count("[") != b.count("]") or
+                    b.count("{") != b.count("}")), None)
+  where = (f"--gin.{culprit.split('=', 1)[0].strip()}="
+           f"{culprit.split('=', 1)[1].strip()}" if culprit else
+           "a gin binding")
+  what = (f"{token!r} is not a gin value" if token is not None else
+          "its brackets or quotes do not close")
+  return (f"{where}: {what}. A value is a number, True/False/None, a "
+          f"'quoted string' (on a shell: --gin.NAME=\"'text'\"), a [list], "
+          f"(tuple) or {{dict}}, @configurable() or %MACRO.")
+
+
+def _explain(error: Exception, bindings: Sequence[str] = ()) -> str:
   message = _one_line(error)
   match = re.search(r"No configurable matching '([^']+)'", message)
   if match:
@@ -164,13 +246,32 @@ def _explain(error: Exception) -> str:
                                       n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return f"Unknown gin configurable {match.group(1)!r}.{hint}"
+  match = re.search(r"Configurable '([^']+)' doesn't have a parameter named "
+                    r"'([^']+)'", message)
+  if match:
+    name, parameter = match.groups()
+    fields = _parameters(name)
+    close = difflib.get_close_matches(parameter, fields, n=3)
+    hint = (f" Did you mean {', '.join(f'{name}.{c}' for c in close)}?"
+            if close else f" Its parameters: {', '.join(fields)}.")
+    return f"Unknown parameter {name}.{parameter}.{hint}"
+  match = re.search(r"Failed to parse token '([^']*)'", message)
+  if match:
+    return _bad_value(bindings, match.group(1))
   return f"Bad gin configuration: {message}"
 
 
+def _parameters(name: str) -> list[str]:
+  """The parameter names of a registered configurable (for close matches)."""
+  value = _CONFIGURABLES.get(name.split(".")[-1])
+  if value is None:
+    return []
+  return [p for p in inspect.signature(value).parameters
+          if p not in ("self", "on_start")]
+
+
 def _configurable_names() -> Tuple[str, ...]:
-  return ("model_config", "train", "evaluate", "infer", "PromptConfig",
-          "AdafactorConfig", "TrainConfig", "DecodeConfig",
-          "task_class_labels")
+  return tuple(_CONFIGURABLES)
 
 
 def macro(name: str) -> Optional[object]:

@@ -13,7 +13,8 @@ import contextlib
 import functools
 import logging
 import math
-from typing import Any, Iterator, Optional, Sequence, Tuple
+from typing import (Any, Dict, Iterator, NamedTuple, Optional,
+                    Sequence, Tuple)
 
 import flax.linen as nn
 import jax
@@ -166,40 +167,90 @@ def _batch_sharding(mesh: Mesh, global_rows: int, ndim: int) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec("data", *([None] * (ndim - 1))))
 
 
-@functools.lru_cache(maxsize=8)
-def _check_data_shards_per_process(mesh: Mesh) -> None:
-  """Each process's rows are its own: no `data` index may be shared by two
-  processes, which happens when the `model` axis spans processes."""
-  owners = {}
+class DataLayout(NamedTuple):
+  """Which rows of the global batch this process feeds.
+
+  Processes whose devices hold the same `data` indices (the `model` axis
+  spans them) are replicas for the input: they read the same input shard and
+  hand in identical rows. So there are `num_shards` distinct input shards,
+  not one per process.
+  """
+  shard_id: int  # the input shard this process reads, 0..num_shards-1
+  num_shards: int  # distinct input shards: process_count / replicas
+
+
+@functools.lru_cache(maxsize=16)
+def _held_data_indices(mesh: Mesh) -> Dict[int, Tuple[int, ...]]:
+  """process index -> the sorted `data` indices its devices hold."""
+  held: Dict[int, set] = {}
   for index in np.ndindex(mesh.devices.shape):
-    device = mesh.devices[index]
-    owners.setdefault(index[0], set()).add(device.process_index)
-  shared = sorted(i for i, p in owners.items() if len(p) > 1)
-  if shared:
+    held.setdefault(mesh.devices[index].process_index, set()).add(index[0])
+  return {p: tuple(sorted(d)) for p, d in held.items()}
+
+
+def data_layout(mesh: Mesh,
+                process_index: Optional[int] = None) -> DataLayout:
+  """How the processes feed `mesh`'s `data` axis (see `DataLayout`).
+
+  The model axis may lie within each process (the usual pod layout: every
+  process feeds its own rows) or span processes (the processes sharing a
+  data index read identical rows). What cannot be fed is a layout where two
+  processes hold overlapping but different sets of data indices, or unequal
+  numbers of them: no per-process split of the rows exists then.
+
+  Args:
+    mesh: a (`data`, `model`) mesh over all processes' devices.
+    process_index: default `jax.process_index()`.
+
+  Raises:
+    ValueError: (one line) for a layout that cannot be fed.
+  """
+  process_index = (jax.process_index() if process_index is None
+                   else process_index)
+  held = _held_data_indices(mesh)
+  groups = sorted(set(held.values()))
+  owner = {}
+  for group in groups:
+    for data_index in group:
+      if data_index in owner:
+        raise ValueError(
+            f"Mesh {dict(mesh.shape)}: data shard {data_index} lives on "
+            f"processes holding different sets of data shards "
+            f"({owner[data_index]} and {group}), which per-process input "
+            f"cannot feed; make the model size divide or be a multiple of "
+            f"{jax.local_device_count()} (one process's devices).")
+      owner[data_index] = group
+  if len({len(g) for g in groups}) > 1:
     raise ValueError(
-        f"Mesh {dict(mesh.shape)}: the model axis spans processes (data "
-        f"shards {shared[:4]} live on several), which per-process input "
-        f"batches cannot feed; make the model size at most "
-        f"{jax.local_device_count()} (one process's devices).")
+        f"Mesh {dict(mesh.shape)}: processes hold unequal numbers of data "
+        f"shards ({sorted({len(g) for g in groups})}); every process needs "
+        f"the same number of devices.")
+  if process_index not in held:
+    raise ValueError(f"Mesh {dict(mesh.shape)} has no device of process "
+                     f"{process_index}.")
+  return DataLayout(groups.index(held[process_index]), len(groups))
 
 
 def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
   """Global arrays split over `data`, from this process's rows.
 
-  Each leaf is [b, ...]: this process's own rows of the global batch (the
-  data layer's per-host shard, b = B / process_count; with one process, the
-  whole batch). The global batch is the process-ordered concatenation.
+  Each leaf is [b, ...]: the rows of the `data` shards this process's devices
+  hold (the data layer's input shard `data_layout(mesh).shard_id`,
+  b = B / num_shards; with one process, the whole batch). Processes that
+  share data shards must pass identical rows. The global batch is the input
+  shards in `data`-index order.
 
   Raises:
-    ValueError: when B is not divisible by the data-parallel size.
+    ValueError: when B is not divisible by the data-parallel size, or for a
+      layout that cannot be fed (`data_layout`).
   """
-  processes = jax.process_count()
-  if processes > 1:
-    _check_data_shards_per_process(mesh)
+  shards = data_layout(mesh).num_shards if jax.process_count() > 1 else 1
 
   def put(x):
     x = np.asarray(x)
-    rows = x.shape[0] * processes
+    rows = x.shape[0] * shards
+    # Replicas of one input shard give identical rows, which is what this
+    # call expects of processes holding the same slice of the global array.
     return jax.make_array_from_process_local_data(
         _batch_sharding(mesh, rows, x.ndim), x, (rows,) + x.shape[1:])
 

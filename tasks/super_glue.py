@@ -8,21 +8,26 @@ Names (T5's, so results line up with T5 and the paper):
   and `super_glue_wsc_v102_simple_eval` (validation and test, all
   candidates), and the mixture `super_glue_wsc_v102_simple` of the two
   (trains on the first, evaluates on the second);
-- `super_glue_v102_proportional`: the eight tasks mixed in proportion to
-  their training examples (capped at 2**19, as T5), evaluating every task;
+- `dpr_v001_simple`: Definite Pronoun Resolution (TFDS
+  `definite_pronoun_resolution:1.1.0`, train and test) in the WSC form, which
+  T5 trains on beside WSC;
+- `super_glue_v102_proportional`: T5's mixture, member by member and rate by
+  rate (the training examples of each task, DPR 1,322, WSC's simple train
+  form 259; WSC's eval form and the diagnostics evaluated only);
 - `taskless_<name>` for each of the above: the same examples with the
   leading task word removed ('rte hypothesis: ...' -> 'hypothesis: ...'),
   the paper's setting where only the prompt says which task is wanted.
 
 Formats ('<task> <field>: <value> ...' -> label word, fields sorted by name
-unless T5 fixes an order) and metrics are T5's: accuracy; CB accuracy and
-3-class macro F1; MultiRC F1 over all answers and per-question exact match;
-ReCoRD max-over-answers EM/F1 (deduplicated per query); WSC accuracy of "did
-it name the referent"; AX-b Matthews correlation; AX-g accuracy. Every
-classification task also reports `invalid_prediction_rate`. Data: TFDS
-`super_glue/<config>:1.0.2`; vocabulary: T5's SentencePiece model
-(`prompt_tuning.data.vocabularies`). Importing this module registers everything,
-once per process.
+unless T5 fixes an order) and metrics are T5's, task by task: accuracy; CB
+3-class macro F1 and accuracy; MultiRC F1 over all answers and per-question
+exact match; ReCoRD max-over-answers EM/F1 (deduplicated per query); WSC
+accuracy of "did it name the referent"; DPR accuracy of the candidate's text;
+AX-b and AX-g none (only test sets, labels hidden). Classification tasks
+with metrics also report `invalid_prediction_rate` (not in T5: a diagnostic
+that changes no T5 number). Data: TFDS `super_glue/<config>:1.0.2`;
+vocabulary: T5's SentencePiece model (`prompt_tuning.data.vocabularies`).
+Importing this module registers everything, once per process.
 """
 
 import functools
@@ -56,14 +61,27 @@ _FEATURE_NAMES = {
     # WiC's start/end indices of the word are left out, as in T5.
     "wic": ("sentence1", "sentence2", "word"),
 }
-# Training examples after formatting (ReCoRD: one per answer; WSC: correct
-# referents only): the mixing rates of the proportional mixture.
-TRAIN_SIZES = {
-    "boolq": 9427, "cb": 250, "copa": 400, "multirc": 27243,
-    "record": 138854, "rte": 2490, "wic": 5428, "wsc_v102_simple_train": 259,
+# The DPR task's name (T5's; not a SuperGLUE config).
+DPR = "dpr_v001_simple"
+DPR_TFDS_NAME = "definite_pronoun_resolution:1.1.0"
+# T5's `super_glue_v102_proportional`, member by member: training examples
+# after formatting (ReCoRD: one per answer; WSC: correct referents only) as
+# T5 records them (t5 0.9.4, t5/data/glue_utils.py,
+# SUPER_GLUE_WEIGHT_MAPPING); 0 = evaluated, never trained. No cap applies.
+MIXTURE_RATES = {
+    DPR: 1_322.,
+    "super_glue_wsc_v102_simple_train": 259.,
+    "super_glue_wsc_v102_simple_eval": 0.,
+    "super_glue_boolq_v102": 9_427.,
+    "super_glue_cb_v102": 250.,
+    "super_glue_copa_v102": 400.,
+    "super_glue_multirc_v102": 27_243.,
+    "super_glue_record_v102": 138_854.,
+    "super_glue_rte_v102": 2_490.,
+    "super_glue_wic_v102": 5_428.,
+    "super_glue_axb_v102": 0.,
+    "super_glue_axg_v102": 0.,
 }
-# T5's cap on a task's rate in a proportional mixture.
-MIXTURE_CAP = 2**19
 FAMILY = "super_glue"
 TASKLESS = "taskless_"
 _COMMON = [seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
@@ -71,9 +89,15 @@ _COMMON = [seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
 
 
 def task_name(config: str, taskless: bool = False) -> str:
-  """'rte' -> 'super_glue_rte_v102' (or 'taskless_super_glue_rte_v102')."""
-  suffix = "" if config.startswith("wsc") else "_v102"
-  return f"{TASKLESS if taskless else ''}{FAMILY}_{config}{suffix}"
+  """'rte' -> 'super_glue_rte_v102' (or 'taskless_super_glue_rte_v102');
+  'wsc_v102_simple_eval' -> 'super_glue_wsc_v102_simple_eval'; 'dpr' ->
+  'dpr_v001_simple'."""
+  if config == "dpr":
+    base = DPR
+  else:
+    suffix = "" if config.startswith("wsc") else "_v102"
+    base = f"{FAMILY}_{config}{suffix}"
+  return f"{TASKLESS if taskless else ''}{base}"
 
 
 def _source(config: str, splits: Sequence[str] = SPLITS
@@ -102,17 +126,20 @@ def text_preprocessors(config: str) -> List[Callable]:
 
 
 def _metrics(config: str) -> List[Callable]:
+  """T5's metrics of a SuperGLUE task (`glue_utils.SUPERGLUE_METRICS`), plus
+  the invalid-prediction rate wherever there is a metric."""
   if config == "record":
     return [metrics.record]
-  labels = LABELS[config]
+  if config in ("axb", "axg"):
+    # Only a test split, with hidden labels: nothing to score.
+    return []
   per_task = {
       "cb": [metrics.mean_multiclass_f1(num_classes=3), metrics.accuracy],
       "multirc": [metrics.multirc_f1_over_all_answers,
                   metrics.mean_group_metric(metrics.all_match)],
-      "axb": [metrics.matthews_corrcoef],
   }
   return per_task.get(config, [metrics.accuracy]) + [
-      metrics.invalid_rate(labels)]
+      metrics.invalid_rate(LABELS[config])]
 
 
 def _postprocessor(config: str) -> Callable:
@@ -153,6 +180,16 @@ def _register(taskless: bool) -> None:
         output_features=OUTPUT_FEATURES,
         postprocess_fn=postprocessors.wsc_simple,
         metric_fns=[] if correct_only else [metrics.accuracy])
+  registry.add_task(
+      task_name("dpr", taskless), family=family,
+      description="Definite Pronoun Resolution in T5's simple WSC format",
+      source=seqio.TfdsDataSource(tfds_name=DPR_TFDS_NAME,
+                                  splits=("train", "test")),
+      preprocessors=[preprocessors.dpr_simple] + taskless_step + _COMMON,
+      output_features=OUTPUT_FEATURES,
+      # No postprocessor, as in T5: the decoded text is compared with the
+      # correct candidate's text as it is.
+      metric_fns=[metrics.accuracy])
   wsc_train = task_name("wsc_v102_simple_train", taskless)
   wsc_eval = task_name("wsc_v102_simple_eval", taskless)
   registry.add_mixture(
@@ -160,13 +197,12 @@ def _register(taskless: bool) -> None:
                                                (wsc_eval, 0.0)],
       family=family, description="WSC: trains on simple_train, evaluates "
                                  "simple_eval")
-  rates = [(task_name(c, taskless) if c != "wsc_v102_simple_train"
-            else wsc_train, float(min(n, MIXTURE_CAP)))
-           for c, n in TRAIN_SIZES.items()]
+  prefix = TASKLESS if taskless else ""
   registry.add_mixture(
-      f"{family}_v102_proportional", rates + [(wsc_eval, 0.0)],
-      family=family, description="the eight SuperGLUE tasks, proportional "
-                                 "to size")
+      f"{family}_v102_proportional",
+      [(prefix + name, rate) for name, rate in MIXTURE_RATES.items()],
+      family=family, description="T5's SuperGLUE mixture: the tasks, DPR "
+                                 "and WSC at T5's rates (their sizes)")
 
 
 _register(taskless=False)

@@ -17,9 +17,9 @@ LEVELS = {
     "partitioning": 0, "models": 0, "metrics": 0,
     "data": 1, "prompts": 1, "pretrained": 1,
     "training": 2, "tasks": 2,
-    "bench": 3, "experiments": 3,
+    "bench": 3, "experiments": 3, "serving": 3,
     "configurables": 4, "cli": 4, "train": 4, "eval": 4, "infer": 4,
-    "smoke": 4, "sweep": 4, "report": 4,
+    "smoke": 4, "sweep": 4, "report": 4, "prompt_tools": 4,
 }
 ENTRY_LEVEL = 4
 GIN_IMPORTERS = {"cli", "configurables"}

@@ -64,13 +64,16 @@ class _FakeMesh:
                   "model": self.devices.shape[1]}
 
 
-def test_model_axis_across_processes_is_refused():
-  # Two processes, model parallelism within each: fine.
-  partitioning._check_data_shards_per_process(_FakeMesh([[0, 0], [1, 1]]))  # pylint: disable=protected-access
-  # The model axis spans both processes: each data shard lives on both.
-  with pytest.raises(ValueError, match="model axis spans processes"):
-    partitioning._check_data_shards_per_process(  # pylint: disable=protected-access
-        _FakeMesh([[0, 1], [0, 1]]))
+def test_data_layout_follows_where_the_model_axis_lies():
+  layout = partitioning.data_layout  # [data][model] -> process index below
+  # Model parallelism within each process: one input shard per process.
+  assert layout(_FakeMesh([[0, 0], [1, 1]]), 1) == (1, 2)
+  # The model axis spans both processes: they are replicas for the input.
+  assert layout(_FakeMesh([[0, 1], [0, 1]]), 1) == (0, 1)
+  assert layout(_FakeMesh([[0, 1], [2, 3]]), 3) == (1, 2)
+  # Overlapping, different sets of data shards: no per-process split.
+  with pytest.raises(ValueError, match="different sets of data shards"):
+    layout(_FakeMesh([[0, 0], [0, 1], [1, 1]]), 0)
 
 
 @pytest.mark.parametrize("scan,fsdp", [(False, False), (True, True)])

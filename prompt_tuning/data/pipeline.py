@@ -4,8 +4,11 @@ Training reads a registered SeqIO Task or Mixture through seqio's own
 `get_dataset` and `EncDecFeatureConverter(pack=False)`, so the model sees the
 T5X feature names (`encoder_input_tokens`, `decoder_input_tokens`,
 `decoder_target_tokens`, `decoder_loss_weights`). Every process reads only its
-own shard (`seqio.ShardInfo`) and yields `global_batch_size // num_shards`
-rows. Given a seed the order is fixed, so a run resumes exactly by skipping
+own input shard (`seqio.ShardInfo`) and yields `global_batch_size //
+num_shards` rows. Given the mesh, the shards follow its data layout
+(`partitioning.data_layout`): one shard per group of processes that hold the
+same `data` indices, so when the `model` axis spans processes, the processes
+sharing a data shard read identical rows. Given a seed the order is fixed, so a run resumes exactly by skipping
 the batches it already consumed (`skip_batches`, saved from
 `BatchIterator.position`). Evaluation batches (`evaluation_dataset`) keep
 every example exactly once: the last batch is padded with all-zero rows to the
@@ -21,9 +24,11 @@ from typing import (Any, Dict, Iterator, Mapping, NamedTuple, Optional, Tuple,
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 import seqio
 import tensorflow as tf
 
+from prompt_tuning import partitioning
 from prompt_tuning.data import registry
 
 Batch = Dict[str, np.ndarray]
@@ -114,6 +119,22 @@ def _check_example_shapes(ds: tf.data.Dataset,
     raise ValueError(f"Examples have features {got}, expected {expected}.")
 
 
+def _shard(shard_id: Optional[int], num_shards: Optional[int],
+           mesh: Optional[Mesh]) -> Tuple[int, int]:
+  """(shard_id, num_shards): explicit, else the mesh's data layout, else one
+  shard per process."""
+  if mesh is not None and jax.process_count() > 1:
+    layout = partitioning.data_layout(mesh)
+    default_id, default_count = layout.shard_id, layout.num_shards
+  else:
+    default_id, default_count = jax.process_index(), jax.process_count()
+  shard_id = default_id if shard_id is None else shard_id
+  num_shards = default_count if num_shards is None else num_shards
+  if not 0 <= shard_id < num_shards:
+    raise ValueError(f"shard_id {shard_id} is not in [0, {num_shards}).")
+  return shard_id, num_shards
+
+
 def _host_batch_size(global_batch_size: int, num_shards: int) -> int:
   if global_batch_size <= 0 or num_shards <= 0:
     raise ValueError(f"global_batch_size ({global_batch_size}) and num_shards "
@@ -149,14 +170,16 @@ class BatchIterator:
   Attributes:
     dataset: the underlying batched `tf.data.Dataset` (already skipped).
     batch_size: host-local rows per batch.
+    num_shards: distinct input shards: global rows = batch_size * num_shards.
     position: batches consumed since the start of the data, counting those
       skipped on construction: pass it back as `skip_batches` to resume.
   """
 
   def __init__(self, dataset: tf.data.Dataset, batch_size: int,
-               skip_batches: int):
+               skip_batches: int, num_shards: int = 1):
     self.dataset = dataset
     self.batch_size = batch_size
+    self.num_shards = num_shards
     self.position = skip_batches
     self._iterator = dataset.as_numpy_iterator()
 
@@ -181,7 +204,8 @@ def get_dataset(mixture_or_task_name: str,
                 shard_id: Optional[int] = None,
                 num_shards: Optional[int] = None,
                 skip_batches: int = 0,
-                use_cached: bool = False) -> BatchIterator:
+                use_cached: bool = False,
+                mesh: Optional[Mesh] = None) -> BatchIterator:
   """Training batches for this process, deterministic and resumable.
 
   Args:
@@ -194,11 +218,16 @@ def get_dataset(mixture_or_task_name: str,
       with a seed, each shard's order is the same after every restart.
     repeat: loop over the data forever (seqio `num_epochs=None`).
     pack: must be False; see the module docstring.
-    shard_id: this process's shard; default `jax.process_index()`.
-    num_shards: number of shards; default `jax.process_count()`.
+    shard_id: this process's shard; default from `mesh`, else
+      `jax.process_index()`.
+    num_shards: number of shards; default from `mesh`, else
+      `jax.process_count()`.
     skip_batches: host-local batches to skip, i.e. a saved
       `BatchIterator.position`, to continue a run exactly.
     use_cached: read the task's offline seqio cache.
+    mesh: the mesh the batches feed (`partitioning.shard_batch`): the shards
+      follow its data layout, which differs from one per process when the
+      `model` axis spans processes. Pass it in multi-process runs.
 
   Returns:
     A `BatchIterator` of dicts with `MODEL_FEATURES`, each [B, T] or [B, L]
@@ -213,11 +242,8 @@ def get_dataset(mixture_or_task_name: str,
     raise ValueError(
         "Packing is not supported for prompt tuning: the soft prompt is "
         "prepended per encoder sequence, so packed examples would share it.")
-  shard_id = jax.process_index() if shard_id is None else shard_id
-  num_shards = jax.process_count() if num_shards is None else num_shards
+  shard_id, num_shards = _shard(shard_id, num_shards, mesh)
   batch_size = _host_batch_size(global_batch_size, num_shards)
-  if not 0 <= shard_id < num_shards:
-    raise ValueError(f"shard_id {shard_id} is not in [0, {num_shards}).")
   if skip_batches < 0:
     raise ValueError(f"skip_batches must be >= 0, got {skip_batches}.")
   if shuffle and seed is None and skip_batches:
@@ -242,7 +268,7 @@ def get_dataset(mixture_or_task_name: str,
   # run that consumed `skip_batches` batches stopped (it re-reads, not seeks).
   ds = ds.skip(skip_batches)
   ds = _deterministic(ds.prefetch(tf.data.AUTOTUNE))
-  return BatchIterator(ds, batch_size, skip_batches)
+  return BatchIterator(ds, batch_size, skip_batches, num_shards)
 
 
 def pad_batch(batch: Mapping[str, np.ndarray],
@@ -284,23 +310,25 @@ def evaluation_dataset(mixture_or_task_name: str,
                        global_batch_size: int,
                        shard_id: Optional[int] = None,
                        num_shards: Optional[int] = None,
-                       use_cached: bool = False) -> Iterator[PaddedBatch]:
+                       use_cached: bool = False,
+                       mesh: Optional[Mesh] = None) -> Iterator[PaddedBatch]:
   """Every example of a split exactly once, in fixed-size host-local batches.
 
   Every process reads the whole split in order (unshuffled, one epoch; a
   Mixture's tasks one after another rather than sampled), pads it to a
-  multiple of `global_batch_size` and keeps its own contiguous slice of each
-  global batch. So all processes run the same number of steps, and the
-  process-ordered concatenation of their slices is the global batch.
+  multiple of `global_batch_size` and keeps its input shard's contiguous
+  slice of each global batch. So all processes run the same number of steps,
+  and the shard-ordered concatenation of the slices is the global batch.
 
   Args:
     mixture_or_task_name: a registered SeqIO Task or Mixture.
     task_feature_lengths: e.g. {'inputs': 512, 'targets': 8}.
     split: e.g. 'validation'.
     global_batch_size: rows per step over all processes.
-    shard_id: default `jax.process_index()`.
-    num_shards: default `jax.process_count()`.
+    shard_id: default from `mesh`, else `jax.process_index()`.
+    num_shards: default from `mesh`, else `jax.process_count()`.
     use_cached: read the task's offline seqio cache.
+    mesh: the mesh the batches feed; as for `get_dataset`.
 
   Yields:
     `PaddedBatch`es: features [B, T] / [B, L] int32 with
@@ -310,11 +338,8 @@ def evaluation_dataset(mixture_or_task_name: str,
     ValueError: (one line) on bad sizes or lengths, an unknown name, or no
       task with the split.
   """
-  shard_id = jax.process_index() if shard_id is None else shard_id
-  num_shards = jax.process_count() if num_shards is None else num_shards
+  shard_id, num_shards = _shard(shard_id, num_shards, mesh)
   batch_size = _host_batch_size(global_batch_size, num_shards)
-  if not 0 <= shard_id < num_shards:
-    raise ValueError(f"shard_id {shard_id} is not in [0, {num_shards}).")
   provider = get_task_or_mixture(mixture_or_task_name)
   check_feature_lengths(provider, task_feature_lengths)
 

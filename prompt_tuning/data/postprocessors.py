@@ -7,7 +7,9 @@ follow the T5 library's postprocessors, so `prompt_tuning.metrics` scores them
 exactly as T5 does: a class label becomes its class id, and text that is no
 label becomes -1, which every metric counts as wrong. Targets can take richer
 values from the example (MultiRC's question id, ReCoRD's and SQuAD's full
-lists of gold answers). Inputs may be `str` or UTF-8 `bytes`.
+lists of gold answers). Inputs may be `str` or UTF-8 `bytes` (T5's take
+decoded text only; docs/t5_parity.md lists this and the other small
+differences, and tests/metrics/t5_oracle_test.py compares with T5's).
 """
 
 from __future__ import annotations

@@ -4,17 +4,20 @@
 node sees), next to the run directories' `sweep_run.json`:
 
   commands.txt       line i = run i's complete `python -m prompt_tuning.train`
-                     command (the one run-command format: `run` executes the
-                     same commands locally, and a launcher runs a line as is,
-                     adding `--multihost` where one run spans hosts)
-  slurm_array.sbatch `sbatch` it: array task i runs line i+1 of commands.txt;
-                     `--requeue` on preemption resumes from the newest
-                     checkpoint, because every run resumes by itself
+                     command, with its MODEL_DIR (the one run-command format:
+                     `run` executes the same commands locally, and both
+                     launchers take the file as is, `--commands FILE`, adding
+                     `--multihost` through launch/worker.sh)
+  slurm_array.sbatch `sbatch` it: array task i runs line i+1 through
+                     launch/slurm.sbatch (`--requeue`: a preempted task
+                     resumes from its newest checkpoint, because every run
+                     resumes by itself)
   tpu_vm_runs.sh     runs the lines one after another on every worker of a
-                     TPU VM slice (`gcloud ... ssh --worker=all`), each with
-                     `--multihost`
+                     TPU VM slice (`gcloud ... ssh --worker=all`) through
+                     launch/tpu_vm.sh; its arguments go to that script
 
 Nothing here talks to a cluster: the files are plain text to read and submit.
+Both scripts pass `shellcheck` (tests/launch_test.py).
 """
 
 from __future__ import annotations
@@ -35,50 +38,43 @@ def _slurm(sweep: sweeps.Sweep, root: str, count: int, repo: str,
            max_parallel: int) -> str:
   commands = os.path.join(root, COMMANDS_FILE)
   return f"""#!/usr/bin/env bash
-# Sweep {sweep.name}: {count} runs as one SLURM array job, one run per task.
-# Submit from anywhere: sbatch {os.path.join(root, SLURM_FILE)}
-# Needs: PROMPT_TUNING_VENV (a virtualenv with prompt-tuning installed on
-# every node). Edit the resources below for your cluster. Each run resumes
-# from its newest checkpoint, so a requeued or resubmitted task continues.
+# Sweep {sweep.name}: {count} runs as one SLURM array job, one run per task,
+# each one JAX process on one GPU (edit the resources for bigger runs: the
+# tasks of a run become its processes). Submit from anywhere:
+#   PROMPT_TUNING_VENV=/path/to/venv sbatch {os.path.join(root, SLURM_FILE)}
+# PROMPT_TUNING_VENV: a virtualenv with prompt-tuning, the same path on every
+# node. Each run resumes from its newest checkpoint, so a requeued or
+# resubmitted task continues.
 #SBATCH --job-name=pt-{sweep.name}
 #SBATCH --array=0-{count - 1}%{max_parallel}
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
 #SBATCH --gpus-per-node=1
 #SBATCH --requeue
+#SBATCH --signal=B:USR1@300
+#SBATCH --open-mode=append
 #SBATCH --output={os.path.join(root, "slurm-%A_%a.out")}
 set -euo pipefail
 : "${{PROMPT_TUNING_VENV?set PROMPT_TUNING_VENV to the virtualenv to use}}"
-: "${{SLURM_ARRAY_TASK_ID?run this with sbatch}}"
-. "$PROMPT_TUNING_VENV/bin/activate"
-cd {shlex.quote(repo)}
-line=$((SLURM_ARRAY_TASK_ID + 1))
-command=$(sed -n "${{line}}p" {shlex.quote(commands)})
-echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $(hostname) array task $SLURM_ARRAY_TASK_ID: $command"
-python -c 'import jax; print("jax", jax.__version__, jax.devices())'
-eval "$command"
+export REPO_DIR={shlex.quote(repo)}
+exec bash "$REPO_DIR/launch/slurm.sbatch" --commands {shlex.quote(commands)}
 """
 
 
-def _tpu(sweep: sweeps.Sweep, root: str, count: int) -> str:
+def _tpu(sweep: sweeps.Sweep, root: str, count: int, repo: str) -> str:
   commands = os.path.join(root, COMMANDS_FILE)
   return f"""#!/usr/bin/env bash
-# Sweep {sweep.name}: {count} runs, one after another, on a TPU VM slice.
-# Every worker runs the same command at once (--worker=all); each run gets
-# --multihost so JAX finds the slice's other hosts. Runs resume from their
-# newest checkpoint, so rerunning this script continues the sweep.
-# Needs: TPU_NAME, ZONE, REPO_DIR (this repository on every worker) and
-# VENV (its virtualenv on every worker). MODEL_DIRs are under {root}: use a
-# gs:// root or a filesystem all workers share.
+# Sweep {sweep.name}: {count} runs, one after another, on a TPU VM slice:
+# every worker runs each command at once (--worker=all) with --multihost, so
+# JAX finds the slice's other hosts. Runs resume from their newest
+# checkpoint, so rerunning this script continues the sweep. MODEL_DIRs are
+# under {root}: a path every worker mounts (a bucket mounted with
+# MOUNT_BUCKET at /gcs/<bucket>, or an NFS share), not a gs:// URL.
+# Needs what launch/tpu_vm.sh needs (TPU_NAME, ZONE, and for its create and
+# install steps ACCELERATOR_TYPE, RUNTIME_VERSION, INSTALL). Arguments go to
+# it, e.g. --dry_run, or --steps=run to use a slice that is up and installed.
 set -euo pipefail
-: "${{TPU_NAME?}}" "${{ZONE?}}" "${{REPO_DIR?}}" "${{VENV?}}"
-i=0
-while IFS= read -r command; do
-  i=$((i + 1))
-  echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) run $i/{count}: $command"
-  gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all \\
-    --command "cd $REPO_DIR && . $VENV/bin/activate && $command --multihost"
-done < {shlex.quote(commands)}
+exec {shlex.quote(os.path.join(repo, "launch", "tpu_vm.sh"))} "$@" --commands {shlex.quote(commands)}
 """
 
 
@@ -94,7 +90,7 @@ def write(sweep: sweeps.Sweep, runs: Sequence[sweeps.Run], root: str,
   texts = {"commands": "".join(line + "\n" for line in lines),
            "slurm": _slurm(sweep, root, len(runs), repo,
                            max(1, min(max_parallel, len(runs)))),
-           "tpu": _tpu(sweep, root, len(runs))}
+           "tpu": _tpu(sweep, root, len(runs), repo)}
   for kind, path in paths.items():
     with open(path, "w", encoding="utf-8") as f:
       f.write(texts[kind])

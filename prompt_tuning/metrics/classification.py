@@ -7,7 +7,11 @@ prompt-tuning numbers. The definitions reproduce T5's, which call sklearn and
 scipy: F1 scores follow `sklearn.metrics.f1_score`/`fbeta_score` (a class
 with no true and no predicted examples scores 0), the Matthews correlation
 follows sklearn's multiclass formula, and Pearson/Spearman follow
-`scipy.stats`. Predictions arriving here are already postprocessed (see
+`scipy.stats`, step for step, so the numbers agree to the last bit. Undefined
+cases follow T5 too: no examples raise a ValueError (as sklearn does), and a
+correlation of a constant or NaN-holding column is NaN (as scipy's is);
+docs/t5_parity.md lists what is compared with T5 and the few differences
+kept on purpose. Predictions arriving here are already postprocessed (see
 `prompt_tuning.data.postprocessors`): a class id, or -1 for an output that names no
 class, which these metrics count as wrong. MultiRC's helpers live here too:
 its targets are `{"value": class_id, "group": question_id}` dicts.
@@ -30,6 +34,19 @@ def _check_lengths(targets: Sequence[Any], predictions: Sequence[Any]) -> None:
                      "predictions; they must pair up one to one.")
 
 
+def _check_not_empty(name: str, targets: Sequence[Any],
+                     predictions: Sequence[Any]) -> None:
+  """Pairs up targets and predictions and refuses an empty evaluation.
+
+  A score of nothing is undefined; T5's sklearn calls raise a ValueError
+  here too, rather than report a 0 that reads like a real result.
+  """
+  _check_lengths(targets, predictions)
+  if len(targets) == 0:
+    raise ValueError(f"{name} needs at least one example; got empty targets "
+                     "and predictions.")
+
+
 def _f1_from_counts(tp: int, fp: int, fn: int) -> float:
   """F1 = 2TP / (2TP + FP + FN); 0.0 when the class never occurs at all.
 
@@ -42,8 +59,12 @@ def _f1_from_counts(tp: int, fp: int, fn: int) -> float:
 
 def accuracy(targets: Sequence[Any],
              predictions: Sequence[Any]) -> Dict[str, float]:
-  """Percentage of predictions equal to their target (ints or strings)."""
-  _check_lengths(targets, predictions)
+  """Percentage of predictions equal to their target (ints or strings).
+
+  Raises:
+    ValueError: if the lengths differ or there are no examples.
+  """
+  _check_not_empty("accuracy", targets, predictions)
   correct = sum(bool(t == p) for t, p in zip(targets, predictions))
   return {"accuracy": 100 * (correct / len(targets))}
 
@@ -63,9 +84,10 @@ def f1_score_with_invalid(targets: Sequence[int],
     {"f1": 100 * F1 of class 1}.
 
   Raises:
-    ValueError: if the lengths differ or a target is not 0 or 1.
+    ValueError: if the lengths differ, there are no examples, or a target is
+      not 0 or 1.
   """
-  _check_lengths(targets, predictions)
+  _check_not_empty("F1", targets, predictions)
   targets = np.asarray(targets)
   # A copy: the caller's array must not be rewritten by the invalid fix-up.
   predictions = np.array(predictions)
@@ -91,13 +113,14 @@ def mean_multiclass_f1(num_classes: int) -> MetricFn:
     num_classes: how many classes the task has (CB: 3).
 
   Returns:
-    fn(targets, predictions) -> {"mean_<num_classes>class_f1": 100 * mean F1}.
+    fn(targets, predictions) -> {"mean_<num_classes>class_f1": 100 * mean F1},
+    which raises ValueError on no examples.
   """
   name = "mean_%dclass_f1" % num_classes
 
   def metric(targets: Sequence[int],
              predictions: Sequence[int]) -> Dict[str, float]:
-    _check_lengths(targets, predictions)
+    _check_not_empty(name, targets, predictions)
     targets_arr, predictions_arr = np.asarray(targets), np.asarray(predictions)
     scores = []
     for c in range(num_classes):
@@ -121,8 +144,11 @@ def matthews_corrcoef(targets: Sequence[Any],
   and 0 when the denominator is 0 (e.g. every prediction the same label).
   For two labels this is the usual (TP*TN - FP*FN) / sqrt(...) formula. An
   invalid prediction (-1) is just one more label, never equal to a target.
+
+  Raises:
+    ValueError: if the lengths differ or there are no examples.
   """
-  _check_lengths(targets, predictions)
+  _check_not_empty("matthews_corrcoef", targets, predictions)
   target_counts = collections.Counter(targets)
   prediction_counts = collections.Counter(predictions)
   # Integer-valued float64 sums are exact (below 2**53), so label order does
@@ -140,24 +166,37 @@ def matthews_corrcoef(targets: Sequence[Any],
   return {"matthews_corrcoef": 100 * float(cov_tp / np.sqrt(cov_tt * cov_pp))}
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-  """Pearson r of two float64 vectors, computed the way scipy does.
+# scipy computes Pearson's r with the array-API `vecdot`, which is numpy's
+# `vecdot` ufunc from numpy 2.0 on and a 1-D matmul before it.
+_vecdot = getattr(np, "vecdot", np.matmul)
 
-  Centred vectors are scaled by their largest magnitude before normalising so
-  huge or tiny values neither overflow nor underflow; r is clipped to [-1, 1]
-  against rounding. Constant input has no correlation: NaN, as in scipy.
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+  """Pearson r of two float64 vectors, with scipy 1.17's `pearsonr` steps.
+
+  The same operations in the same order, so r agrees to the last bit on one
+  machine (the dot products' last bits depend on the CPU's BLAS kernel, for
+  scipy as for us): centre, scale each vector by its largest magnitude
+  before taking the norm (no overflow or underflow at 1e200 or 1e-300),
+  divide by the norm, dot, clip to [-1, 1] against rounding; two points
+  round r to exactly +-1. A constant input has no correlation: NaN, like a
+  NaN input.
   """
   if len(x) < 2:
     raise ValueError("A correlation needs at least 2 examples.")
   if np.all(x == x[0]) or np.all(y == y[0]):
     return float("nan")
+  with np.errstate(invalid="ignore", divide="ignore"):
+    xm, ym = x - np.mean(x), y - np.mean(y)
+    x_max, y_max = np.max(np.abs(xm)), np.max(np.abs(ym))
+    # `axis=-1`, as scipy passes it: numpy's norm then sums squares with
+    # add.reduce, while without an axis it calls dot, rounding differently.
+    x_norm = x_max * np.linalg.norm(xm / x_max, axis=-1)
+    y_norm = y_max * np.linalg.norm(ym / y_max, axis=-1)
+    r = np.clip(_vecdot(xm / x_norm, ym / y_norm), -1.0, 1.0)
   if len(x) == 2:
-    # Two points always lie on a line; avoid rounding away from +-1.
-    return float(np.sign(x[1] - x[0]) * np.sign(y[1] - y[0]))
-  xm, ym = x - x.mean(), y - y.mean()
-  xm, ym = xm / np.max(np.abs(xm)), ym / np.max(np.abs(ym))
-  r = np.dot(xm / np.linalg.norm(xm), ym / np.linalg.norm(ym))
-  return float(np.clip(r, -1.0, 1.0))
+    r = np.round(r)
+  return float(r)
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:
@@ -170,7 +209,8 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     end = start + 1
     while end < len(values) and sorted_values[end] == sorted_values[start]:
       end += 1
-    # Positions start..end-1 hold ranks start+1..end; their mean:
+    # Positions start..end-1 hold ranks start+1..end; their mean (exact: a
+    # half-integer far below 2**53, as scipy's rankdata computes it):
     ranks[order[start:end]] = (start + 1 + end) / 2
     start = end
   return ranks
@@ -178,7 +218,14 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
 
 def pearson_corrcoef(targets: Sequence[float],
                      predictions: Sequence[float]) -> Dict[str, float]:
-  """Pearson correlation (x100) of two real-valued sequences (STS-B)."""
+  """Pearson correlation (x100) of two real-valued sequences (STS-B).
+
+  NaN when either side is constant or holds a NaN, as in T5 (scipy).
+
+  Raises:
+    ValueError: if the lengths differ or there are fewer than 2 examples
+      (scipy's `pearsonr` refuses those too).
+  """
   _check_lengths(targets, predictions)
   r = _pearson(np.asarray(targets, np.float64),
                np.asarray(predictions, np.float64))
@@ -187,18 +234,29 @@ def pearson_corrcoef(targets: Sequence[float],
 
 def spearman_corrcoef(targets: Sequence[float],
                       predictions: Sequence[float]) -> Dict[str, float]:
-  """Spearman rank correlation (x100); ties get their average rank."""
+  """Spearman rank correlation (x100); ties get their average rank.
+
+  Undefined cases are NaN, never an error, as in T5 (scipy's `spearmanr`):
+  fewer than 2 examples, a constant side, or a NaN anywhere (a NaN has no
+  rank; ranking it last would make up a correlation).
+
+  Raises:
+    ValueError: if the lengths differ.
+  """
   _check_lengths(targets, predictions)
+  nan = {"spearman_corrcoef": float("nan")}
   if len(targets) < 2:
-    raise ValueError("A correlation needs at least 2 examples.")
-  t_ranks = _average_ranks(np.asarray(targets, np.float64))
-  p_ranks = _average_ranks(np.asarray(predictions, np.float64))
-  if np.all(t_ranks == t_ranks[0]) or np.all(p_ranks == p_ranks[0]):
-    return {"spearman_corrcoef": float("nan")}
-  # scipy.stats.spearmanr takes np.corrcoef of the ranks; so do we, to agree
-  # to the last bit.
-  rho = np.corrcoef(t_ranks, p_ranks)[0, 1]
-  return {"spearman_corrcoef": 100 * float(rho)}
+    return nan
+  t, p = np.asarray(targets, np.float64), np.asarray(predictions, np.float64)
+  if np.all(t == t[0]) or np.all(p == p[0]) or np.isnan(t).any() or (
+      np.isnan(p).any()):
+    return nan
+  # scipy ranks the columns of an [N, 2] array and takes np.corrcoef of its
+  # columns; the same layout gives the same BLAS call and the same bits
+  # (correlating two separate vectors rounds differently).
+  ranks = np.column_stack((_average_ranks(t), _average_ranks(p)))  # [N, 2]
+  return {"spearman_corrcoef": 100 * float(
+      np.corrcoef(ranks, rowvar=False)[1, 0])}
 
 
 def all_match(targets: Sequence[Any],

@@ -7,9 +7,10 @@ into our `T5Config` and a table from T5X's '/'-joined parameter names
 is lazy, one tensor per call, so an XXL checkpoint (44 GB) never has to fit in
 host memory at once; each loader returns the tensor in our layout (torch
 Linear weights `[out, in]` transposed to kernels `[in, out]`) and in the dtype
-it was stored in: the caller casts. The safetensors format is parsed here with
-numpy because the `safetensors` package's numpy path cannot read bfloat16, and
-`pytorch_model.bin` is refused rather than unpickled.
+it was stored in: the caller casts. Files are read with the `safetensors`
+package's numpy API (no torch; it reads bfloat16 as `ml_dtypes.bfloat16`),
+one `safe_open` per tensor, and `pytorch_model.bin` is
+refused rather than unpickled.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import functools
 import json
 import math
 import os
-import struct
+import re
 from typing import Callable, Dict, Mapping, Tuple
 
 import ml_dtypes
 import numpy as np
+import safetensors
 
 from prompt_tuning.models.config import T5Config
 
@@ -39,9 +41,6 @@ _DTYPES = {
     "F16": np.dtype("<f2"),
     "BF16": np.dtype(ml_dtypes.bfloat16),
 }
-# The safetensors library refuses headers above 100 MB; a larger length is a
-# sure sign of a file that is not safetensors at all.
-_MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 # HF activation names (ACT2FN keys) -> flax.linen names with the same maths.
 # HF's "gelu" is the exact erf GELU, which no flax.linen name gives; it is
@@ -218,12 +217,11 @@ def _logits_via_embedding(hf_config: Mapping, has_lm_head: bool,
 
 @dataclasses.dataclass(frozen=True)
 class TensorEntry:
-  """Where one tensor lies in a safetensors file."""
+  """One tensor of a safetensors file, as its header describes it."""
   file: str
   name: str
   dtype: str  # safetensors dtype name, e.g. "BF16"
   shape: Tuple[int, ...]
-  offset: int  # absolute byte offset in `file`
 
 
 def _corrupt(file: str, reason: str) -> ValueError:
@@ -232,59 +230,31 @@ def _corrupt(file: str, reason: str) -> ValueError:
       "re-save the checkpoint.")
 
 
-def read_safetensors_header(file: str) -> Dict[str, TensorEntry]:
-  """Parses a safetensors header: tensor name -> dtype, shape, byte offset.
+def _reason(error: Exception) -> str:
+  """The library's message without its fixed preamble."""
+  return re.sub(r"^Error while deserializing header: ", "",
+                " ".join(str(error).split()))
 
-  Layout: 8-byte little-endian header length N, N bytes of JSON
-  `{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__"?}`,
-  then the raw data; offsets are relative to the end of the header.
+
+def read_safetensors_header(file: str) -> Dict[str, TensorEntry]:
+  """Reads a safetensors header: tensor name -> dtype and shape.
+
+  The `safetensors` library validates the header (its length, JSON, that the
+  offsets tile the data exactly and match each dtype and shape) and maps the
+  file without reading any tensor.
 
   Raises:
-    ValueError: on anything that is not a well-formed safetensors header.
+    ValueError: on anything that is not a well-formed safetensors file.
   """
-  size = os.path.getsize(file)
-  with open(file, "rb") as f:
-    raw_length = f.read(8)
-    if len(raw_length) < 8:
-      raise _corrupt(file, f"file is {size} bytes, shorter than the 8-byte "
-                     "header length")
-    (length,) = struct.unpack("<Q", raw_length)
-    if length > min(size - 8, _MAX_HEADER_BYTES):
-      raise _corrupt(file, f"header length {length} does not fit the "
-                     f"{size}-byte file")
-    raw_header = f.read(length)
   try:
-    header = json.loads(raw_header.decode("utf-8"))
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise _corrupt(file, f"header is not JSON ({e})") from None
-  if not isinstance(header, dict):
-    raise _corrupt(file, "header is not a JSON object")
-
-  data_start = 8 + length
-  data_size = size - data_start
-  tensors = {}
-  for name, info in header.items():
-    if name == "__metadata__":
-      continue
-    try:
-      dtype, shape = info["dtype"], info["shape"]
-      begin, end = info["data_offsets"]
-      valid = (isinstance(dtype, str) and isinstance(shape, list) and
-               all(isinstance(n, int) and n >= 0 for n in shape) and
-               isinstance(begin, int) and isinstance(end, int) and
-               0 <= begin <= end <= data_size)
-    except (TypeError, KeyError, ValueError):
-      valid = False
-    if not valid:
-      raise _corrupt(file, f"bad entry for {name!r}: {info!r}")
-    # Unknown dtypes are only refused if someone loads that tensor.
-    if dtype in _DTYPES:
-      expected = math.prod(shape) * _DTYPES[dtype].itemsize
-      if end - begin != expected:
-        raise _corrupt(file, f"{name!r} spans {end - begin} bytes but "
-                       f"{dtype}{shape} needs {expected}")
-    tensors[name] = TensorEntry(file, name, dtype, tuple(shape),
-                            data_start + begin)
+    with safetensors.safe_open(file, framework="np") as f:
+      tensors = {}
+      for name in f.keys():
+        view = f.get_slice(name)
+        tensors[name] = TensorEntry(file, name, view.get_dtype(),
+                                    tuple(int(n) for n in view.get_shape()))
+  except safetensors.SafetensorError as e:
+    raise _corrupt(file, _reason(e)) from None
   return tensors
 
 
@@ -294,14 +264,24 @@ def load_tensor(tensor: TensorEntry) -> np.ndarray:
     raise ValueError(
         f"{tensor.file}: tensor {tensor.name!r} has dtype {tensor.dtype}; "
         f"only {', '.join(_DTYPES)} are supported; re-save it as float32.")
-  # np.fromfile reads just this tensor's bytes: no memory map of the whole
-  # shard stays alive after the loader returns.
-  count = math.prod(tensor.shape)
-  array = np.fromfile(tensor.file, dtype=_DTYPES[tensor.dtype], count=count,
-                      offset=tensor.offset)
-  if array.size != count:
-    raise _corrupt(tensor.file, f"{tensor.name!r} is truncated")
-  return array.reshape(tensor.shape)
+  # Opened per tensor: only this tensor's bytes are copied out, and no map of
+  # the whole shard outlives the call (an XXL shard is ~10 GB). The header is
+  # re-validated, so a file that changed since `read_safetensors_header`
+  # fails here instead of yielding another tensor's bytes.
+  try:
+    with safetensors.safe_open(tensor.file, framework="np") as f:
+      array = f.get_tensor(tensor.name)
+  except safetensors.SafetensorError as e:
+    raise ValueError(
+        f"{tensor.file}: cannot read {tensor.name!r}: the file is truncated "
+        f"or changed since it was opened ({_reason(e)}); re-download or "
+        "re-save the checkpoint.") from None
+  if array.dtype != _DTYPES[tensor.dtype] or array.shape != tensor.shape:
+    raise ValueError(
+        f"{tensor.file}: {tensor.name!r} is now {array.dtype}{list(array.shape)}"
+        f", not {tensor.dtype}{list(tensor.shape)}: the file changed since it "
+        "was opened.")
+  return array
 
 
 def _index_tensors(path: str) -> Tuple[Dict[str, TensorEntry], str]:

@@ -6,9 +6,8 @@ dialect: `tie_word_embeddings` says both tying and logit scaling) and a single
 `T5ForConditionalGeneration.from_pretrained`) read the same model back. Names
 and layouts come from `hf.param_map`, the table the reader uses: kernels
 `[in, out]` are stored as torch Linear weights `[out, in]`. The safetensors
-file is written here with numpy (8-byte little-endian header length, JSON
-header, raw little-endian data), so neither torch nor the safetensors package
-is needed. Meant for small models written from one process (the quickstart's
+file is written by the `safetensors` package's numpy API (no torch needed),
+to a temporary file that replaces the target atomically. Meant for small models written from one process (the quickstart's
 frozen model, test fixtures): every parameter is fetched to host memory.
 """
 
@@ -16,13 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from typing import Any, Dict, Mapping, Optional
 
 import flax.linen as nn
 import jax
 import ml_dtypes
 import numpy as np
+import safetensors.numpy
 from flax import traverse_util
 
 from prompt_tuning.pretrained import hf
@@ -155,34 +154,24 @@ def write_safetensors(path: str, tensors: Mapping[str, np.ndarray],
                       metadata: Optional[Mapping[str, str]] = None) -> None:
   """Writes `tensors` (name -> array of a `_SAFETENSORS_DTYPES` dtype).
 
-  Layout: 8-byte little-endian header length N, N bytes of JSON (padded with
-  spaces to a multiple of 8, as the safetensors library does, so the data
-  starts aligned), then each tensor's C-order bytes at its `data_offsets`.
+  The library lays the file out (8-byte header length, JSON header padded so
+  the data is aligned, C-order little-endian data); the write is atomic.
   """
-  names = {np.dtype(d): n for n, d in _SAFETENSORS_DTYPES.values()}
-  header: Dict[str, Any] = {}
-  if metadata:
-    header["__metadata__"] = dict(metadata)
-  offset = 0
-  order = sorted(tensors)
-  for name in order:
-    array = tensors[name]
+  names = {np.dtype(d) for _, d in _SAFETENSORS_DTYPES.values()}
+  for name, array in tensors.items():
     if array.dtype not in names:
       raise ValueError(f"Tensor {name!r} has dtype {array.dtype}; write "
                        f"one of {sorted(_SAFETENSORS_DTYPES)}.")
-    header[name] = {"dtype": names[array.dtype], "shape": list(array.shape),
-                    "data_offsets": [offset, offset + array.nbytes]}
-    offset += array.nbytes
-  raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-  raw += b" " * (-len(raw) % 8)
-
-  def write(f):
-    f.write(struct.pack("<Q", len(raw)))
-    f.write(raw)
-    for name in order:
-      f.write(np.ascontiguousarray(tensors[name]).tobytes(order="C"))
-
-  _write_atomic(path, write)
+  contiguous = {name: np.ascontiguousarray(array)
+                for name, array in tensors.items()}
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    safetensors.numpy.save_file(
+        contiguous, tmp, metadata=dict(metadata) if metadata else None)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def save_hf(params: PyTree, config: T5Config, directory: str | os.PathLike,

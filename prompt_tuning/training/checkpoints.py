@@ -15,7 +15,12 @@ complete, so a crash never leaves a half-written checkpoint that looks valid.
 Garbage collection keeps the newest `keep` checkpoints plus the best one by a
 dev metric (the paper selects prompts by early stopping on dev); prompt
 exports are tiny and never deleted. Existing checkpoints are never
-overwritten: saving a step at or below the newest one is an error.
+overwritten: saving a step at or below the newest one is an error, and so is
+saving a state with a NaN or infinity in it, so "the newest checkpoint" is
+always one a run can continue from. A checkpoint that no longer reads
+(truncated files, a damaged `_METADATA`, a missing item) is skipped by
+`restore_newest`, which resumes from the newest one that does and moves the
+damaged ones, untouched, to `<model_dir>/damaged/` (they are never deleted).
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ import dataclasses
 import json
 import math
 import os
+import logging
 import re
+import shutil
+import sys
 from typing import (Any, Callable, Dict, List, Literal, Mapping, Optional,
                     Sequence, Tuple)
 
@@ -34,6 +42,8 @@ import orbax.checkpoint as ocp
 
 from prompt_tuning import partitioning
 from prompt_tuning.training import records
+from prompt_tuning.training import run_directory
+from prompt_tuning.training import state as state_lib
 
 PyTree = Any
 
@@ -42,10 +52,65 @@ _STATE = "state"
 _DATA_POSITION = "data_position"
 _METRICS = "metrics"
 _ITEMS = (_STATE, _DATA_POSITION, _METRICS)
-_PROMPTS_DIR = "prompts"
-_BEST_FILE = "best.json"
-_PROMPT_FILE_RE = re.compile(r"^step_(\d+)\.npy$")
+# Read back by `prompt_files` (eval/infer runs).
+PROMPTS_DIR = "prompts"
+BEST_FILE = "best.json"
 _MODES = ("max", "min")
+_DAMAGED_DIR = "damaged"
+# TensorStore's status codes, which start the ValueErrors it raises for
+# unreadable files; orbax's own ValueErrors (a tree that does not fit) don't.
+_STORE_ERROR_RE = re.compile(
+    r"^(DATA_LOSS|FAILED_PRECONDITION|NOT_FOUND|OUT_OF_RANGE|INTERNAL|"
+    r"UNKNOWN|UNAVAILABLE|INVALID_ARGUMENT|PERMISSION_DENIED|ABORTED):")
+
+
+class DamagedCheckpointError(ValueError):
+  """A checkpoint directory that exists but cannot be restored (truncated or
+  missing files, unreadable metadata, non-finite values), as opposed to one
+  that reads fine but does not fit the run (a plain ValueError)."""
+
+  def __init__(self, step: int, path: str, reason: str):
+    super().__init__(f"{path} cannot be restored: {reason}")
+    self.step, self.path, self.reason = step, path, reason
+
+
+def _drop_closed_loop_callbacks() -> None:
+  """After a read fails, TensorStore still completes the read's other
+  futures, on threads, by calling back into orbax's asyncio loop, which is
+  closed by then; Python prints each resulting `RuntimeError: Event loop is
+  closed` as an ignored exception, a screen of tracebacks after a skipped
+  checkpoint. This drops exactly those (process-wide, as they arrive after
+  `restore` returned) and passes everything else to the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop", False):
+    return
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and
+            str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.drops_closed_loop = True
+  sys.unraisablehook = hook
+
+
+def _damaged(step: int, path: str, error: BaseException
+             ) -> "DamagedCheckpointError":
+  _drop_closed_loop_callbacks()
+  return DamagedCheckpointError(step, path, _reason(error))
+
+
+def _reason(error: BaseException) -> str:
+  """The first line of an orbax/TensorStore error, short enough to log."""
+  text = " ".join(str(error).split()) or type(error).__name__
+  text = text.split(" See full TensorStore details")[0]
+  return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def all_finite(tree: PyTree) -> bool:
+  """No NaN or infinity in `tree`; jitted, so arrays sharded over processes
+  work (every process calls it, as every process calls `save`)."""
+  return bool(partitioning.to_host(jax.jit(state_lib.all_finite)(tree)))
 
 
 def _is_writer() -> bool:
@@ -192,13 +257,13 @@ class Checkpointer:
     self.best_metric = best_metric
     self.best_mode = best_mode
     self.prompt_path = tuple(prompt_path) if prompt_path is not None else None
-    check_writable(self.model_dir)
-    self._best = _read_best(self.model_dir)
+    run_directory.check_writable(self.model_dir)
+    self._best = read_best(self.model_dir)
     if self._best is not None and best_metric is not None and (
         self._best["metric"], self._best.get("mode", best_mode)) != (
             best_metric, best_mode):
       raise ValueError(
-          f"{os.path.join(self.model_dir, _BEST_FILE)} tracks "
+          f"{os.path.join(self.model_dir, BEST_FILE)} tracks "
           f"{self._best.get('mode', '?')} {self._best['metric']!r} but this "
           f"run asks for {best_mode} {best_metric!r}; use a new model_dir or "
           f"the same best_metric/best_mode.")
@@ -268,13 +333,22 @@ class Checkpointer:
 
     Raises:
       ValueError: the step already exists or is older than the newest
-        checkpoint (an existing run directory is never overwritten), or
-        `data_position`/`metrics` cannot be written as JSON.
+        checkpoint (an existing run directory is never overwritten),
+        `state` holds a NaN or infinity, or `data_position`/`metrics` cannot
+        be written as JSON.
     """
     step = int(step)
     position = _to_json(dict(data_position), "data_position")
     metrics_json = _to_json(dict(metrics or {}), "metrics")
     self._check_new_step(step)
+    if not all_finite(state):
+      # The newest checkpoint is what a rerun resumes from: it must be one
+      # that can be continued (the loop stops before this; this is the
+      # guarantee for every caller).
+      raise ValueError(
+          f"Not saving step {step} in {self.model_dir}: its state holds NaN "
+          f"or infinite values; the newest checkpoint stays step "
+          f"{self.latest_step()}.")
     try:
       self._manager.save(
           step,
@@ -315,7 +389,7 @@ class Checkpointer:
                   "value": value, "step": int(step)}
     if _is_writer():
       text = json.dumps(self._best, indent=2, sort_keys=True) + "\n"
-      records.atomic_write(os.path.join(self.model_dir, _BEST_FILE),
+      records.atomic_write(os.path.join(self.model_dir, BEST_FILE),
                     lambda f: f.write(text.encode("utf-8")))
     return True
 
@@ -335,6 +409,7 @@ class Checkpointer:
 
     Raises:
       FileNotFoundError: no checkpoint (or none for `step`) in model_dir.
+      DamagedCheckpointError: the checkpoint's files cannot be read.
       ValueError: the checkpoint's tree or shapes differ from the run's.
     """
     steps = self.all_steps()
@@ -358,6 +433,9 @@ class Checkpointer:
               _DATA_POSITION: ocp.args.JsonRestore(),
           }))
     except ValueError as e:
+      if isinstance(e, json.JSONDecodeError) or _STORE_ERROR_RE.match(
+          str(e).strip()):
+        raise _damaged(step, self._ckpt_dir(step), e) from None
       # Same leaves but another tree shape, e.g. an optimizer chain with one
       # more (stateless) transformation: orbax's message is many lines.
       detail = " ".join(str(e).split())[:300]
@@ -365,7 +443,80 @@ class Checkpointer:
           f"{self._ckpt_dir(step)}: the checkpoint's state does not fit this "
           f"run's (did the optimizer configuration change?): {detail}"
       ) from None
-    return restored[_STATE], dict(restored[_DATA_POSITION])
+    except Exception as e:  # pylint: disable=broad-except
+      # TensorStore raises bare Exceptions (and orbax KeyErrors for missing
+      # items) for files that are truncated or gone.
+      raise _damaged(step, self._ckpt_dir(step), e) from None
+    position = restored[_DATA_POSITION]
+    if not isinstance(position, Mapping) or "batches_consumed" not in position:
+      raise DamagedCheckpointError(
+          step, self._ckpt_dir(step),
+          f"its {_DATA_POSITION} is {position!r}, not the input pipeline's "
+          f"position")
+    return restored[_STATE], dict(position)
+
+  def restore_newest(self, abstract_state: PyTree
+                     ) -> Optional[Tuple[PyTree, Dict[str, Any], int]]:
+    """Restores the newest checkpoint that reads and holds finite values.
+
+    Damaged checkpoints newer than it are moved, untouched, to
+    `<model_dir>/damaged/` (with a warning naming each and why), so the run
+    can write those steps again; nothing is deleted. A checkpoint that reads
+    but does not fit the run is an error, not damage: every older one would
+    not fit either.
+
+    Returns:
+      (state, data_position, step), or None if model_dir has no checkpoint.
+
+    Raises:
+      DamagedCheckpointError: there are checkpoints but none restores (then
+        nothing is moved).
+      ValueError: the checkpoints do not fit the run's state.
+    """
+    steps = self.all_steps()
+    damaged: List[DamagedCheckpointError] = []
+    for step in reversed(steps):
+      try:
+        state, position = self.restore(abstract_state, step)
+      except DamagedCheckpointError as e:
+        damaged.append(e)
+        continue
+      if not all_finite(state):
+        damaged.append(DamagedCheckpointError(
+            step, self._ckpt_dir(step),
+            "its state holds NaN or infinite values (written before saves "
+            "were checked)"))
+        continue
+      for bad in damaged:
+        self._set_aside(bad, step)
+      self._manager.reload()
+      return state, position, step
+    if not damaged:
+      return None
+    reasons = "; ".join(f"step {e.step}: {e.reason}" for e in damaged)
+    raise DamagedCheckpointError(
+        damaged[0].step, self.model_dir,
+        f"none of its {len(damaged)} checkpoint(s) restores ({reasons}). "
+        f"Nothing was changed; move them away to start over, or use a new "
+        f"model_dir")
+
+  def _set_aside(self, bad: DamagedCheckpointError, resumed: int) -> None:
+    """Moves a damaged checkpoint to damaged/ (process 0; the others wait)."""
+    target = os.path.join(self.model_dir, _DAMAGED_DIR,
+                          os.path.basename(bad.path))
+    if _is_writer():
+      suffix = 0
+      while os.path.exists(target + (f".{suffix}" if suffix else "")):
+        suffix += 1
+      target += f".{suffix}" if suffix else ""
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.move(bad.path, target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f"set_aside_{bad.step}")
+    logging.warning(
+        "Skipped checkpoint step %d: %s. Moved it, unchanged, to %s; resuming "
+        "from step %d.", bad.step, bad.reason, target, resumed)
 
   def _ckpt_dir(self, step: int) -> str:
     return os.path.join(self.model_dir, f"{_STEP_PREFIX}_{step}")
@@ -389,10 +540,16 @@ class Checkpointer:
   def _check_matches(self, step: int, target: PyTree) -> None:
     """Compares the checkpoint's tree and shapes with the run's, so the error
     names the parameter (orbax's own error names neither path nor run)."""
-    metadata = self._manager.item_metadata(step)[_STATE]
+    try:
+      metadata = self._manager.item_metadata(step)[_STATE]
+    except Exception as e:  # pylint: disable=broad-except
+      # A damaged _METADATA or a missing `state/` (JSON or key errors).
+      raise _damaged(step, self._ckpt_dir(step), e) from None
     if metadata is None:
-      raise ValueError(f"{self._ckpt_dir(step)}: no `{_STATE}` item; not a "
-                       f"checkpoint written by this Checkpointer.")
+      raise DamagedCheckpointError(
+          step, self._ckpt_dir(step),
+          f"no readable `{_STATE}` item (not a checkpoint written by this "
+          f"Checkpointer, or its {_STATE}/ is gone)")
     stored = _flat_paths(metadata)
     wanted = _flat_paths(target)
     where = self._ckpt_dir(step)
@@ -427,28 +584,15 @@ class Checkpointer:
     prompt = partitioning.to_host(prompt).astype(np.float32)  # [P, H]
     if not _is_writer():
       return
-    prompts_dir = os.path.join(self.model_dir, _PROMPTS_DIR)
+    prompts_dir = os.path.join(self.model_dir, PROMPTS_DIR)
     os.makedirs(prompts_dir, exist_ok=True)
     records.atomic_write(os.path.join(prompts_dir, f"step_{step}.npy"),
                   lambda f: np.save(f, prompt, allow_pickle=False))
 
 
-def check_writable(model_dir: str) -> None:
-  """Fails at construction, not at the first save hours into a run."""
-  probe = os.path.join(
-      model_dir, f".write_probe.{jax.process_index()}.{os.getpid()}")
-  try:
-    os.makedirs(model_dir, exist_ok=True)
-    with open(probe, "wb") as f:
-      f.write(b"ok")
-    os.remove(probe)
-  except OSError as e:
-    raise OSError(
-        f"model_dir {model_dir} is not writable: {e.strerror or e}.") from None
-
-
-def _read_best(model_dir: str) -> Optional[Dict[str, Any]]:
-  path = os.path.join(model_dir, _BEST_FILE)
+def read_best(model_dir: str) -> Optional[Dict[str, Any]]:
+  """best.json of a run directory, or None before its first eval."""
+  path = os.path.join(model_dir, BEST_FILE)
   if not os.path.exists(path):
     return None
   try:
@@ -460,58 +604,3 @@ def _read_best(model_dir: str) -> Optional[Dict[str, Any]]:
     raise ValueError(f"{path} is not a valid best.json ({e!r}); expected "
                      f"{{'metric', 'value', 'step'}}.") from None
   return best
-
-
-def _newest_prompt_file(prompts_dir: str) -> Optional[str]:
-  found = []
-  for name in os.listdir(prompts_dir) if os.path.isdir(prompts_dir) else ():
-    match = _PROMPT_FILE_RE.fullmatch(name)
-    if match:
-      found.append((int(match.group(1)), name))
-  return os.path.join(prompts_dir, max(found)[1]) if found else None
-
-
-def load_prompt(path: str | os.PathLike) -> np.ndarray:
-  """Loads a learned prompt.
-
-  Args:
-    path: a `.npy` file, or a run directory: then the best step's
-      prompts/step_<N>.npy if best.json exists, else the newest one.
-
-  Returns:
-    The prompt, float32 [P, H].
-
-  Raises:
-    FileNotFoundError / ValueError: one line naming the path and the problem.
-  """
-  path = os.fspath(path)
-  if os.path.isdir(path):
-    prompts_dir = os.path.join(path, _PROMPTS_DIR)
-    best = _read_best(path)
-    if best is not None:
-      file = os.path.join(prompts_dir, f"step_{int(best['step'])}.npy")
-      if not os.path.exists(file):
-        raise FileNotFoundError(
-            f"{os.path.join(path, _BEST_FILE)} names step {best['step']} but "
-            f"{file} does not exist (was that step evaluated without a "
-            f"save?); pass a prompts/step_<N>.npy file instead.")
-    else:
-      file = _newest_prompt_file(prompts_dir)
-      if file is None:
-        raise FileNotFoundError(
-            f"{path}: no prompt found; expected {prompts_dir}/step_<N>.npy.")
-  elif os.path.exists(path):
-    file = path
-  else:
-    raise FileNotFoundError(
-        f"prompt path {path} does not exist; pass a .npy file or a run "
-        f"directory.")
-  try:
-    prompt = np.load(file, allow_pickle=False)
-  except (ValueError, OSError) as e:
-    raise ValueError(f"{file} is not a readable .npy array: {e}.") from None
-  if prompt.ndim != 2 or not np.issubdtype(prompt.dtype, np.floating):
-    raise ValueError(
-        f"{file} holds a {prompt.dtype} array of shape {prompt.shape}; a "
-        f"prompt is a floating [P, H] array.")
-  return prompt.astype(np.float32, copy=False)

@@ -16,10 +16,18 @@ function serves every batch. Every process iterates the whole evaluation set
 and gets the same batches: `predict_batch` must return the predictions for the
 whole batch on every process. `write_predictions_jsonl` saves
 inputs/prediction/target texts for an inference run.
+
+With a `log_dir`, every evaluation also writes what the metric functions saw,
+one JSONL line per example, to `<log_dir>/predictions/<task>/step_<N>.jsonl`
+(atomically: a killed run leaves the previous files, never a half one), and
+its first examples as a TensorBoard text table. `check_split` and
+`check_output_path` let entry points refuse a missing or empty split and an
+unwritable output before they load a model.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -32,6 +40,7 @@ import tensorflow as tf
 
 from prompt_tuning.data import pipeline
 from prompt_tuning.data import registry
+from prompt_tuning.training.records import predictions_path
 
 Batch = Dict[str, np.ndarray]
 # batch -> [B, L] int token ids (greedy or best beam).
@@ -110,9 +119,14 @@ def label_candidates(labels: Sequence[str], vocabulary: seqio.Vocabulary,
 
 
 def _run_rank(dataset: tf.data.Dataset, batch_size: int,
-              rank_batch: RankBatchFn,
-              candidates: np.ndarray) -> List[Tuple[int, np.ndarray]]:
-  """(example index, [L] tokens of its best-scoring candidate)."""
+              rank_batch: RankBatchFn, candidates: np.ndarray,
+              scores_by_index: Optional[Dict[int, np.ndarray]] = None
+              ) -> List[Tuple[int, np.ndarray]]:
+  """(example index, [L] tokens of its best-scoring candidate).
+
+  `scores_by_index`, if given, receives each example's [C] candidate scores
+  (seqio only carries the tokens on to its loggers).
+  """
   outputs = []
   for indices, batch, n in _padded_batches(dataset, batch_size):
     scores = np.asarray(rank_batch(batch, candidates))
@@ -122,6 +136,8 @@ def _run_rank(dataset: tf.data.Dataset, batch_size: int,
     # Ties go to the first label, in the task's label order.
     best = np.argmax(scores[:n], axis=-1)
     outputs.extend(zip(indices.tolist(), candidates[best]))
+    if scores_by_index is not None:
+      scores_by_index.update(zip(indices.tolist(), scores[:n]))
   return outputs
 
 
@@ -154,6 +170,200 @@ def _text(value: Any) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def _splits_text(task: seqio.Task) -> str:
+  return ", ".join(task.splits) or "none"
+
+
+def _empty_split_message(task_name: str, split: str, splits: str,
+                         setting: str) -> str:
+  return (f"Task {task_name!r} has an empty {split!r} split (0 examples): "
+          f"there is nothing to evaluate. Check the task's {split} data, or "
+          f"set {setting} to another split (it has: {splits}).")
+
+
+def check_split(mixture_or_task_name: str, split: str,
+                task_feature_lengths: Mapping[str, int],
+                setting: str = "SPLIT",
+                use_cached: bool = False) -> Tuple[str, ...]:
+  """Refuses a split that is missing or empty, before a model is loaded.
+
+  A Mixture needs the split in at least one task (seqio's evaluator skips
+  the others); every task that has it must have an example there. Reads at
+  most one example per task.
+
+  Args:
+    mixture_or_task_name: a registered SeqIO Task or Mixture.
+    split: the split to evaluate or predict.
+    task_feature_lengths: as for `Evaluator` (the preprocessors may need it).
+    setting: the knob a user sets to change the split, named in the error.
+    use_cached: read the tasks' offline seqio cache.
+
+  Returns:
+    The names of the tasks that have the split.
+
+  Raises:
+    ValueError: (one line) naming the task, the split and the splits it has.
+  """
+  provider = pipeline.get_task_or_mixture(mixture_or_task_name)
+  tasks = list(seqio.get_subtasks(provider))
+  with_split = [t for t in tasks if split in t.splits]
+  if not with_split:
+    if isinstance(provider, seqio.Task):
+      raise ValueError(
+          f"Task {mixture_or_task_name!r} has no {split!r} split (it has: "
+          f"{_splits_text(provider)}); set {setting} to one of those.")
+    raise ValueError(
+        f"No task of mixture {mixture_or_task_name!r} has a {split!r} split "
+        f"({'; '.join(f'{t.name}: {_splits_text(t)}' for t in tasks)}); set "
+        f"{setting} to one of those.")
+  for task in with_split:
+    dataset = task.get_dataset(
+        sequence_length=dict(task_feature_lengths), split=split,
+        shuffle=False, num_epochs=1, use_cached=use_cached)
+    if not any(True for _ in dataset.take(1)):
+      raise ValueError(_empty_split_message(task.name, split,
+                                            _splits_text(task), setting))
+  return tuple(t.name for t in with_split)
+
+
+def check_output_path(path: str, setting: str = "OUTPUT_PATH") -> None:
+  """Fails now, not after a whole inference run, if `path` cannot be written:
+  creates the missing parents (the write would) and probes with a temp file.
+
+  Raises:
+    ValueError / OSError: (one line) naming the path and the problem.
+  """
+  if not path:
+    raise ValueError(f"{setting} is empty; set it to a .jsonl file path.")
+  if os.path.isdir(path):
+    raise ValueError(f"{setting} {path} is a directory; give a file path, "
+                     f"e.g. {os.path.join(path, 'predictions.jsonl')}.")
+  directory = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(directory, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=directory, prefix=".write_probe-")
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    reason = e.strerror or str(e)
+    parent = directory
+    while not os.path.exists(parent):  # makedirs says only "File exists"
+      parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+      reason = f"{parent} is a file, not a directory"
+    raise OSError(f"{setting} {path} cannot be written ({reason}); choose a "
+                  f"path in a writable directory.") from None
+
+
+# Examples per evaluation shown in TensorBoard (the JSONL has them all).
+TENSORBOARD_SAMPLE = 8
+
+
+def _jsonable(value: Any) -> Any:
+  """A postprocessed target or prediction (numpy, bytes, dicts) as JSON."""
+  if isinstance(value, bytes):
+    return value.decode("utf-8", errors="replace")
+  if isinstance(value, (np.ndarray, np.generic)):
+    return _jsonable(value.tolist())
+  if isinstance(value, Mapping):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if value is None or isinstance(value, (str, int, float, bool)):
+    return value
+  return str(value)
+
+
+def _markdown_cell(value: Any, limit: int = 300) -> str:
+  text = value if isinstance(value, str) else json.dumps(value)
+  text = " ".join(text.split()).replace("|", "\\|")
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+class PredictionLogger(seqio.Logger):
+  """A seqio logger: every evaluated example as JSONL, a sample as TensorBoard
+  text.
+
+  seqio calls it after a task's metrics, with exactly what the metric
+  functions received: the postprocessed `targets` and the `inferences`
+  ('output': decoded text, 'prediction': postprocessed, 'score': target
+  log-likelihood), aligned with the task's cached examples. Each line is
+  {'task', 'step', 'index', 'inputs', 'target' (texts), 'prediction'
+  (decoded text, as `infer` writes it), 'score', 'label_scores' (rank
+  classification: label -> log-likelihood), 'metric_target',
+  'metric_prediction' (the metric functions' inputs)}; keys a task's metrics
+  do not produce are left out.
+  """
+
+  def __init__(self, output_dir: str, *,
+               label_scores: Mapping[str, Mapping[int, np.ndarray]],
+               enabled: bool = True, sample: int = TENSORBOARD_SAMPLE):
+    """`label_scores`: task -> example index -> [C] label scores of the
+    last ranked pass (`Evaluator` fills it); `enabled`: False on processes
+    other than 0; `sample`: examples shown in TensorBoard."""
+    super().__init__(output_dir)
+    self._label_scores = label_scores
+    self._enabled = enabled
+    self._sample = sample
+    self._writer = None
+
+  def __call__(self, task_name: str, step: Optional[int],
+               metrics: Mapping[str, Any], dataset: Optional[tf.data.Dataset],
+               inferences: Optional[Mapping[str, Sequence[Any]]],
+               targets: Optional[Sequence[Any]]) -> None:
+    del metrics
+    if not self._enabled or dataset is None:
+      return
+    rows = self.records(task_name, step, dataset, inferences or {}, targets)
+    write_predictions_jsonl(
+        predictions_path(self.output_dir, task_name, step), rows)
+    self._write_text(task_name, step, rows[:self._sample])
+
+  def records(self, task_name: str, step: Optional[int],
+              dataset: tf.data.Dataset,
+              inferences: Mapping[str, Sequence[Any]],
+              targets: Optional[Sequence[Any]]) -> List[Dict[str, Any]]:
+    """One JSON-able record per example of `dataset`, in example order."""
+    task = seqio.get_mixture_or_task(task_name)
+    vocab_in = task.output_features["inputs"].vocabulary
+    vocab_out = task.output_features["targets"].vocabulary
+    labels = registry.class_labels(task_name)
+    ranked = self._label_scores.get(task_name, {})
+    columns = {"prediction": inferences.get("output"),
+               "score": inferences.get("score"),
+               "metric_target": targets,
+               "metric_prediction": inferences.get("prediction")}
+    rows = []
+    for i, example in enumerate(dataset.as_numpy_iterator()):
+      row = {"task": task_name, "step": step, "index": i,
+             "inputs": _pretokenized(example, "inputs", vocab_in),
+             "target": _pretokenized(example, "targets", vocab_out)}
+      for key, values in columns.items():
+        if values is not None and i < len(values):
+          row[key] = _jsonable(values[i])
+      if i in ranked:
+        row["label_scores"] = {label: float(score)
+                               for label, score in zip(labels, ranked[i])}
+      rows.append(row)
+    return rows
+
+  def _write_text(self, task_name: str, step: Optional[int],
+                  rows: Sequence[Mapping[str, Any]]) -> None:
+    if not rows:
+      return
+    keys = [k for k in ("inputs", "target", "prediction", "score")
+            if k in rows[0]]
+    lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
+    lines += ["| " + " | ".join(_markdown_cell(r.get(k, "")) for k in keys)
+              + " |" for r in rows]
+    if self._writer is None:
+      self._writer = tf.summary.create_file_writer(self.output_dir)
+    with self._writer.as_default():
+      tf.summary.text(f"{task_name}/predictions", "\n".join(lines),
+                      step=0 if step is None else int(step))
+    self._writer.flush()
+
+
 class Evaluator:
   """Computes a Task's or Mixture's metrics for given model batch functions.
 
@@ -169,7 +379,8 @@ class Evaluator:
                split: str = "validation",
                log_dir: Optional[str] = None,
                use_cached: bool = False,
-               num_examples: Optional[int] = None):
+               num_examples: Optional[int] = None,
+               write_predictions: bool = True):
     """Caches the evaluation examples of every task with metrics.
 
     Args:
@@ -179,10 +390,16 @@ class Evaluator:
         once. Examples are truncated to them as in training.
       batch_size: rows per model call (on every process).
       split: the split to evaluate.
-      log_dir: if set, seqio's JSONLogger writes `<task>-metrics.jsonl` and
-        `<task>-<step>.jsonl` (inferences) there.
+      log_dir: if set, seqio's JSONLogger appends to `<task>-metrics.jsonl`
+        there and `PredictionLogger` writes every evaluation's predictions
+        (`records.predictions_path`) and a TensorBoard text sample.
       use_cached: read the tasks' offline seqio cache.
       num_examples: evaluate only the first this many examples of each task.
+      write_predictions: with log_dir, write the predictions (False on
+        processes other than 0).
+
+    Raises:
+      ValueError: (one line) if an evaluated task's split has no examples.
     """
     if batch_size <= 0:
       raise ValueError(f"batch_size must be positive, got {batch_size}.")
@@ -190,6 +407,16 @@ class Evaluator:
     pipeline.check_feature_lengths(provider, task_feature_lengths)
     self.batch_size = batch_size
     self._targets_length = task_feature_lengths["targets"]
+    # task -> example index -> [C] label scores of the last ranked pass.
+    self._label_scores: Dict[str, Dict[int, np.ndarray]] = {}
+    loggers = ()
+    if log_dir:
+      loggers = (
+          # Metrics only: PredictionLogger writes the examples, atomically
+          # and as text, instead of seqio's token-level dumps.
+          functools.partial(seqio.JSONLogger, write_n_results=0),
+          functools.partial(PredictionLogger, label_scores=self._label_scores,
+                            enabled=write_predictions))
     self._evaluator = seqio.Evaluator(
         mixture_or_task_name=mixture_or_task_name,
         feature_converter=pipeline.feature_converter(),
@@ -197,13 +424,20 @@ class Evaluator:
         use_cached=use_cached,
         sequence_length=dict(task_feature_lengths),
         num_examples=num_examples,
-        logger_cls=(seqio.JSONLogger,) if log_dir else (),
+        logger_cls=loggers,
         log_dir=log_dir,
         # Metrics run inline: a metric thread racing the next train step for
         # the accelerator can deadlock, and callers want the numbers now.
         async_compute_metrics=False)
     self._tasks = {t.name: t for t in self._evaluator.eval_tasks}
     self.task_names = tuple(self._tasks)
+    # seqio would hand the metric functions empty lists (0.0, or an obscure
+    # unpacking error): refuse before any metric runs.
+    for name, task in self._tasks.items():
+      if int(self._evaluator.cached_task_datasets[name].cardinality()) == 0:
+        raise ValueError(_empty_split_message(
+            name, split, _splits_text(task),
+            "SPLIT (TrainConfig.eval_split in training)"))
 
   def _task_of(self, dataset: tf.data.Dataset) -> seqio.Task:
     # seqio calls the model function with a task's cached dataset object
@@ -226,11 +460,15 @@ class Evaluator:
                ) -> List[Tuple[int, np.ndarray]]:
     """Decoded (or, with rank_batch, best-label) tokens per example."""
     labels = registry.class_labels(task.name) if rank_batch else ()
+    # Scores of an earlier ranked pass must not be logged for this one.
+    self._label_scores.pop(task.name, None)
     if labels:
       candidates = label_candidates(
           labels, task.output_features["targets"].vocabulary,
           self._targets_length)
-      return _run_rank(dataset, self.batch_size, rank_batch, candidates)
+      scores = self._label_scores[task.name] = {}
+      return _run_rank(dataset, self.batch_size, rank_batch, candidates,
+                       scores)
     if predict_batch is None:
       raise ValueError(f"Task {task.name!r} has no label words for rank "
                        f"classification: pass predict_batch too.")

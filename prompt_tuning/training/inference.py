@@ -4,9 +4,11 @@
 loss and token accuracy and the task's own metrics on decoded predictions
 (seqio's evaluation machinery: postprocessor, then metric functions). The same
 jitted decoding serves the inference run, which writes inputs, predictions
-and targets as JSONL. With `DecodeConfig.rank_classification`, tasks that
-have label words are predicted by scoring every label word instead (one
-encoder pass per batch, one teacher-forced decoder pass per label).
+and targets as JSONL; with a `log_dir`, every evaluation writes its
+predictions too (`evaluation.PredictionLogger`). With
+`DecodeConfig.rank_classification`, tasks that have label words are predicted
+by scoring every label word instead (one encoder pass per batch, one
+teacher-forced decoder pass per label).
 """
 
 from __future__ import annotations
@@ -110,9 +112,13 @@ class RunEvaluator:
                   if decode.rank_classification else None)
     if log_dir and jax.process_index() == 0:
       os.makedirs(log_dir, exist_ok=True)  # seqio's JSON logger expects it
+    # With log_dir, each evaluation's predictions go to
+    # <log_dir>/predictions/<task>/step_<N>.jsonl (and TensorBoard text).
     self._evaluator = evaluation.Evaluator(
         mixture_or_task_name, task_feature_lengths, batch_size, split=split,
-        log_dir=log_dir)
+        log_dir=log_dir, write_predictions=jax.process_index() == 0)
+    # The tasks with the split and metrics (what evaluate and predict cover).
+    self.task_names = self._evaluator.task_names
 
   def _shard(self, batch: Mapping[str, np.ndarray]):
     # seqio's evaluator hands every process the same whole batch.
@@ -144,7 +150,8 @@ class RunEvaluator:
     total = None
     with partitioning.mesh_context(self._run.mesh, self._run.rules):
       for padded in pipeline.evaluation_dataset(self._name, self._lengths,
-                                            self._split, self._batch_size):
+                                            self._split, self._batch_size,
+                                            mesh=self._run.mesh):
         # This process's slice of each global batch (see
         # `pipeline.evaluation_dataset`); the sums come back replicated.
         sums = jax.tree_util.tree_map(partitioning.to_host, self._eval_step(

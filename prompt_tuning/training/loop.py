@@ -7,31 +7,46 @@ TensorBoard scalars, periodic checkpoints of what trains (never the frozen
 model) and periodic evaluation (teacher-forced loss and token accuracy, and
 decoded predictions scored by the task's metrics), with the plain records of
 `records` (parameter counts, every evaluation, how the run ended). It
-resumes exactly from the newest checkpoint in `model_dir`: prompt, optimizer
-state, rng and data position. A non-finite loss stops the run before
-anything is saved, so the last good checkpoint stays the newest.
+resumes exactly from the newest checkpoint in `model_dir` that restores:
+prompt, optimizer state, rng and data position (a damaged newer one is set
+aside, see `checkpoints.restore_newest`).
+
+What it refuses, and when: everything a user can get wrong is checked before
+anything is written to `model_dir` (schedule values, the task and its eval
+split, best_metric, the batch against the mesh, the frozen checkpoint, a
+second run holding the directory's lock, a TRAIN_STEPS below the step
+already reached); `on_start` is called only then, so the CLI writes the
+configs of runs that really start. Every step reports whether its new state
+is finite and how large the trainable values got: a NaN or infinite loss or
+state, or values whose square overflows float32 (T5's layer norm squares its
+input: such a prompt is numerically meaningless), stops the run before that
+state is adopted or saved, so the newest checkpoint is always a good one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import math
 import os
 import time
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
 import optax
+import seqio
 
 from prompt_tuning.training import checkpoints
+from prompt_tuning.training import evaluation
 from prompt_tuning.data import pipeline
 from prompt_tuning import partitioning
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.training import losses
 from prompt_tuning.training import optimizers
 from prompt_tuning.training import records
+from prompt_tuning.training import run_directory
 from prompt_tuning.training import setup
 from prompt_tuning.training import step as step_lib
 from prompt_tuning.training.inference import DecodeConfig
@@ -44,7 +59,13 @@ PyTree = Any
 
 
 class NonFiniteLossError(RuntimeError):
-  """Raised when the training loss becomes NaN or infinite."""
+  """Raised when the loss or the trained state becomes NaN or infinite, or
+  the trainable values outgrow what float32 arithmetic can square."""
+
+
+# sqrt(float32 max) ~ 1.8e19: past it x * x overflows to inf, so the layer
+# norm over a prompt vector returns 0 or NaN and the prompt carries nothing.
+_LARGEST_USABLE = float(np.sqrt(np.finfo(np.float32).max))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +98,34 @@ class TrainConfig:
   best_mode: str = "max"
   # Log a progress line every this many steps.
   log_period: int = 100
+
+  def __post_init__(self):
+    # Checked here, before a model is loaded: gin hands over whatever was
+    # written (TRAIN_STEPS=-5 would otherwise "finish" at once, exit 0).
+    for name, low in _LOWER_BOUNDS.items():
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        macro = _MACROS.get(name)
+        where = f"{macro} (TrainConfig.{name})" if macro else (
+            f"TrainConfig.{name}")
+        raise ValueError(f"{where} = {value!r}: must be a whole number >= "
+                         f"{low}.")
+    if self.batch_size % self.num_microbatches:
+      raise ValueError(
+          f"BATCH_SIZE = {self.batch_size} is not divisible by "
+          f"TrainConfig.num_microbatches = {self.num_microbatches}.")
+    if self.best_mode not in ("max", "min"):
+      raise ValueError(f"TrainConfig.best_mode = {self.best_mode!r}: use "
+                       f"'max' or 'min'.")
+
+
+# The smallest value of each integer field (train_steps=0: only the step-0
+# evaluation and a checkpoint of the initial prompt).
+_LOWER_BOUNDS = {"train_steps": 0, "batch_size": 1, "num_microbatches": 1,
+                 "checkpoint_period": 1, "keep_checkpoints": 1,
+                 "eval_period": 0, "log_period": 1}
+# The macros runs/prompt_tune.gin binds them to, for the error messages.
+_MACROS = {"train_steps": "TRAIN_STEPS", "batch_size": "BATCH_SIZE"}
 
 
 class _Scalars:
@@ -123,7 +172,8 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
           dropout_rate: Optional[float] = 0.1,
           mesh_shape: Tuple[int, int] = (-1, 1),
           fsdp: bool = False,
-          frozen_dtype: Optional[str] = None) -> Dict[str, Any]:
+          frozen_dtype: Optional[str] = None,
+          on_start: Optional[Callable[[], None]] = None) -> Dict[str, Any]:
   """Trains a prompt (or the whole model) and returns the final metrics.
 
   Args:
@@ -143,17 +193,54 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
     frozen_dtype: prompt mode: store the frozen weights in this dtype (e.g.
       'bfloat16': half the memory, no float32 copy on the device); None keeps
       the config's param_dtype.
+    on_start: called once every check has passed and the run will train (or
+      finish the bookkeeping of) at least its last step: not for a finished
+      run, nor one that failed to start. The CLI writes config.gin here.
 
   Returns:
-    {'step': final step, 'train': last train metrics, 'eval': last eval}.
+    {'step': final step, 'train': last train metrics, 'eval': last eval,
+    'parameters': counts, 'started': whether on_start was called}.
+
+  Raises:
+    ValueError, OSError, RuntimeError: a one-line, user-fixable problem
+      (bad settings, paths, a directory in use, a run already past
+      TRAIN_STEPS); NonFiniteLossError: the run diverged (nothing bad saved).
   """
   logging.info("Process %d/%d, %d local / %d global devices (%s).",
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
-  checkpoints.check_writable(model_dir)
+  run_directory.check_writable(model_dir)
+  # Held from here to the end: a second run on this directory stops now,
+  # before it loads anything or writes a byte.
+  with run_directory.hold(model_dir, writer=jax.process_index() == 0):
+    return _start(
+        model_dir=model_dir, initial_checkpoint_path=initial_checkpoint_path,
+        model_config=model_config, mixture_or_task_name=mixture_or_task_name,
+        task_feature_lengths=task_feature_lengths, mode=mode, prompt=prompt,
+        optimizer=optimizer, schedule=schedule, decode=decode,
+        dropout_rate=dropout_rate, mesh_shape=mesh_shape, fsdp=fsdp,
+        frozen_dtype=frozen_dtype, on_start=on_start)
+
+
+def _start(*, model_dir: str, initial_checkpoint_path: str,
+           model_config: Optional[T5Config], mixture_or_task_name: str,
+           task_feature_lengths: Mapping[str, int], mode: str,
+           prompt: setup.PromptConfig, optimizer: optimizers.AdafactorConfig,
+           schedule: TrainConfig, decode: DecodeConfig,
+           dropout_rate: Optional[float], mesh_shape: Tuple[int, int],
+           fsdp: bool, frozen_dtype: Optional[str],
+           on_start: Optional[Callable[[], None]]) -> Dict[str, Any]:
+  """`train` under the directory's lock: check, build, resume, then loop."""
   provider = pipeline.get_task_or_mixture(mixture_or_task_name)
   pipeline.check_feature_lengths(provider, task_feature_lengths)
+  # Now, not at the first evaluation hours in: a missing or empty eval split.
+  eval_tasks = evaluation.check_split(
+      mixture_or_task_name, schedule.eval_split, task_feature_lengths,
+      "TrainConfig.eval_split")
+  if schedule.best_metric:
+    _check_best_metric(schedule.best_metric, eval_tasks, schedule.eval_split,
+                       task_feature_lengths)
   mesh = partitioning.create_mesh(mesh_shape)
   rules = partitioning.logical_axis_rules(fsdp)
   if schedule.batch_size % mesh.shape["data"]:
@@ -172,10 +259,6 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
   logging.info("Parameters: %s total, %s trainable (%.4f%%).",
                f"{counts['total']:,}", f"{counts['trainable']:,}",
                counts["trainable_percent"])
-  if jax.process_index() == 0:
-    records.write_parameters(
-        model_dir, counts, mode=mode,
-        prompt_parameters=counts["trainable"] if mode == "prompt" else 0)
 
   tx = optimizers.adafactor(optimizer)
   state = create_train_state(run.trainable, tx, state_rng)
@@ -187,23 +270,106 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
       model_dir, keep=schedule.keep_checkpoints,
       best_metric=schedule.best_metric or None,
       best_mode=schedule.best_mode) as ckpt:
-    return _loop(ckpt, run, state, shardings, tx, counts, model_dir,
-                 mixture_or_task_name, task_feature_lengths, schedule, decode)
+    position = {"batches_consumed": 0, "seed": schedule.seed}
+    resumed = ckpt.restore_newest(state)
+    if resumed is not None:
+      state, position, step = resumed
+      logging.info("Resumed from step %d (%d batches consumed).", step,
+                   position["batches_consumed"])
+      if step > schedule.train_steps:
+        raise ValueError(
+            f"MODEL_DIR {model_dir} already holds a run at step {step}, past "
+            f"TRAIN_STEPS={schedule.train_steps}; nothing was trained or "
+            f"overwritten. Set TRAIN_STEPS >= {step} to continue this run, or "
+            f"use a new MODEL_DIR to train {schedule.train_steps} steps.")
+      if step == schedule.train_steps and records.is_finished(model_dir):
+        logging.info("The run in %s already finished at step %d "
+                     "(TRAIN_STEPS=%d): nothing to do, nothing changed. Raise "
+                     "TRAIN_STEPS to train on.", model_dir, step,
+                     schedule.train_steps)
+        return {"step": step, "train": {}, "eval": {}, "parameters": counts,
+                "started": False}
+    if on_start is not None:
+      on_start()
+    if jax.process_index() == 0:
+      records.write_parameters(
+          model_dir, counts, mode=mode,
+          prompt_parameters=counts["trainable"] if mode == "prompt" else 0)
+    result = _loop(ckpt, run, state, position, shardings, tx, counts,
+                   model_dir, mixture_or_task_name, task_feature_lengths,
+                   schedule, decode)
+    return dict(result, started=True)
+
+
+def _diverged(loss_sum: float, state_finite: bool,
+              largest: float) -> Optional[str]:
+  """Why a step's result must not be kept, or None."""
+  if not math.isfinite(loss_sum):
+    return f"Non-finite training loss ({loss_sum})"
+  if not state_finite:
+    return ("The trained parameters or their optimizer state became "
+            "non-finite (NaN or inf)")
+  if largest > _LARGEST_USABLE:
+    return (f"The trained parameters diverged (largest |value| {largest:.3g}"
+            f" > {_LARGEST_USABLE:.3g}, where float32 squares overflow)")
+  return None
+
+
+def _check_best_metric(best_metric: str, eval_tasks: Sequence[str],
+                       split: str, lengths: Mapping[str, int]) -> None:
+  """Refuses a best_metric the evaluation will never report, at start (it
+  would otherwise be ignored: no best.json, no best checkpoint kept)."""
+  task, _, metric = best_metric.rpartition("/")
+  known = {"eval": {"loss", "token_accuracy", "z_loss"}}
+  if len(eval_tasks) > 1:  # a mixture may report the SuperGLUE average
+    known["super_glue"] = {"average"}
+  for name in eval_tasks:
+    names = _metric_names(name, split, lengths)
+    known[name] = None if names is None else names | {"score"}
+  if task in known and (known[task] is None or metric in known[task]):
+    return
+  choices = sorted(f"{t}/{m}" for t, ms in known.items() if ms for m in ms)
+  close = difflib.get_close_matches(best_metric, choices, n=3, cutoff=0.5)
+  hint = f" Did you mean {', '.join(close)}?" if close else ""
+  raise ValueError(
+      f"TrainConfig.best_metric = {best_metric!r} is not a metric this run "
+      f"reports on {split!r}; it would be ignored (no best.json).{hint} "
+      f"Known: {', '.join(choices)}.")
+
+
+def _metric_names(task_name: str, split: str,
+                  lengths: Mapping[str, int]) -> Optional[set]:
+  """The names a task's metric functions return, found by scoring one
+  example's target against itself; None when that cannot be worked out
+  (the first evaluation checks best_metric again)."""
+  task = seqio.get_mixture_or_task(task_name)
+  try:
+    example = next(iter(task.get_dataset(
+        sequence_length=dict(lengths), split=split, shuffle=False,
+        num_epochs=1).take(1).as_numpy_iterator()))
+    text = example.get("targets_pretokenized")
+    text = (text.decode("utf-8") if isinstance(text, bytes) else
+            task.output_features["targets"].vocabulary.decode(
+                [int(t) for t in example["targets"]]))
+    target = task.postprocess_fn(text, example=example, is_target=True)
+    names = set()
+    for fn in task.predict_metric_fns:
+      names |= set(fn([target], [target]))
+    for fn in task.score_metric_fns:
+      names |= set(fn([target], [0.0]))
+    return names
+  except Exception:  # pylint: disable=broad-except
+    return None
 
 
 def _loop(ckpt: checkpoints.Checkpointer, run: setup.RunModel,
-          state: TrainState, shardings: TrainState,
+          state: TrainState, position: Dict[str, Any], shardings: TrainState,
           tx: optax.GradientTransformation, counts: Mapping[str, Any],
           model_dir: str, mixture_or_task_name: str,
           task_feature_lengths: Mapping[str, int], schedule: TrainConfig,
           decode: DecodeConfig) -> Dict[str, Any]:
-  """Resumes if possible, then steps, logs, saves and evaluates."""
+  """Steps, logs, saves and evaluates from `state` (fresh or resumed)."""
   mesh, rules = run.mesh, run.rules
-  position = {"batches_consumed": 0, "seed": schedule.seed}
-  if ckpt.latest_step() is not None:
-    state, position = ckpt.restore(state)
-    logging.info("Resumed from step %d (%d batches consumed).",
-                 int(state.step), position["batches_consumed"])
 
   batch_sharding = jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec("data"))
@@ -214,7 +380,7 @@ def _loop(ckpt: checkpoints.Checkpointer, run: setup.RunModel,
       mixture_or_task_name, task_feature_lengths, split="train",
       global_batch_size=schedule.batch_size, shuffle=True,
       seed=schedule.seed, repeat=True,
-      skip_batches=position["batches_consumed"])
+      skip_batches=position["batches_consumed"], mesh=mesh)
   writer = _tensorboard(model_dir, "train")
 
   evaluator = None
@@ -227,6 +393,13 @@ def _loop(ckpt: checkpoints.Checkpointer, run: setup.RunModel,
                                decode, schedule.z_loss,
                                log_dir=os.path.join(model_dir, "eval"))
     results = evaluator.evaluate(state.params, step)
+    if schedule.best_metric and schedule.best_metric not in results["flat"]:
+      # What the start-time check could not work out (a task whose metrics
+      # need more than one example to name themselves).
+      raise ValueError(
+          f"TrainConfig.best_metric = {schedule.best_metric!r} is not among "
+          f"the metrics of the evaluation at step {step} ("
+          f"{', '.join(sorted(results['flat']))}); it would be ignored.")
     if step > 0:  # the untrained baseline has no checkpoint to select
       ckpt.record_eval(step, results["flat"])
     if jax.process_index() == 0:
@@ -258,22 +431,27 @@ def _loop(ckpt: checkpoints.Checkpointer, run: setup.RunModel,
       host_batch = next(batches)
       batch = partitioning.shard_batch(host_batch, mesh)
       new_state, metrics = train_step(state, run.frozen, batch)
-      loss_sum = float(metrics["loss_sum"])
-      if not math.isfinite(loss_sum):
+      health = {k: metrics.pop(k) for k in ("state_finite", "params_max_abs")}
+      problem = _diverged(float(metrics["loss_sum"]),
+                          bool(health["state_finite"]),
+                          float(health["params_max_abs"]))
+      if problem:
         # The donated old state is gone, but nothing was saved from the bad
         # step: the newest checkpoint on disk is the last good one.
+        latest = ckpt.latest_step()
         raise NonFiniteLossError(
-            f"Non-finite training loss ({loss_sum}) at step {step + 1}; "
-            f"stopping. The last good checkpoint in {model_dir} is step "
-            f"{ckpt.latest_step()}; lower the learning rate or check the "
-            f"data.")
+            f"{problem} at step {step + 1}; stopping, nothing of it saved. "
+            + (f"The last good checkpoint in {model_dir} is step {latest} "
+               f"(a rerun resumes there)" if latest is not None else
+               f"No checkpoint was saved yet in {model_dir}")
+            + "; lower the learning rate or check the data.")
       state = new_state
       position["batches_consumed"] += 1
       accumulated = metrics if accumulated is None else jax.tree_util.tree_map(
           lambda a, b: a + b, accumulated, metrics)
       window_steps += 1
       window_tokens += float(np.sum(host_batch["encoder_input_tokens"] > 0)) * (
-          jax.process_count())
+          batches.num_shards)
       done = step + 1
       if done % schedule.log_period == 0 or done == schedule.train_steps:
         elapsed = time.perf_counter() - window_start

@@ -10,6 +10,9 @@ read without JAX or orbax (the sweep runner, `python -m prompt_tuning.report`):
                                    appends again; the last line of a step wins)
   <model_dir>/summary.json         {"step", "train_steps", "finished", "train",
                                     "eval"}   written when the run ends
+  <model_dir>/eval/predictions/<task>/step_<N>.jsonl
+                                   one line per example of the evaluation at
+                                   step N (`evaluation.PredictionLogger`)
 
 `model` is the frozen T5's own parameter count (the prompt excluded), the x
 axis of the paper's curves. Only process 0 writes. Every file is replaced
@@ -28,6 +31,15 @@ import numpy as np
 PARAMETERS_FILE = "parameters.json"
 EVAL_HISTORY_FILE = os.path.join("eval", "metrics.jsonl")
 SUMMARY_FILE = "summary.json"
+PREDICTIONS_DIR = "predictions"
+
+
+def predictions_path(log_dir: str, task_name: str,
+                     step: Optional[int]) -> str:
+  """`<log_dir>/predictions/<task>/step_<N>.jsonl`; `eval.jsonl` for an
+  evaluation without a step (a standalone one: its log_dir is its own)."""
+  name = "eval.jsonl" if step is None else f"step_{int(step)}.jsonl"
+  return os.path.join(log_dir, PREDICTIONS_DIR, task_name, name)
 
 
 def atomic_write(path: str, write: Callable[[Any], None]) -> None:

@@ -15,11 +15,11 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
 
-from prompt_tuning.training import checkpoints
 from prompt_tuning.data import pipeline
 from prompt_tuning.training import evaluation
 from prompt_tuning import partitioning
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.training import prompt_files
 from prompt_tuning.training import setup
 from prompt_tuning.training.inference import DecodeConfig
 from prompt_tuning.training.inference import RunEvaluator
@@ -30,7 +30,7 @@ def _build(prompt_path: str, initial_checkpoint_path: str,
            placement: str, mesh_shape: Tuple[int, int],
            fsdp: bool, frozen_dtype: Optional[str] = None) -> setup.RunModel:
   """The frozen model with the saved prompt (file or run directory) in place."""
-  prompt = checkpoints.load_prompt(prompt_path)  # [P, H]
+  prompt = prompt_files.load_prompt(prompt_path)  # [P, H]
   provider = pipeline.get_task_or_mixture(mixture_or_task_name)
   mesh = partitioning.create_mesh(mesh_shape)
   run = setup.build_model(
@@ -59,7 +59,8 @@ def evaluate(*, prompt_path: str, initial_checkpoint_path: str,
              output_dir: str = "", mesh_shape: Tuple[int, int] = (-1, 1),
              fsdp: bool = False,
              frozen_dtype: Optional[str] = None) -> Dict[str, Any]:
-  """Evaluates a saved prompt; writes `metrics.json` to `output_dir` if set.
+  """Evaluates a saved prompt; writes `metrics.json` and the predictions
+  (`predictions/<task>/eval.jsonl`, TensorBoard text) to `output_dir` if set.
 
   `frozen_dtype` stores the frozen weights in that dtype (e.g. 'bfloat16'),
   as in training.
@@ -67,6 +68,8 @@ def evaluate(*, prompt_path: str, initial_checkpoint_path: str,
   Returns:
     {'<task>/<metric>': value, 'eval/loss': ..., 'eval/token_accuracy': ...}.
   """
+  # Before the model loads: a missing or empty split is a config mistake.
+  evaluation.check_split(mixture_or_task_name, split, task_feature_lengths)
   run = _build(prompt_path, initial_checkpoint_path, model_config,
                mixture_or_task_name, placement, mesh_shape, fsdp,
                frozen_dtype)
@@ -92,11 +95,20 @@ def infer(*, prompt_path: str, initial_checkpoint_path: str,
           fsdp: bool = False, frozen_dtype: Optional[str] = None) -> int:
   """Writes one JSONL record {'task', 'inputs', 'prediction', 'target'} per
   example of `split` to `output_path`; returns the number written."""
+  # Both checks are cheap and come before the model loads and runs.
+  if jax.process_index() == 0:
+    evaluation.check_output_path(output_path)
+  evaluation.check_split(mixture_or_task_name, split, task_feature_lengths)
   run = _build(prompt_path, initial_checkpoint_path, model_config,
                mixture_or_task_name, placement, mesh_shape, fsdp,
                frozen_dtype)
   evaluator = RunEvaluator(run, mixture_or_task_name, task_feature_lengths,
                            split, batch_size, decode)
+  if not evaluator.task_names:
+    raise ValueError(
+        f"No task of {mixture_or_task_name!r} with a {split!r} split has "
+        f"metrics, and predictions run through seqio's evaluator, which "
+        f"skips tasks without metrics: add metric_fns to the task.")
   records = []
   for task, rows in evaluator.predict(run.trainable).items():
     records.extend(dict(row, task=task) for row in rows)

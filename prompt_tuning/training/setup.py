@@ -149,9 +149,9 @@ def build_model(*, initial_checkpoint_path: str,
     trainable, frozen = split_trainable(params, "model")
     return RunModel(T5(config), config, trainable, frozen, mesh, rules)
 
-  embedding = params["token_embedder"]["embedding"]
-  init = prompt_initializer(prompt, np.asarray(embedding, np.float32),
-                            vocabulary)
+  # to_host: with the model axis across processes the table spans them.
+  embedding = partitioning.to_host(params["token_embedder"]["embedding"])
+  init = prompt_initializer(prompt, embedding.astype(np.float32), vocabulary)
   model = PromptedT5(config, prompt.length, init, prompt.placement)
   shape = (prompt.length, config.emb_dim)
   sharding = partitioning.sharding_for(("prompt", "prompt_embed"), mesh,

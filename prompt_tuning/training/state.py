@@ -69,6 +69,27 @@ def split_trainable(params: PyTree, mode: str) -> Tuple[PyTree, PyTree]:
                      f"PromptedT5.") from None
 
 
+def all_finite(tree: PyTree) -> jax.Array:
+  """bool scalar: no NaN or infinity in any floating leaf (traceable; integer
+  leaves such as step counts cannot overflow and are skipped)."""
+  floats = [x for x in jax.tree_util.tree_leaves(tree)
+            if jax.numpy.issubdtype(jax.numpy.result_type(x),
+                                    jax.numpy.inexact)]
+  if not floats:
+    return jax.numpy.array(True)
+  return jax.numpy.all(jax.numpy.stack(
+      [jax.numpy.all(jax.numpy.isfinite(x)) for x in floats]))
+
+
+def max_abs(tree: PyTree) -> jax.Array:
+  """float32 scalar: the largest |x| over the leaves (traceable)."""
+  leaves = [jax.numpy.max(jax.numpy.abs(x)).astype(jax.numpy.float32)
+            for x in jax.tree_util.tree_leaves(tree) if jax.numpy.size(x)]
+  if not leaves:
+    return jax.numpy.array(0.0, jax.numpy.float32)
+  return jax.numpy.max(jax.numpy.stack(leaves))
+
+
 def count_params(tree: PyTree) -> int:
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))
 

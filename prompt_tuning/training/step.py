@@ -6,6 +6,10 @@ is a separate argument that is never differentiated, never given optimizer
 state and never donated. Microbatching accumulates gradients over equal
 slices of the batch with `lax.scan`, so a batch that does not fit still
 takes one optimizer step with the same result up to float summation order.
+Every step also reports the health of the state it returns (all finite, the
+largest trainable magnitude), computed on the device next to the update, so
+the loop can refuse a bad state before it is adopted or saved at the cost of
+one reduction over what trains.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import optax
 
 from prompt_tuning.prompts import merge_params
 from prompt_tuning.training import losses
+from prompt_tuning.training import state as state_lib
 from prompt_tuning.training.state import TrainState
 
 PyTree = Any
@@ -48,6 +53,13 @@ def _split_microbatches(batch: Batch, num: int) -> Batch:
   return jax.tree_util.tree_map(split, batch)
 
 
+def state_health(params: PyTree, opt_state: PyTree) -> Dict[str, jax.Array]:
+  """`state_finite`: params and optimizer state hold no NaN or infinity;
+  `params_max_abs`: the largest |x| over the params."""
+  return {"state_finite": state_lib.all_finite((params, opt_state)),
+          "params_max_abs": state_lib.max_abs(params)}
+
+
 def train_step(state: TrainState, frozen: PyTree, batch: Batch, *,
                model: nn.Module, tx: optax.GradientTransformation,
                z_loss: float = 1e-4,
@@ -70,8 +82,9 @@ def train_step(state: TrainState, frozen: PyTree, batch: Batch, *,
     enable_dropout: dropout on (training) or off.
 
   Returns:
-    (new state, summed metrics: loss_sum, z_loss_sum, correct, tokens,
-    grad_norm).
+    (new state, metrics: the summed loss_sum, z_loss_sum, correct, tokens;
+    grad_norm; and the new state's `state_health` (state_finite,
+    params_max_abs), which are not sums: the loop checks them every step).
   """
   rng, step_rng = jax.random.split(state.rng)
 
@@ -103,7 +116,8 @@ def train_step(state: TrainState, frozen: PyTree, batch: Batch, *,
 
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+  metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
+                 **state_health(params, opt_state))
   return state.replace(step=state.step + 1, params=params,
                        opt_state=opt_state, rng=rng), metrics
 

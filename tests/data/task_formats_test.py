@@ -2,13 +2,16 @@
 
 Each case feeds one TFDS-shaped example through a registered task's text
 preprocessors (everything before tokenization) and compares the resulting
-strings with the documented format: T5's for GLUE and SuperGLUE, the paper's
-for MRQA and the paraphrase pair, and the taskless forms (task word removed).
+strings with the documented format: T5's for GLUE, SuperGLUE, DPR and SQuAD,
+the paper's for MRQA and the paraphrase pair, and the taskless forms (task
+word removed). `t5_formats_oracle_test` checks the same against the T5
+library itself on generated examples.
 """
 
 import seqio
 import tensorflow as tf
 
+from prompt_tuning import metrics
 from prompt_tuning.data import registry
 
 registry.import_builtin(("glue", "mrqa", "paraphrase", "super_glue"))
@@ -199,18 +202,89 @@ def test_stsb_rounds_to_a_fifth():
 
 
 def _mrqa_example(answers):
-  return {"question": "Who wrote it?", "context": "[DOC] Ann wrote it.",
+  return {"question": "Who led the U.S.-built team?",
+          "context": "[DOC] The U.S.-led team   (2x) won.",
           "answers": tf.constant(answers, tf.string), "qid": "q1",
           "subset": "SQuAD"}
 
 
-def test_mrqa_first_answer_is_the_target_and_all_are_kept():
+def test_mrqa_pads_punctuation_like_t5():
+  # T5's SQuAD format: a space each side of every punctuation mark, then
+  # whitespace runs collapsed (leading/trailing spaces kept as one).
   for name in ("mrqa_squad_v100", "mrqa_textbook_qa_v100"):
-    rows = _formatted(name, _mrqa_example(["Ann", "ann"]))
-    assert rows[0]["inputs"] == ("question: Who wrote it? context: [DOC] Ann "
-                                 "wrote it.")
-    assert rows[0]["targets"] == "Ann"
-    assert [a.decode() for a in rows[0]["answers"]] == ["Ann", "ann"]
+    rows = _formatted(name, _mrqa_example(["U.S.", "the U.S."]))
+    assert rows[0]["inputs"] == (
+        "question: Who led the U . S . - built team ? context: [ DOC ] The "
+        "U . S . - led team ( 2x ) won . ")
+    assert rows[0]["targets"] == rows[0]["answer"] == "U . S . "
+    assert [a.decode() for a in rows[0]["answers"]] == ["U . S . ",
+                                                        "the U . S . "]
+    assert rows[0]["idx"] == "q1"
+
+
+def test_padded_gold_answers_match_padded_predictions():
+  # A prompt trained on padded targets writes 'U . S .': it is an exact
+  # match only against the padded gold answers (SQuAD normalisation deletes
+  # punctuation, not the spaces around it).
+  task = seqio.get_mixture_or_task("mrqa_textbook_qa_v100")
+  row = _formatted("mrqa_textbook_qa_v100", _mrqa_example(["U.S."]))[0]
+  example = {"answers": row["answers"]}
+  gold = task.postprocess_fn("", example=example, is_target=True)
+  scores = {}
+  for metric in task.metric_fns:
+    scores.update(metric([gold], [task.postprocess_fn("U . S .")]))
+  assert scores == {"em": 100.0, "f1": 100.0}
+  unpadded = [task.postprocess_fn("U.S.", example={"answers": [b"U.S."]},
+                                  is_target=True)]
+  assert metrics.squad(unpadded, ["U . S ."])["em"] == 0.0
+
+
+def test_squad_is_t5s_task():
+  ex = {"id": "s1", "title": "T", "question": "Where's it?",
+        "context": "In Paris, France.",
+        "answers": {"text": tf.constant(["Paris", "Paris, France"]),
+                    "answer_start": tf.constant([3, 3], tf.int32)}}
+  rows = _formatted("squad_v010_allanswers", ex)
+  assert rows[0]["inputs"] == ("question: Where ' s it ? context: In Paris "
+                               ", France . ")
+  assert rows[0]["targets"] == "Paris"
+  assert [a.decode() for a in rows[0]["answers"]] == ["Paris",
+                                                      "Paris , France"]
+  assert (rows[0]["id"], rows[0]["question"]) == ("s1", "Where ' s it ? ")
+
+
+def test_dpr_marks_the_first_delimited_pronoun():
+  ex = {"sentence": "He said Bob asked Tom if he can lend, he said.",
+        "pronoun": "he", "candidates": ["Bob", "Tom"], "label": 1}
+  assert _one("dpr_v001_simple", ex) == (
+      "wsc: He said Bob asked Tom if *he* can lend, he said.", "Tom")
+  assert _one("taskless_dpr_v001_simple", ex)[0] == (
+      "He said Bob asked Tom if *he* can lend, he said.")
+  # Before ',' or '.' too; not inside a longer word nor before other marks.
+  assert _one("dpr_v001_simple", dict(ex, sentence="Ask her, then."))[0] == (
+      "wsc: Ask her, then.")
+  assert _one("dpr_v001_simple", dict(ex, pronoun="her",
+                                      sentence="Ask her, then."))[0] == (
+      "wsc: Ask *her*, then.")
+  assert _one("dpr_v001_simple", dict(ex, sentence="Then he! he."))[0] == (
+      "wsc: Then he! *he*.")
+
+
+def test_taskless_removes_through_the_first_space_only():
+  # The official rule: '^[^ ]* ' once; tabs and newlines do not end the word.
+  base = _wsc("Mitchell asked Tom if he could lend some money.", "Tom", "he",
+              4, 1)
+  tab = dict(base, text="\tMitchell asked Tom if he could lend some money.")
+  assert _one("taskless_super_glue_wsc_v102_simple_eval", tab)[0] == (
+      "\tMitchell asked Tom if *he* could lend some money.")
+  glued = dict(base, text="\tMitchell\tasked Tom if he could lend money.",
+               span2_index=3)
+  assert _one("taskless_super_glue_wsc_v102_simple_eval", glued)[0] == (
+      "\tMitchell\tasked Tom if *he* could lend money.")
+  dpr = {"sentence": "\tHe asked him, he said.", "pronoun": "he",
+         "candidates": ["A", "B"], "label": 0}
+  assert _one("taskless_dpr_v001_simple", dpr)[0] == (
+      "\tHe asked him, *he* said.")
 
 
 def test_paraphrase_pair_shares_one_format_and_label_words():

@@ -44,16 +44,48 @@ def test_catalogue_has_every_documented_name():
               "textbook_qa", "news_qa", "trivia_qa", "search_qa", "hotpot_qa",
               "natural_questions"):
     assert f"mrqa_squad_to_{ood}_v100" in names
+  assert {"dpr_v001_simple", "taskless_dpr_v001_simple",
+          "squad_v010_allanswers", "mrqa_squad_v100"} <= names
+  # T5's SuperGLUE mixture, with DPR and the diagnostics (rate 0).
   mixture = seqio.get_mixture_or_task("super_glue_v102_proportional")
   assert sorted(t.name for t in mixture.tasks) == sorted(
       [f"super_glue_{c}_v102" for c in ("boolq", "cb", "copa", "multirc",
-                                        "record", "rte", "wic")] +
-      ["super_glue_wsc_v102_simple_train", "super_glue_wsc_v102_simple_eval"])
+                                        "record", "rte", "wic", "axb",
+                                        "axg")] +
+      ["super_glue_wsc_v102_simple_train", "super_glue_wsc_v102_simple_eval",
+       "dpr_v001_simple"])
   # Proportional to training examples; WSC's eval task never trains.
   assert mixture.get_rate(seqio.get_mixture_or_task(
       "super_glue_record_v102")) == 138854
+  assert mixture.get_rate(seqio.get_mixture_or_task("dpr_v001_simple")) == (
+      1322)
   assert mixture.get_rate(seqio.get_mixture_or_task(
       "super_glue_wsc_v102_simple_eval")) == 0
+  # T5's GLUE mixture: no WNLI, T5's QQP rate (glue/qqp:1.0.0's size).
+  glue_mix = seqio.get_mixture_or_task("glue_v002_proportional")
+  members = {t.name: glue_mix.get_rate(t) for t in glue_mix.tasks}
+  assert "glue_wnli_v002" not in members
+  assert members["glue_qqp_v002"] == 363849
+  assert members["glue_ax_v002"] == 0
+
+
+def test_mrqa_tasks_and_mixtures():
+  # The paper's SQuAD is T5's (TFDS squad/v1.1), not MRQA's copy.
+  squad = seqio.get_mixture_or_task("squad_v010_allanswers")
+  assert squad.source.tfds_dataset.name == "squad/v1.1:3.0.0"
+  table1 = seqio.get_mixture_or_task("mrqa_squad_to_out_of_domain_v100")
+  rates = {t.name: table1.get_rate(t) for t in table1.tasks}
+  assert rates == {"squad_v010_allanswers": 1.0, **{
+      f"mrqa_{c}_v100": 0.0 for c in ("bio_asq", "drop", "duo_rc", "race",
+                                      "relation_extraction", "textbook_qa")}}
+  # The out-of-domain sets' TFDS 'test' split (MRQA's dev) is 'validation'.
+  ood = seqio.get_mixture_or_task("mrqa_textbook_qa_v100").source
+  assert ood.tfds_dataset.name == "mrqa/textbook_qa:1.0.0"
+  assert tuple(ood.splits) == ("validation",)
+  assert ood.tfds_dataset._split_map == {"validation": "test"}  # pylint: disable=protected-access
+  pair = seqio.get_mixture_or_task("mrqa_squad_to_news_qa_v100")
+  assert {t.name for t in pair.tasks} == {"squad_v010_allanswers",
+                                          "mrqa_news_qa_v100"}
 
 
 @pytest.mark.parametrize("name", _NAMES)
@@ -122,6 +154,7 @@ def test_class_labels_by_name():
   assert registry.class_labels("taskless_super_glue_rte_v102") == (
       "entailment", "not_entailment")
   assert registry.class_labels("mrqa_squad_v100") == ()
+  assert registry.class_labels("dpr_v001_simple") == ()
   assert registry.class_labels("super_glue_record_v102") == ()
   assert registry.class_labels("paraphrase_qqp_to_mrpc_v002") == (
       "not_equivalent", "equivalent")

@@ -148,8 +148,11 @@ def test_emit_writes_one_command_per_run(swept):
   with open(os.path.join(root, "slurm_array.sbatch")) as f:
     sbatch = f.read()
   assert "#SBATCH --array=0-3%4" in sbatch and "--requeue" in sbatch
+  # Both run commands.txt through the launchers (tests/launch_test.py).
+  commands_file = os.path.join(root, "commands.txt")
+  assert (f'launch/slurm.sbatch" --commands {commands_file}' in sbatch)
   with open(os.path.join(root, "tpu_vm_runs.sh")) as f:
-    assert "--worker=all" in f.read()
+    assert f'/launch/tpu_vm.sh "$@" --commands {commands_file}' in f.read()
 
 
 def test_a_typo_anywhere_fails_before_any_run(frozen, tmp_path):

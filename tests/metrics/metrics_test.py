@@ -1,10 +1,10 @@
 """Metrics against numbers worked out by hand, with T5's definitions.
 
 Each expected value is derived in a comment next to its case, so a reader can
-check the definition (invalid predictions, ties, articles, first-of-group)
-without running sklearn, scipy or T5. When sklearn and scipy are importable a
-randomized test also compares the classification metrics with the library
-calls T5 makes.
+check the definition (invalid predictions, ties, articles, first-of-group,
+undefined cases) without running sklearn, scipy or T5. A randomized test
+also compares the classification metrics with the sklearn and scipy calls T5
+makes; `t5_oracle_test.py` compares everything with T5 itself.
 """
 
 import math
@@ -119,6 +119,48 @@ def test_spearman_with_ties():
   # Monotone but not linear: rank correlation 1.
   assert metrics.spearman_corrcoef([1, 2, 3], [1, 10, 1000]) == {
       "spearman_corrcoef": pytest.approx(100.0)}
+
+
+def test_spearman_undefined_cases_are_nan_not_errors():
+  # As scipy.stats.spearmanr (T5): no examples, one example, a constant
+  # side, a NaN anywhere (a NaN has no rank; ranking it last would make up
+  # a correlation: 40 for the NaN case below).
+  for targets, predictions in [([], []), ([1.0], [2.0]),
+                               ([2, 2, 2], [1, 2, 3]), ([1, 2, 3], [0, 0, 0]),
+                               ([1, 2, 3, 4], [1, float("nan"), 2, 3])]:
+    result = metrics.spearman_corrcoef(targets, predictions)
+    assert math.isnan(result["spearman_corrcoef"]), (targets, predictions)
+  with pytest.raises(ValueError):
+    metrics.spearman_corrcoef([1, 2, 3], [1, 2])
+
+
+def test_pearson_needs_two_examples():
+  # scipy.stats.pearsonr (T5) refuses fewer than 2; NaN propagates.
+  for n in (0, 1):
+    with pytest.raises(ValueError):
+      metrics.pearson_corrcoef([1.0] * n, [2.0] * n)
+  assert math.isnan(metrics.pearson_corrcoef(
+      [1, 2, 3], [1, float("nan"), 2])["pearson_corrcoef"])
+
+
+@pytest.mark.parametrize("metric", [
+    metrics.accuracy, metrics.f1_score_with_invalid,
+    metrics.matthews_corrcoef, metrics.mean_multiclass_f1(3)])
+def test_classification_metrics_refuse_empty_input(metric):
+  # No examples has no score; T5's sklearn calls raise ValueError too
+  # (0.0 would read like a real result).
+  with pytest.raises(ValueError, match="at least one example"):
+    metric([], [])
+  with pytest.raises(ValueError, match="at least one example"):
+    metric(np.array([], np.int64), np.array([], np.int64))
+
+
+def test_multirc_on_empty_input():
+  # F1a raises like F1; EM averages over no question: no metric at all, as
+  # T5's mean_group_metric returns.
+  with pytest.raises(ValueError, match="at least one example"):
+    metrics.multirc_f1_over_all_answers([], [])
+  assert metrics.mean_group_metric(metrics.all_match)([], []) == {}
 
 
 def test_all_match():

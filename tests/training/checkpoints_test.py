@@ -13,7 +13,7 @@ import pytest
 
 from prompt_tuning import partitioning
 from prompt_tuning.training.checkpoints import Checkpointer
-from prompt_tuning.training.checkpoints import load_prompt
+from prompt_tuning.training.prompt_files import load_prompt
 
 P_LEN, H = 5, 8
 
@@ -282,9 +282,97 @@ def test_no_checkpoint_errors(tmp_path):
 def test_unwritable_model_dir_fails_early(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
-  with pytest.raises(OSError, match=r"model_dir .*a_file/run is not "
-                     "writable"):
+  with pytest.raises(OSError, match=r"MODEL_DIR .*a_file/run' is not usable: "
+                     r".*a_file is a file, not a directory"):
     Checkpointer(blocker / "run")
+
+
+def test_a_non_finite_state_is_never_saved(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, make_state(), {"batches_consumed": 1})
+    bad = make_state()
+    bad = bad.replace(params=jax.tree_util.tree_map(
+        lambda x: x.at[0, 0].set(jnp.inf), bad.params))
+    with pytest.raises(ValueError, match=r"Not saving step 2 .*NaN or "
+                       r"infinite.*newest checkpoint stays step 1"):
+      ckpt.save(2, bad, {"batches_consumed": 2})
+    assert ckpt.all_steps() == [1]
+  assert sorted(os.listdir(tmp_path / "prompts")) == ["step_1.npy"]
+
+
+def _damage(path, kind):
+  state_dir = path / "state"
+  if kind == "truncated":
+    for root, _, files in os.walk(state_dir):
+      for name in files:
+        if os.path.basename(root) == "d":  # the array data files
+          os.truncate(os.path.join(root, name), 10)
+  elif kind == "metadata":
+    (state_dir / "_METADATA").write_text("{not json")
+  elif kind == "no_state":
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(state_dir)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "metadata", "no_state"])
+def test_restore_newest_skips_a_damaged_checkpoint_and_keeps_it(tmp_path,
+                                                               kind, caplog):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, make_state(seed=1, step=1), {"batches_consumed": 1})
+    ckpt.save(2, make_state(seed=2, step=2), {"batches_consumed": 2})
+  _damage(tmp_path / "checkpoint_2", kind)
+  before = tree_bytes(tmp_path / "checkpoint_2")
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(ValueError, match="cannot be restored"):
+      ckpt.restore(abstract(make_state()), step=2)
+    state, position, step = ckpt.restore_newest(abstract(make_state()))
+    assert step == 1 and position == {"batches_consumed": 1}
+    assert_trees_equal(state, make_state(seed=1, step=1))
+    assert "Skipped checkpoint step 2" in caplog.text
+    # Moved, byte for byte; the run can write step 2 again.
+    assert tree_bytes(tmp_path / "damaged" / "checkpoint_2") == before
+    assert ckpt.all_steps() == [1]
+    ckpt.save(2, make_state(seed=2, step=2), {"batches_consumed": 2})
+
+
+def test_restore_newest_skips_a_non_finite_checkpoint(tmp_path, monkeypatch):
+  from prompt_tuning.training import checkpoints  # pylint: disable=g-import-not-at-top
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, make_state(seed=1, step=1), {"batches_consumed": 1})
+    bad = make_state(seed=2, step=2)
+    bad = bad.replace(params=jax.tree_util.tree_map(
+        lambda x: x.at[0, 0].set(jnp.inf), bad.params))
+    # As a run before saves were checked wrote it.
+    monkeypatch.setattr(checkpoints, "all_finite", lambda tree: True)
+    ckpt.save(2, bad, {"batches_consumed": 2})
+    monkeypatch.undo()
+  with Checkpointer(tmp_path) as ckpt:
+    _, _, step = ckpt.restore_newest(abstract(make_state()))
+  assert step == 1
+  assert os.path.isdir(tmp_path / "damaged" / "checkpoint_2")
+
+
+def test_restore_newest_when_nothing_restores_changes_nothing(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    assert ckpt.restore_newest(abstract(make_state())) is None
+    ckpt.save(1, make_state(), {"batches_consumed": 1})
+  _damage(tmp_path / "checkpoint_1", "metadata")
+  before = tree_bytes(tmp_path)
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(ValueError, match=r"none of its 1 checkpoint\(s\) "
+                       r"restores .*Nothing was changed"):
+      ckpt.restore_newest(abstract(make_state()))
+  assert tree_bytes(tmp_path) == before
+
+
+def test_restore_newest_refuses_a_checkpoint_that_does_not_fit(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, make_state(prompt_len=3), {"batches_consumed": 1})
+    # Not damage: an older checkpoint would not fit either.
+    with pytest.raises(ValueError, match="has shape") as error:
+      ckpt.restore_newest(abstract(make_state()))
+    assert "cannot be restored" not in str(error.value)
+  assert not os.path.exists(tmp_path / "damaged")
 
 
 def test_bad_data_position_fails_before_writing(tmp_path):

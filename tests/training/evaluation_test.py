@@ -1,4 +1,5 @@
-"""Evaluation through seqio with fake model functions, and the jsonl writer.
+"""Evaluation through seqio with fake model functions, the jsonl writer, and
+the checks entry points run before loading a model.
 
 A fake `predict_batch` that returns the targets must score accuracy 1.0 (also
 when junk follows the EOS), and one that returns garbage must score 0.0
@@ -135,3 +136,32 @@ def test_failed_write_keeps_the_old_file(tmp_path):
     evaluation.write_predictions_jsonl(path, records())
   assert evaluation.read_predictions_jsonl(path) == [{"a": 1}]
   assert os.listdir(tmp_path) == ["predictions.jsonl"]
+
+
+def test_check_split_names_the_splits_there_are():
+  tiny_tasks.register()
+  assert set(evaluation.check_split("tiny_mix", "validation", LENGTHS)) == {
+      "tiny_copy", "tiny_classify"}
+  with pytest.raises(ValueError, match=r"^Task 'tiny_classify' has no 'test' "
+                     r"split \(it has: train, validation\); set SPLIT"):
+    evaluation.check_split("tiny_classify", "test", LENGTHS)
+  with pytest.raises(ValueError, match=r"No task of mixture 'tiny_mix' has a "
+                     r"'test' split \(tiny_\w+: train, validation; "
+                     r"tiny_\w+: .*TrainConfig.eval_split"):
+    evaluation.check_split("tiny_mix", "test", LENGTHS,
+                           setting="TrainConfig.eval_split")
+
+
+def test_check_output_path(tmp_path):
+  path = tmp_path / "new" / "dir" / "predictions.jsonl"
+  evaluation.check_output_path(str(path))
+  # The parents a write would create exist; the probe is gone.
+  assert os.listdir(path.parent) == []
+  with pytest.raises(ValueError, match="is a directory; give a file path"):
+    evaluation.check_output_path(str(tmp_path))
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(OSError, match="OUTPUT_PATH .*file/p.jsonl cannot be "
+                     "written"):
+    evaluation.check_output_path(str(tmp_path / "file" / "p.jsonl"))
+  with pytest.raises(ValueError, match="OUTPUT_PATH is empty"):
+    evaluation.check_output_path("")

@@ -4,7 +4,8 @@ T5 casts a classification example as `<benchmark> <field>: <value> ...` ->
 `<label word>`: the fields in a fixed order (sorted names unless given), the
 label word from the dataset's class names, `<unk>` for a hidden test label
 (-1). The paper's "taskless" variants drop the leading benchmark word, so that
-the prompt alone has to say which task is wanted (`remove_task_word`).
+the prompt alone has to say which task is wanted (`remove_task_word`, the
+official code's rule: everything up to the first space).
 Everything here is a `tf.data` map over TFDS-shaped examples.
 """
 
@@ -97,11 +98,16 @@ def map_labels(x: Mapping[str, tf.Tensor], mapping: Sequence[int]) -> dict:
 @seqio.map_over_dataset
 def remove_task_word(x: Mapping[str, tf.Tensor],
                      feature: str = "inputs") -> dict:
-  """The paper's taskless inputs: the first whitespace-separated word dropped.
+  """The paper's taskless inputs: the text up to and including its first space
+  removed (the official code's `remove_first_text_token`).
 
-  'rte hypothesis: ... premise: ...' -> 'hypothesis: ... premise: ...';
-  'wsc: The cat ...' -> 'The cat ...'.
+  'rte hypothesis: ...' -> 'hypothesis: ...'; 'wsc: The cat ...' -> 'The cat
+  ...'. Only a space ends the word, not a tab or a newline ('wsc:<TAB>The cat'
+  -> 'cat'); a text without a space is left whole, and a leading space is the
+  whole match (' rte ...' -> 'rte ...'). The official tasks behave this way,
+  so a prompt trained on them sees the same inputs here.
   """
   ex = dict(x)
-  ex[feature] = tf.strings.regex_replace(x[feature], r"^\s*\S+\s*", "")
+  ex[feature] = tf.strings.regex_replace(x[feature], r"^[^ ]* ", "",
+                                         replace_global=False)
   return ex

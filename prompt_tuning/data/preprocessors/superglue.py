@@ -1,4 +1,4 @@
-"""SuperGLUE's special formats: ReCoRD and WSC (T5's "simple" WSC).
+"""SuperGLUE's special formats: ReCoRD, WSC and DPR (T5's "simple" WSC).
 
 The other SuperGLUE tasks use the GLUE-style format (`glue.glue`). ReCoRD is
 a cloze over a news passage: T5 lists the candidate entities in the input and
@@ -6,13 +6,16 @@ trains on one example per gold answer, keeping every answer with each example
 so that evaluation can take the best match. WSC is cast as "which noun does
 the marked pronoun refer to": the input marks the pronoun with asterisks and
 the target is the candidate referent; training keeps only the examples whose
-candidate is the correct referent.
+candidate is the correct referent. DPR (Definite Pronoun Resolution, which T5
+adds to its SuperGLUE mixture as extra WSC-like training data) uses the same
+'wsc: ... *pronoun* ...' form with the correct candidate as target.
 """
 
 from __future__ import annotations
 
 from typing import Mapping
 
+import seqio
 import tensorflow as tf
 
 from prompt_tuning.data.preprocessors.glue import UNKNOWN_LABEL
@@ -119,3 +122,37 @@ def wsc_simple(dataset: tf.data.Dataset, label: str = "wsc:",
     dataset = dataset.filter(
         lambda x: tf.cast(x.get("label", False), tf.bool))
   return dataset.map(convert, num_parallel_calls=_AUTOTUNE)
+
+
+# RE2 metacharacters: escaped before a DPR pronoun goes into a pattern.
+_REGEX_METACHARACTERS = r"([\\.^$|?*+()\[\]{}])"
+
+
+@seqio.map_over_dataset
+def dpr_simple(x: Mapping[str, tf.Tensor], label: str = "wsc:") -> dict:
+  """DPR as 'wsc: ... *pronoun* ...' -> the correct candidate (T5's
+  `definite_pronoun_resolution_simple`).
+
+  DPR's rule is that the pronoun's first occurrence is the one to resolve;
+  as in T5, that is the first occurrence after a space and before a space,
+  '.' or ',' (a sentence-initial pronoun is not marked).
+
+  Args:
+    x: a TFDS `definite_pronoun_resolution` example ('sentence', 'pronoun',
+      two 'candidates', 'label' = index of the correct one).
+    label: the leading task word.
+
+  Returns:
+    {'inputs', 'targets'}.
+  """
+  # T5 puts the pronoun into the pattern as is; escaping changes nothing for
+  # DPR's pronouns (plain words) and keeps odd data from breaking the regex.
+  pronoun = tf.strings.regex_replace(x["pronoun"], _REGEX_METACHARACTERS,
+                                     r"\\\1")
+  pattern = tf.strings.join([" (", pronoun, r")( |\.|,)"])
+  marked = tf.strings.regex_replace(x["sentence"], pattern, r" *\1*\2",
+                                    replace_global=False)
+  return {
+      "inputs": tf.strings.join([label, marked], separator=" "),
+      "targets": tf.gather(x["candidates"], x["label"]),
+  }

@@ -1,0 +1,175 @@
+"""Prompts as Hugging Face PEFT prompt-tuning adapters, both ways.
+
+`export_adapter` writes what `peft.PeftModel.from_pretrained` loads onto the
+Hugging Face T5 of the same frozen model: `adapter_config.json`
+(peft_type PROMPT_TUNING, task_type SEQ_2_SEQ_LM, one transformer submodule,
+i.e. the encoder only, as in our model) and `adapter_model.safetensors`
+holding `prompt_embeddings` [P, H]. PEFT's seq2seq prompt tuning prepends
+the virtual tokens to the encoder's input embeddings and ones to its
+attention mask: our `prefix` placement exactly. `import_adapter` reads such
+a directory back as a [P, H] prompt. Neither needs torch: the tensor file
+goes through the `safetensors` package's numpy API (a file-format library;
+the one import here beyond jax/flax/numpy, since PEFT's format is that
+file), and `adapter_model.bin` (a pickle) is refused, never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Optional
+
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+from prompt_tuning.models.config import T5Config
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+PICKLE_FILE = "adapter_model.bin"
+TENSOR = "prompt_embeddings"
+# The PEFT release the format was checked against (tests load it there).
+PEFT_VERSION = "0.21.2"
+
+
+def is_adapter(path: str) -> bool:
+  """True if `path` is a directory with a PEFT adapter config."""
+  return os.path.isdir(path) and os.path.isfile(os.path.join(path,
+                                                             CONFIG_FILE))
+
+
+def adapter_config(prompt_length: int, config: T5Config,
+                   base_model_name_or_path: str = "") -> Dict[str, Any]:
+  """The `adapter_config.json` of a prompt of `prompt_length` for `config`.
+
+  Heads and layers are the encoder's, as PEFT fills them in for T5.
+  """
+  return {
+      "peft_type": "PROMPT_TUNING",
+      "task_type": "SEQ_2_SEQ_LM",
+      "num_virtual_tokens": int(prompt_length),
+      "token_dim": int(config.emb_dim),
+      # 1 = encoder only; PEFT's seq2seq default 2 also prompts the decoder.
+      "num_transformer_submodules": 1,
+      "num_attention_heads": int(config.num_heads),
+      "num_layers": int(config.num_encoder_layers),
+      "prompt_tuning_init": "RANDOM",
+      "prompt_tuning_init_text": None,
+      "tokenizer_name_or_path": None,
+      "tokenizer_kwargs": None,
+      "base_model_name_or_path": base_model_name_or_path or None,
+      "revision": None,
+      "inference_mode": True,
+      "auto_mapping": None,
+      "modules_to_save": None,
+      "peft_version": PEFT_VERSION,
+  }
+
+
+def _write_atomic_text(path: str, text: str) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def export_adapter(prompt: np.ndarray, config: T5Config, directory: str,
+                   base_model_name_or_path: str = "") -> str:
+  """Writes `prompt` [P, H] as a PEFT prompt-tuning adapter directory.
+
+  Args:
+    prompt: the prompt; stored as float32.
+    config: the frozen model's config (its width must be H).
+    directory: created if needed; existing adapter files are replaced.
+    base_model_name_or_path: recorded for PEFT (e.g. the HF checkpoint
+      directory the adapter belongs to); PEFT loads onto whatever base model
+      it is given.
+
+  Returns:
+    The directory.
+  """
+  prompt = np.asarray(prompt, np.float32)
+  if prompt.ndim != 2 or prompt.shape[1] != config.emb_dim:
+    raise ValueError(
+        f"A prompt for this model is [P, {config.emb_dim}]; got shape "
+        f"{tuple(prompt.shape)}.")
+  os.makedirs(directory, exist_ok=True)
+  weights = os.path.join(directory, WEIGHTS_FILE)
+  tmp = f"{weights}.tmp-{os.getpid()}"
+  try:
+    safetensors.numpy.save_file({TENSOR: np.ascontiguousarray(prompt)}, tmp,
+                                metadata={"format": "pt"})
+    os.replace(tmp, weights)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  text = json.dumps(adapter_config(prompt.shape[0], config,
+                                   base_model_name_or_path),
+                    indent=2, sort_keys=True) + "\n"
+  _write_atomic_text(os.path.join(directory, CONFIG_FILE), text)
+  return directory
+
+
+def import_adapter(directory: str,
+                   embed_dim: Optional[int] = None) -> np.ndarray:
+  """Reads a PEFT prompt-tuning adapter as a prompt.
+
+  Args:
+    directory: holds adapter_config.json and adapter_model.safetensors.
+    embed_dim: if given, the frozen model's width the prompt must have.
+
+  Returns:
+    float32 [P, H].
+
+  Raises:
+    ValueError / FileNotFoundError: one line naming the directory and what
+      is wrong (another PEFT method, a decoder-side prompt, a pickle-only
+      adapter, a shape that disagrees with the config).
+  """
+  config_file = os.path.join(directory, CONFIG_FILE)
+  if not os.path.isfile(config_file):
+    raise FileNotFoundError(f"{directory}: no {CONFIG_FILE}; a PEFT adapter "
+                            "directory is what save_pretrained writes.")
+  try:
+    with open(config_file, encoding="utf-8") as f:
+      config = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{config_file} is not valid JSON ({e}).") from None
+  if config.get("peft_type") != "PROMPT_TUNING":
+    raise ValueError(
+        f"{config_file}: peft_type is {config.get('peft_type')!r}; only "
+        "PROMPT_TUNING adapters are soft prompts this model can use.")
+  submodules = config.get("num_transformer_submodules") or 1
+  if submodules != 1:
+    raise ValueError(
+        f"{config_file}: num_transformer_submodules={submodules} prompts the "
+        "decoder too, which this model has no place for; retrain with "
+        "num_transformer_submodules=1.")
+  weights = os.path.join(directory, WEIGHTS_FILE)
+  if not os.path.isfile(weights):
+    if os.path.isfile(os.path.join(directory, PICKLE_FILE)):
+      raise ValueError(
+          f"{directory} has only {PICKLE_FILE}, a pickle that is never "
+          "loaded here; re-save the adapter with save_pretrained("
+          "safe_serialization=True).")
+    raise FileNotFoundError(f"{directory}: no {WEIGHTS_FILE}.")
+  try:
+    with safetensors.safe_open(weights, framework="np") as f:
+      if TENSOR not in f.keys():
+        raise ValueError(f"{weights} has no {TENSOR!r} tensor (found "
+                         f"{sorted(f.keys())[:5]}).")
+      prompt = f.get_tensor(TENSOR)
+  except safetensors.SafetensorError as e:
+    raise ValueError(f"{weights} is not a readable safetensors file "
+                     f"({' '.join(str(e).split())}).") from None
+  want = (config.get("num_virtual_tokens"), config.get("token_dim"))
+  if prompt.ndim != 2 or tuple(prompt.shape) != want:
+    raise ValueError(
+        f"{weights}: {TENSOR} has shape {tuple(prompt.shape)} but "
+        f"{CONFIG_FILE} says [num_virtual_tokens, token_dim] = {list(want)}.")
+  if embed_dim is not None and prompt.shape[1] != embed_dim:
+    raise ValueError(
+        f"{directory}: the adapter's token_dim {prompt.shape[1]} differs from "
+        f"the frozen model's width {embed_dim}.")
+  return np.asarray(prompt, np.float32)

@@ -1,0 +1,156 @@
+"""The frozen model on the mesh, its prompt library, and jitted mixed batches.
+
+`load_frozen` reads a pretrained T5 (T5X or Hugging Face) straight into its
+shardings; `load_library` reads prompts in every format (`prompts.library`,
+plus our run directories through the training layer's checkpoint reader)
+and checks them against the model's width; `MixedRunner` decodes or
+rank-classifies fixed-size batches whose rows each name a prompt of the
+library's bank. The bank is an argument, not a constant, of the jitted
+functions: one compilation serves any mix of prompts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+
+import jax
+import numpy as np
+
+from prompt_tuning import partitioning
+from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.t5 import T5
+from prompt_tuning.pretrained import load_pretrained
+from prompt_tuning.prompts import mixed
+from prompt_tuning.prompts.library import PromptLibrary
+from prompt_tuning.training import prompt_files
+from prompt_tuning.training.inference import DecodeConfig
+
+PyTree = Any
+
+
+@dataclasses.dataclass
+class FrozenModel:
+  """A pretrained T5 placed on a mesh, for serving prompts."""
+
+  model: T5
+  config: T5Config
+  params: PyTree
+  mesh: jax.sharding.Mesh
+  rules: partitioning.Rules
+
+  @property
+  def embedding(self) -> jax.Array:
+    """[V, H] token embedding table (sharded like the params)."""
+    return self.params["token_embedder"]["embedding"]
+
+
+def load_frozen(initial_checkpoint_path: str,
+                model_config: Optional[T5Config] = None,
+                mesh_shape: Tuple[int, int] = (-1, 1), fsdp: bool = False,
+                frozen_dtype: Optional[str] = None) -> FrozenModel:
+  """Loads the frozen T5 into its shardings.
+
+  Args:
+    initial_checkpoint_path: T5X or Hugging Face checkpoint (`load_pretrained`).
+    model_config: required for T5X checkpoints; HF ones carry theirs.
+    mesh_shape: (data, model).
+    fsdp: also shard the weights' embed axis over `data`.
+    frozen_dtype: store the weights in this dtype (e.g. 'bfloat16').
+  """
+  if not initial_checkpoint_path:
+    raise ValueError("INITIAL_CHECKPOINT_PATH is not set: serving prompts "
+                     "needs the frozen T5 they were trained for.")
+  mesh = partitioning.create_mesh(mesh_shape)
+  rules = partitioning.logical_axis_rules(fsdp)
+  config, params = load_pretrained(initial_checkpoint_path, model_config,
+                                   mesh, rules, param_dtype=frozen_dtype)
+  if frozen_dtype is not None:
+    config = config.replace(param_dtype=(model_config.param_dtype
+                                         if model_config else "float32"))
+  return FrozenModel(T5(config), config, params, mesh, rules)
+
+
+def load_library(specs: Union[Sequence[str], Mapping[str, str]],
+                 embed_dim: Optional[int] = None) -> PromptLibrary:
+  """Reads prompts ('NAME=PATH', 'NAME:TASK=PATH' or {name: path}) in any
+  format, our run directories included, checked against `embed_dim`."""
+  return PromptLibrary.load(specs, embed_dim,
+                            read_run=prompt_files.load_prompt)
+
+
+def _predict(frozen, bank, lengths, prompt_ids, tokens, *, model, decode,
+             length, placement):
+  return mixed.predict(model, frozen, bank, lengths, prompt_ids, tokens,
+                       max_decode_length=length, method=decode.method,
+                       beam_size=decode.beam_size, alpha=decode.alpha,
+                       eos_id=decode.eos_id, placement=placement)
+
+
+def _rank(frozen, bank, lengths, prompt_ids, tokens, candidates, *, model,
+          eos_id, placement):
+  return mixed.rank(model, frozen, bank, lengths, prompt_ids, tokens,
+                    candidates, placement, eos_id)
+
+
+class MixedRunner:
+  """Jitted mixed-prompt decoding and scoring for one frozen model and bank.
+
+  Every call takes a full batch of `batch_size` rows (pad with zero rows and
+  prompt id 0), so each function compiles once per input shape.
+  """
+
+  def __init__(self, frozen: FrozenModel, library: PromptLibrary,
+               decode: DecodeConfig = DecodeConfig(),
+               placement: str = "prefix", max_decode_length: int = 8):
+    if library.embed_dim != frozen.config.emb_dim:
+      raise ValueError(f"The library's prompts are {library.embed_dim} wide "
+                       f"but the frozen model is {frozen.config.emb_dim}.")
+    self.frozen = frozen
+    self.library = library
+    self.decode = decode
+    self.max_decode_length = decode.max_decode_length or max_decode_length
+    replicated = jax.sharding.NamedSharding(frozen.mesh,
+                                            jax.sharding.PartitionSpec())
+    bank, lengths = library.bank()
+    # The bank is tiny ([K, P_max, H]) and read by every row: replicated.
+    self._bank = jax.device_put(bank, replicated)
+    self._lengths = jax.device_put(lengths, replicated)
+    self._predict = jax.jit(functools.partial(
+        _predict, model=frozen.model, decode=decode,
+        length=self.max_decode_length, placement=placement))
+    self._rank = jax.jit(functools.partial(
+        _rank, model=frozen.model, eos_id=decode.eos_id,
+        placement=placement))
+
+  def _shard(self, *arrays: np.ndarray):
+    return partitioning.shard_global_batch(tuple(arrays), self.frozen.mesh)
+
+  def predict(self, tokens: np.ndarray, prompt_ids: np.ndarray) -> np.ndarray:
+    """tokens [B, T], prompt_ids [B] -> decoded [B, L] int32 (host)."""
+    with partitioning.mesh_context(self.frozen.mesh, self.frozen.rules):
+      tokens, prompt_ids = self._shard(np.asarray(tokens, np.int32),
+                                       np.asarray(prompt_ids, np.int32))
+      out = self._predict(self.frozen.params, self._bank, self._lengths,
+                          prompt_ids, tokens)
+    return partitioning.to_host(out)
+
+  def rank(self, tokens: np.ndarray, prompt_ids: np.ndarray,
+           candidates: np.ndarray) -> np.ndarray:
+    """tokens [B, T], prompt_ids [B], candidates [B, C, L] -> [B, C] scores
+    (host; -inf for absent candidates)."""
+    with partitioning.mesh_context(self.frozen.mesh, self.frozen.rules):
+      tokens, prompt_ids, candidates = self._shard(
+          np.asarray(tokens, np.int32), np.asarray(prompt_ids, np.int32),
+          np.asarray(candidates, np.int32))
+      out = self._rank(self.frozen.params, self._bank, self._lengths,
+                       prompt_ids, tokens, candidates)
+    return partitioning.to_host(out)
+
+
+def pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+  """Zero rows appended along axis 0 up to `rows`."""
+  array = np.asarray(array)
+  return np.pad(array, [(0, rows - array.shape[0])] +
+                [(0, 0)] * (array.ndim - 1))

@@ -1,0 +1,74 @@
+"""Reading a learned prompt back: a `.npy` file or a run directory's export.
+
+Training exports every saved step's prompt as `<model_dir>/prompts/
+step_<N>.npy` (see `checkpoints`); evaluation and inference runs take either
+such a file or the run directory, where the best step by best.json (else the
+newest export) is meant. Files are read without pickle.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Optional
+
+import numpy as np
+
+from prompt_tuning.training import checkpoints
+
+_PROMPT_FILE_RE = re.compile(r"^step_(\d+)\.npy$")
+
+
+def _newest_prompt_file(prompts_dir: str) -> Optional[str]:
+  found = []
+  for name in os.listdir(prompts_dir) if os.path.isdir(prompts_dir) else ():
+    match = _PROMPT_FILE_RE.fullmatch(name)
+    if match:
+      found.append((int(match.group(1)), name))
+  return os.path.join(prompts_dir, max(found)[1]) if found else None
+
+
+def load_prompt(path: str | os.PathLike) -> np.ndarray:
+  """Loads a learned prompt.
+
+  Args:
+    path: a `.npy` file, or a run directory: then the best step's
+      prompts/step_<N>.npy if best.json exists, else the newest one.
+
+  Returns:
+    The prompt, float32 [P, H].
+
+  Raises:
+    FileNotFoundError / ValueError: one line naming the path and the problem.
+  """
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    prompts_dir = os.path.join(path, checkpoints.PROMPTS_DIR)
+    best = checkpoints.read_best(path)
+    if best is not None:
+      file = os.path.join(prompts_dir, f"step_{int(best['step'])}.npy")
+      if not os.path.exists(file):
+        raise FileNotFoundError(
+            f"{os.path.join(path, checkpoints.BEST_FILE)} names step "
+            f"{best['step']} but {file} does not exist (was that step evaluated without a "
+            f"save?); pass a prompts/step_<N>.npy file instead.")
+    else:
+      file = _newest_prompt_file(prompts_dir)
+      if file is None:
+        raise FileNotFoundError(
+            f"{path}: no prompt found; expected {prompts_dir}/step_<N>.npy.")
+  elif os.path.exists(path):
+    file = path
+  else:
+    raise FileNotFoundError(
+        f"prompt path {path} does not exist; pass a .npy file or a run "
+        f"directory.")
+  try:
+    prompt = np.load(file, allow_pickle=False)
+  except (ValueError, OSError) as e:
+    raise ValueError(f"{file} is not a readable .npy array: {e}.") from None
+  if prompt.ndim != 2 or not np.issubdtype(prompt.dtype, np.floating):
+    raise ValueError(
+        f"{file} holds a {prompt.dtype} array of shape {prompt.shape}; a "
+        f"prompt is a floating [P, H] array.")
+  return prompt.astype(np.float32, copy=False)

@@ -1,0 +1,177 @@
+"""The run directory itself: is MODEL_DIR usable, and is anyone else in it.
+
+Two trainings on one directory would both train until one dies at its first
+save (or worse, interleave checkpoints), so a training run holds
+`<model_dir>/run.lock` from its start to its end: a small JSON file (host,
+pid, the process's start time, when) created with an exclusive create, so
+exactly one of two racing runs gets it. A second run is refused at start,
+naming the first. A lock left behind by a run that died (kill -9, a lost
+machine) is stale when its host is this host and its process is gone, or is
+another process that reused the pid: it is then taken over with a warning.
+A lock from another host cannot be checked from here, so it is refused with
+the command that removes it. Only process 0 of a multi-process run takes
+the lock: the processes of one run share the directory by design.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from typing import Any, Dict, Iterator, Optional
+
+LOCK_FILE = "run.lock"
+
+
+def check_writable(model_dir: str) -> None:
+  """Fails at construction, not at the first save hours into a run.
+
+  Raises:
+    OSError: one line naming MODEL_DIR, the path that is in the way and why.
+  """
+  if not model_dir:
+    raise OSError("MODEL_DIR is not set: pass --gin.MODEL_DIR=\"'/path'\".")
+  probe = os.path.join(model_dir, f".write_probe.{os.getpid()}")
+  try:
+    os.makedirs(model_dir, exist_ok=True)
+    with open(probe, "wb") as f:
+      f.write(b"ok")
+    os.remove(probe)
+  except OSError as e:
+    raise OSError(f"MODEL_DIR {model_dir!r} is not usable: "
+                  f"{_blocker(model_dir, e)}.") from None
+
+
+def _blocker(model_dir: str, error: OSError) -> str:
+  """Why `model_dir` cannot be written, naming the path in the way (the raw
+  error names a probe file the user never asked for)."""
+  path = os.path.abspath(model_dir)
+  while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  if not os.path.isdir(path):
+    return (f"{path} is a file, not a directory; choose a MODEL_DIR that is "
+            f"not inside a file")
+  if not os.access(path, os.W_OK):
+    return (f"{path} is not writable by this user; choose another MODEL_DIR "
+            f"or fix its permissions")
+  return (f"writing in {path} failed ({error.strerror or error}); choose "
+          f"another MODEL_DIR")
+
+
+def _start_time(pid: int) -> Optional[str]:
+  """The process's start time in clock ticks since boot (Linux /proc), which
+  tells a live holder from a new process that got its pid; None elsewhere."""
+  try:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+      # Field 22; the command name (field 2) may hold spaces, so count from
+      # after its closing parenthesis.
+      return f.read().rsplit(")", 1)[1].split()[19]
+  except (OSError, IndexError):
+    return None
+
+
+def _alive(pid: int, start_time: Optional[str]) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    pass  # another user's live process
+  now = _start_time(pid)
+  return start_time is None or now is None or now == start_time
+
+
+def _describe(holder: Dict[str, Any]) -> str:
+  return (f"pid {holder.get('pid')} on host {holder.get('host')!r}, started "
+          f"{holder.get('started', '?')}")
+
+
+def _read(path: str) -> Optional[Dict[str, Any]]:
+  try:
+    with open(path, encoding="utf-8") as f:
+      holder = json.load(f)
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError):
+    return {}  # half-written by a run killed mid-write: stale
+  return holder if isinstance(holder, dict) else {}
+
+
+def _mtime(path: str) -> float:
+  try:
+    return os.path.getmtime(path)
+  except OSError:
+    return 0.0
+
+
+@contextlib.contextmanager
+def hold(model_dir: str, writer: bool = True) -> Iterator[None]:
+  """Holds `<model_dir>/run.lock` for the duration of a run.
+
+  Args:
+    model_dir: an existing, writable run directory.
+    writer: False on processes other than 0 (they take no lock).
+
+  Raises:
+    RuntimeError: another live run holds the lock, or a run on another host
+      does (one line naming it and what to do).
+  """
+  if not writer:
+    yield
+    return
+  path = os.path.join(model_dir, LOCK_FILE)
+  me = {"host": socket.gethostname(), "pid": os.getpid(),
+        "start_time": _start_time(os.getpid()),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+  for _ in range(3):  # a stale lock taken over by a racing run: look again
+    try:
+      fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+      holder = _read(path)
+      if holder is None:
+        continue  # released meanwhile
+      if not holder and time.time() - _mtime(path) < 10:
+        # Just created and not yet written by a run starting right now.
+        raise RuntimeError(f"MODEL_DIR {model_dir} is being taken by another "
+                           f"run starting now ({path}); use another "
+                           f"MODEL_DIR.")
+      same_host = holder.get("host") == me["host"]
+      if holder and not same_host:
+        raise RuntimeError(
+            f"MODEL_DIR {model_dir} is in use by another run ("
+            f"{_describe(holder)}, per {path}); this host cannot check that "
+            f"run: if it is dead, remove {path} and rerun, else use another "
+            f"MODEL_DIR.")
+      if holder and _alive(int(holder.get("pid", -1)),
+                           holder.get("start_time")):
+        raise RuntimeError(
+            f"MODEL_DIR {model_dir} is in use by another run ("
+            f"{_describe(holder)}); wait for it to finish or stop it, or use "
+            f"another MODEL_DIR.")
+      # Renaming is atomic: of two runs taking over one stale lock, one
+      # wins and the other sees the winner's live lock on its next look.
+      aside = f"{path}.stale.{os.getpid()}"
+      try:
+        os.rename(path, aside)
+      except FileNotFoundError:
+        continue
+      os.remove(aside)
+      logging.warning("Took over the stale lock %s of a run that is no "
+                      "longer running (%s).", path,
+                      _describe(holder) if holder else "unreadable")
+      continue
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      json.dump(me, f)
+    break
+  else:
+    raise RuntimeError(f"Could not take {path}: other runs keep taking it; "
+                       f"use another MODEL_DIR.")
+  try:
+    yield
+  finally:
+    # Only our own lock is ours to remove.
+    if _read(path) == me:
+      os.remove(path)

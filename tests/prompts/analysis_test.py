@@ -1,0 +1,112 @@
+"""Nearest tokens, SPoT similarity and ensemble voting (numpy references).
+
+Nearest tokens are checked against a brute-force numpy search on the dense
+table, and on the (data=4, model=2) mesh with the table sharded as training
+shards it (vocab over model; with FSDP also embed over data); the compiled
+program must not gather the table.
+"""
+
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from prompt_tuning import partitioning
+from prompt_tuning.prompts import ensemble
+from prompt_tuning.prompts import nearest
+from prompt_tuning.prompts import similarity
+
+V, H, P, K = 64, 16, 5, 4
+
+
+def _data():
+  rng = np.random.default_rng(0)
+  return (rng.normal(size=(P, H)).astype(np.float32),
+          rng.normal(size=(V, H)).astype(np.float32))
+
+
+def _brute_force(prompt, table, k):
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  cos = unit(prompt.astype(np.float64)) @ unit(table.astype(np.float64)).T
+  ids = np.argsort(-cos, axis=1, kind="stable")[:, :k]
+  return ids, np.take_along_axis(cos, ids, axis=1)
+
+
+@pytest.mark.parametrize("fsdp", [None, False, True],
+                         ids=["dense", "vocab_sharded", "fsdp"])
+def test_nearest_tokens_match_brute_force(fsdp):
+  prompt, table = _data()
+  want_ids, want_cos = _brute_force(prompt, table, K)
+  embedding = table
+  if fsdp is not None:
+    mesh = partitioning.create_mesh((4, 2))
+    sharding = partitioning.sharding_for(
+        ("vocab", "embed"), mesh, partitioning.logical_axis_rules(fsdp),
+        table.shape)
+    embedding = jax.device_put(table, sharding)
+    assert len(embedding.sharding.device_set) == 8
+    search, prompt_sharding = nearest.sharded_search(sharding, table.shape, K)
+    hlo = search.lower(jax.device_put(prompt, prompt_sharding),
+                       embedding).compile().as_text()
+    # Only [P, k]-sized winners travel; no collective carries table rows.
+    for line in re.findall(r".*all-gather.*", hlo):
+      assert f"f32[{V},{H}]" not in line and f"[{V // 2},{H}]" not in line
+  ids, cos = nearest.nearest_tokens(prompt, embedding, K)
+  np.testing.assert_array_equal(ids, want_ids)
+  np.testing.assert_allclose(cos, want_cos, atol=1e-5)
+
+
+def test_neighbours_mark_label_words_and_format():
+  prompt, table = _data()
+  table[7] = prompt[0] * 3  # token 7 is position 0's nearest neighbour
+  labels = nearest.label_tokens(["ab", "b"], lambda s: [ord(c) - 90 for c in
+                                                        s])  # a->7, b->8
+  assert labels == {7: "ab", 8: "ab/b"}
+  records = nearest.neighbours(prompt, table, 3, lambda i: f"t{i}", labels)
+  first = records[0]["neighbours"][0]
+  assert first == {"id": 7, "token": "t7", "cosine": 1.0, "label": "ab"}
+  table_text = nearest.format_table(records)
+  assert table_text.splitlines()[0].startswith("   0  *'t7'* (1.000)")
+  with pytest.raises(ValueError, match="same H"):
+    nearest.nearest_tokens(prompt[:, :3], table, 2)
+
+
+def test_similarity_measures_and_ranking():
+  rng = np.random.default_rng(1)
+  target = rng.normal(size=(4, H))
+  sources = {"same": target.copy(), "negated": -target,
+             "longer": np.concatenate([target, rng.normal(size=(3, H))]),
+             "noise": rng.normal(size=(2, H))}
+  assert similarity.average(target, sources["same"]) == pytest.approx(1.0)
+  assert similarity.average(target, sources["negated"]) == pytest.approx(-1)
+  # Every target row appears in 'longer': its best match is itself.
+  assert similarity.max_token(target, sources["longer"]) == pytest.approx(1)
+  unit = target / np.linalg.norm(target, axis=1, keepdims=True)
+  assert similarity.all_pairs(target, target) == pytest.approx(
+      np.mean(unit @ unit.T))
+  ranking = similarity.rank_sources(target, sources, "max_token")
+  assert [n for n, _ in ranking][:2] == ["same", "longer"]
+  assert similarity.rank_sources(target, sources)[-1][0] == "negated"
+  assert set(ranking[0][1]) == {"average", "max_token", "all_pairs"}
+  with pytest.raises(ValueError, match="Unknown similarity measure"):
+    similarity.rank_sources(target, sources, "l2")
+
+
+def test_replicate_split_vote_and_summary():
+  batch = {"tokens": np.array([[1, 2], [3, 4]])}
+  rows = ensemble.replicate(batch, 3)
+  assert rows["tokens"].tolist() == [[1, 2]] * 3 + [[3, 4]] * 3
+  assert rows["prompt_ids"].tolist() == [0, 1, 2, 0, 1, 2]
+  per_example = ensemble.split_outputs(rows["tokens"], 3)
+  assert per_example.shape == (2, 3, 2)
+  predictions = np.array([[[5], [6], [6]],    # majority 6
+                          [[7], [8], [9]],    # three-way tie: prompt 0's
+                          [[4], [3], [3]]])   # majority 3
+  assert ensemble.majority_vote(predictions).tolist() == [[6], [7], [3]]
+  tie = np.array([[[1], [2], [2], [1]]])  # 2-2 tie: prompt 0's wins
+  assert ensemble.majority_vote(tie).tolist() == [[1]]
+  summary = ensemble.summarize({"a": {"acc": 50.0}, "b": {"acc": 70.0}},
+                               {"acc": 65.0})
+  assert summary["mean"] == {"acc": 60.0} and summary["best"] == {"acc": 70.0}
+  assert summary["vote"] == {"acc": 65.0}
