@@ -74,29 +74,51 @@ class DamagedCheckpointError(ValueError):
     self.step, self.path, self.reason = step, path, reason
 
 
-def _drop_closed_loop_callbacks() -> None:
-  """After a read fails, TensorStore still completes the read's other
-  futures, on threads, by calling back into orbax's asyncio loop, which is
-  closed by then; Python prints each resulting `RuntimeError: Event loop is
-  closed` as an ignored exception, a screen of tracebacks after a skipped
-  checkpoint. This drops exactly those (process-wide, as they arrive after
-  `restore` returned) and passes everything else to the previous hook."""
-  previous = sys.unraisablehook
-  if getattr(previous, "drops_closed_loop", False):
+def _is_read_echo(error: Optional[BaseException]) -> bool:
+  """Whether `error` is an echo of a failed checkpoint read (see below)."""
+  if isinstance(error, RuntimeError):
+    return str(error) == "Event loop is closed"
+  return isinstance(error, ValueError) and bool(
+      _STORE_ERROR_RE.match(str(error).strip()))
+
+
+class _ReadEchoFilter(logging.Filter):
+  """Drops asyncio's log records ("Task exception was never retrieved",
+  "Exception in callback") whose exception is a read echo."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    # asyncio's handler logs the exception as exc_info.
+    return not (record.exc_info and _is_read_echo(record.exc_info[1]))
+
+
+def _silence_read_echoes() -> None:
+  """When a checkpoint read fails, orbax's asyncio loop and TensorStore's
+  threads still finish the read's other futures: each failure echoes as an
+  asyncio error log (a task's exception never retrieved, a callback into the
+  closed loop) or an ignored `RuntimeError: Event loop is closed` through
+  Python's error hooks, a screen of tracebacks above the one-line "Skipped
+  checkpoint" warning that says it all. This drops exactly those echoes
+  (process-wide: they can arrive after `restore` returned, when the tasks
+  are collected) and passes everything else on."""
+  if getattr(sys.excepthook, "drops_read_echoes", False):
     return
+  previous_except, previous_unraisable = sys.excepthook, sys.unraisablehook
 
-  def hook(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError) and
-            str(unraisable.exc_value) == "Event loop is closed"):
-      previous(unraisable)
+  def excepthook(kind, value, traceback):
+    if not _is_read_echo(value):
+      previous_except(kind, value, traceback)
 
-  hook.drops_closed_loop = True
-  sys.unraisablehook = hook
+  def unraisablehook(unraisable):
+    if not _is_read_echo(unraisable.exc_value):
+      previous_unraisable(unraisable)
+
+  excepthook.drops_read_echoes = True
+  sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+  logging.getLogger("asyncio").addFilter(_ReadEchoFilter())
 
 
 def _damaged(step: int, path: str, error: BaseException
              ) -> "DamagedCheckpointError":
-  _drop_closed_loop_callbacks()
   return DamagedCheckpointError(step, path, _reason(error))
 
 
@@ -424,6 +446,9 @@ class Checkpointer:
           f"steps: {steps}.")
     step = int(step)
     target = jax.tree_util.tree_map(_abstract_leaf, abstract_state)
+    # Installed before any read (the metadata read below is one), not after
+    # one fails: the callbacks can fire before the failure reaches here.
+    _silence_read_echoes()
     self._check_matches(step, target)
     try:
       restored = self._manager.restore(
