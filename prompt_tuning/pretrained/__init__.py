@@ -7,7 +7,8 @@ mesh is given). Modules: `t5x` and `hf` (the readers), `assemble` (tree
 assembly, checks, placement), `hf_export` (writing a Hugging Face checkpoint).
 "Checkpoint" here always means someone's pretrained model; a training run's
 own checkpoints are `prompt_tuning.training.checkpoints`. May import
-`models/`, `partitioning`, TensorStore and msgpack; never `training/`,
+`models/`, `partitioning`, TensorStore, msgpack and `safetensors` (its
+numpy API: no torch); never `training/`,
 `data/` or gin.
 """
 

@@ -6,8 +6,10 @@ trains vs what is frozen), `losses`, `optimizers` (the paper's Adafactor),
 prompt), `loop` (`train(...)`, the function gin configures), `checkpoints`
 (orbax checkpoints of what trains, resume, prompt export, best-by-dev),
 `evaluation` (seqio's evaluator over our decoding and rank classification),
-`inference` (evaluation during training) and `runs` (eval / infer runs of a
-saved prompt). May import `models/`, `prompts/`, `pretrained/`, `data/`,
+`inference` (evaluation during training), `runs` (eval / infer runs of a
+saved prompt), `run_directory` (MODEL_DIR checks, `run.lock`, configs written
+once a run starts), `prompt_files` (reading saved prompts) and `records`
+(plain-JSON run records). May import `models/`, `prompts/`, `pretrained/`, `data/`,
 `metrics/`, `partitioning` and orbax; never gin or the entry points.
 Importing this package imports none of its modules.
 """

@@ -20,6 +20,7 @@ import pytest
 import seqio
 
 import prompt_tuning.tasks.quickstart as quickstart
+from prompt_tuning import infer
 from prompt_tuning import prompt_tools
 from prompt_tuning.models import decoding
 from prompt_tuning.pretrained import load_pretrained
@@ -123,7 +124,9 @@ def test_mixed_rows_equal_each_prompt_alone(tmp_path, prompts):
            "--mesh_shape", "4,2", "--task_module", "prompt_tuning.tasks.quickstart"]
   for spec in library:
     flags += ["--prompt", spec]
-  _run("infer", *flags, "--output", tmp_path / "decoded.jsonl")
+  # The gin entry point's --mixed form is the same command.
+  assert infer.main(["--mixed", *map(str, flags), "--output",
+                     str(tmp_path / "decoded.jsonl")]) == 0
   _run("infer", *flags, "--output", tmp_path / "ranked.jsonl",
        "--rank_classification")
   decoded = evaluation.read_predictions_jsonl(tmp_path / "decoded.jsonl")
