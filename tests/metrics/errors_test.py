@@ -17,17 +17,22 @@ from prompt_tuning import metrics
      "must pair up one to one."),
     (metrics.accuracy, [], [], "accuracy needs at least one example; got "
      "empty targets and predictions."),
-    (metrics.f1_score_with_invalid, [], [], "F1 needs at least one example"),
+    (metrics.f1_score_with_invalid, [], [], "F1 needs at least one example; "
+     "got empty targets and predictions."),
     (metrics.f1_score_with_invalid, [0, 2], [0, 1],
      "Binary F1 needs 0/1 targets, got [0 2]."),
-    (metrics.matthews_corrcoef, [], [], "needs at least one example"),
+    (metrics.matthews_corrcoef, [], [], "matthews_corrcoef needs at least one "
+     "example; got empty targets and predictions."),
+    (metrics.mean_multiclass_f1(3), [], [], "mean_3class_f1 needs at least "
+     "one example; got empty targets and predictions."),
     (metrics.pearson_corrcoef, [1.0], [2.0],
      "A correlation needs at least 2 examples."),
     (metrics.squad, [["a"]], [], "Got 1 targets but 0 predictions; they must "
      "pair up one to one."),
 ])
 def test_bad_inputs_say_what_is_wrong(fn, targets, predictions, message):
-  with pytest.raises(ValueError, match=re.escape(message)):
+  # Anchored: a message with text added or lost is a different message.
+  with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
     fn(targets, predictions)
 
 

@@ -127,7 +127,8 @@ def test_spearman_undefined_cases_are_nan_not_errors():
   # a correlation: 40 for the NaN case below).
   for targets, predictions in [([], []), ([1.0], [2.0]),
                                ([2, 2, 2], [1, 2, 3]), ([1, 2, 3], [0, 0, 0]),
-                               ([1, 2, 3, 4], [1, float("nan"), 2, 3])]:
+                               ([1, 2, 3, 4], [1, float("nan"), 2, 3]),
+                               ([1, float("nan"), 2, 3], [1, 2, 3, 4])]:
     result = metrics.spearman_corrcoef(targets, predictions)
     assert math.isnan(result["spearman_corrcoef"]), (targets, predictions)
   with pytest.raises(ValueError):
@@ -285,6 +286,10 @@ def test_invalid_rate():
   assert rate(["True"] * 4, ["True", "maybe", b"False", "false"]) == {
       "invalid_prediction_rate": 50.0}
   assert rate([], []) == {"invalid_prediction_rate": 0.0}
+  # Rates other than 50% tell the invalid count from the valid one.
+  assert rate([0] * 4, [0, 1, 1, 7]) == {"invalid_prediction_rate": 25.0}
+  assert rate(["True"] * 4, ["True", "False", "True", "no"]) == {
+      "invalid_prediction_rate": 25.0}
 
 
 def test_superglue_average_averages_within_tasks_first():
