@@ -47,6 +47,9 @@ EXTRAS_REQUIRE = {
              "scipy>=1.13,<2", "sacrebleu>=2.4,<3", "rouge-score>=0.1.2,<0.2",
              "babel>=2.14,<3", "editdistance>=0.8,<0.9",
              "immutabledict>=4,<5"],
+    # Mutation testing of the modules whose tests must be able to fail
+    # (`mutmut run`, configured in pyproject.toml; docs/testing.md).
+    "mutation": ["mutmut>=3.8.1,<3.9"],
     # Optional PyTorch reference tools (HF fixtures, the PEFT peer of
     # `python -m prompt_tuning.bench`). torch is pinned to the CPU build on
     # local disk: an unpinned torch downloads a multi-GB CUDA build.

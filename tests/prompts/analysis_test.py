@@ -110,3 +110,27 @@ def test_replicate_split_vote_and_summary():
                                {"acc": 65.0})
   assert summary["mean"] == {"acc": 60.0} and summary["best"] == {"acc": 70.0}
   assert summary["vote"] == {"acc": 65.0}
+
+
+def test_ensemble_edges_one_prompt_dtypes_and_errors():
+  batch = {"tokens": np.array([[1, 2], [3, 4]], np.int32)}
+  one = ensemble.replicate(batch, 1)  # a one-prompt "ensemble" is allowed
+  assert one["tokens"].tolist() == [[1, 2], [3, 4]]
+  assert one["prompt_ids"].tolist() == [0, 0]
+  assert one["prompt_ids"].dtype == np.int32
+  with pytest.raises(ValueError,
+                     match=r"^An ensemble needs at least one prompt; got 0\.$"):
+    ensemble.replicate(batch, 0)
+  with pytest.raises(ValueError, match=r"^5 rows are not a whole number of "
+                     r"examples times 3 prompts\.$"):
+    ensemble.split_outputs(np.zeros((5, 2)), 3)
+  vote = ensemble.majority_vote(np.array([[[5], [5]]], np.int32))
+  assert vote.dtype == np.int32 and vote.tolist() == [[5]]
+  summary = ensemble.summarize({"only": {"acc": 40.0, "f1": 30.0}},
+                               {"acc": 40.0, "f1": 30.0})
+  assert summary == {"prompts": {"only": {"acc": 40.0, "f1": 30.0}},
+                     "mean": {"acc": 40.0, "f1": 30.0},
+                     "best": {"acc": 40.0, "f1": 30.0},
+                     "vote": {"acc": 40.0, "f1": 30.0}}
+  assert ensemble.summarize({}, {}) == {"prompts": {}, "mean": {}, "best": {},
+                                        "vote": {}}

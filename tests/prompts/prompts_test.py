@@ -328,6 +328,38 @@ def test_from_text_copies_tokens_truncates_and_falls_back(caplog):
   np.testing.assert_array_equal(y[2:], -1.0)
 
 
+def test_from_text_edges_default_fallback_dtype_and_errors(caplog):
+  # A text exactly as long as the prompt is neither truncated nor warned on.
+  with caplog.at_level(logging.WARNING):
+    exact = from_text(TABLE, "abcd", CharVocab(), fallback=_const(-1.0))(
+        RNG, (4, 4))
+  np.testing.assert_array_equal(_row_ids(exact), [2, 3, 4, 5])
+  assert "from_text" not in caplog.text
+  with caplog.at_level(logging.WARNING):
+    from_text(TABLE, "abcde", CharVocab())(RNG, (3, 4))
+  assert ("from_text: the text has 5 tokens but the prompt only 3 positions; "
+          "keeping the first 3 tokens.") in caplog.text
+  # Without a fallback the rest is sampled vocabulary.
+  default = jax.jit(from_text(TABLE, "b", CharVocab()), static_argnums=1)
+  rows = default(RNG, (5, 4))
+  assert _row_ids(rows[:1]).tolist() == [3]
+  _row_ids(rows[1:])
+  assert from_text(TABLE, "ab", CharVocab(), fallback=_const(-1.0))(
+      RNG, (4, 4), jnp.bfloat16).dtype == jnp.bfloat16
+  with pytest.raises(ValueError, match=(
+      r"^from_text: ' ' tokenizes to no tokens; give a non-empty text or use "
+      r"another initializer\.$")):
+    from_text(TABLE, " ", CharVocab())
+  with pytest.raises(ValueError, match=(
+      r"^from_text text 'az' tokenizes to ids outside the embedding table "
+      r"\(V=20\): \[2, 27\]\.")):
+    from_text(TABLE[:20], "az", CharVocab())
+  with pytest.raises(ValueError, match=(
+      r"^from_text: the prompt width 5 differs from the embedding table's "
+      r"width 4; pass the token embedding of the frozen model\.$")):
+    from_text(TABLE, "ab", CharVocab())(RNG, (4, 5))
+
+
 def test_from_file_round_trip_and_errors(tmp_path):
   saved = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
   path = str(tmp_path / "prompt.npy")

@@ -2,6 +2,7 @@
 step, no overwrites, prompt exports and clear errors."""
 
 import json
+import logging
 import os
 
 import flax
@@ -169,6 +170,8 @@ def test_best_mode_min_and_eval_before_save_protects(tmp_path):
     assert ckpt.record_eval(1, {"loss": 1.0})
     assert not ckpt.record_eval(2, {"loss": float("nan")})
     assert not ckpt.record_eval(2, {"loss": 1.5})
+    assert not ckpt.record_eval(2, {"loss": 1.0})  # Ties keep step 1.
+    assert ckpt.best_step() == 1
     for step in (1, 2, 3):
       ckpt.save(step, state, {"batches_consumed": step})
     assert ckpt.all_steps() == [1, 3]
@@ -395,3 +398,64 @@ def test_only_the_passed_state_is_saved(tmp_path):
     ckpt.save(1, state, {"batches_consumed": 1})
   size = sum(len(b) for b in tree_bytes(tmp_path / "checkpoint_1").values())
   assert size < frozen["encoder"]["layers"].nbytes // 20, size
+
+
+def test_a_step_damaged_twice_keeps_both_copies(tmp_path, caplog):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, make_state(seed=1, step=1), {"batches_consumed": 1})
+    ckpt.save(2, make_state(seed=2, step=2), {"batches_consumed": 2})
+  for attempt in range(2):
+    _damage(tmp_path / "checkpoint_2", "metadata")
+    with Checkpointer(tmp_path) as ckpt:
+      _, _, step = ckpt.restore_newest(abstract(make_state()))
+      assert step == 1
+      if not attempt:  # the rerun writes step 2 again, and it is damaged again
+        ckpt.save(2, make_state(seed=2, step=2), {"batches_consumed": 2})
+  assert sorted(os.listdir(tmp_path / "damaged")) == ["checkpoint_2",
+                                                      "checkpoint_2.1"]
+  moved = os.path.join(tmp_path, "damaged", "checkpoint_2.1")
+  assert ("; resuming from step 1." in caplog.text and
+          f"Moved it, unchanged, to {moved};" in caplog.text)
+
+
+def test_read_echoes_are_recognised_exactly():
+  from prompt_tuning.training import checkpoints  # pylint: disable=g-import-not-at-top
+  echo = checkpoints._is_read_echo  # pylint: disable=protected-access
+  assert echo(RuntimeError("Event loop is closed"))
+  assert not echo(RuntimeError("Event loop is closed."))
+  assert not echo(RuntimeError("DATA_LOSS: x"))
+  for code in ("DATA_LOSS", "FAILED_PRECONDITION", "NOT_FOUND", "OUT_OF_RANGE",
+               "INTERNAL", "UNKNOWN", "UNAVAILABLE", "INVALID_ARGUMENT",
+               "PERMISSION_DENIED", "ABORTED"):
+    assert echo(ValueError(f"{code}: Error reading local file"))
+  assert echo(ValueError("\n  DATA_LOSS: leading space is stripped"))
+  assert not echo(ValueError("Shapes differ; DATA_LOSS: not at the start"))
+  assert not echo(ValueError("data_loss: lower case"))
+  assert not echo(TypeError("DATA_LOSS: not a ValueError"))
+  assert not echo(None)
+  keep = checkpoints._ReadEchoFilter().filter  # pylint: disable=protected-access
+  record = lambda error: logging.LogRecord(
+      "asyncio", logging.ERROR, __file__, 1, "Task exception was never "
+      "retrieved", None, (type(error), error, None) if error else None)
+  assert not keep(record(ValueError("NOT_FOUND: gone")))
+  assert keep(record(ValueError("a real error")))
+  assert keep(record(None))
+
+
+def test_damage_reasons_are_one_short_line():
+  from prompt_tuning.training import checkpoints  # pylint: disable=g-import-not-at-top
+  reason = checkpoints._reason  # pylint: disable=protected-access
+  assert reason(ValueError("DATA_LOSS:  a\n  b\tc")) == "DATA_LOSS: a b c"
+  assert reason(ValueError("")) == "ValueError"
+  assert reason(ValueError("NOT_FOUND: x [source locations='y'] See full "
+                           "TensorStore details: z")) == (
+                               "NOT_FOUND: x [source locations='y']")
+  assert reason(ValueError("x" * 200)) == "x" * 200
+  assert reason(ValueError("x" * 201)) == "x" * 200 + "..."
+  error = checkpoints._damaged(  # pylint: disable=protected-access
+      3, "/runs/a/checkpoint_3", ValueError("DATA_LOSS:  short\n read"))
+  assert isinstance(error, checkpoints.DamagedCheckpointError)
+  assert (error.step, error.path, error.reason) == (
+      3, "/runs/a/checkpoint_3", "DATA_LOSS: short read")
+  assert str(error) == ("/runs/a/checkpoint_3 cannot be restored: "
+                        "DATA_LOSS: short read")
