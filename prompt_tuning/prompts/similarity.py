@@ -41,7 +41,9 @@ def _check(target: np.ndarray, source: np.ndarray) -> None:
 def average(target: np.ndarray, source: np.ndarray) -> float:
   """Cosine of the two prompts' mean vectors."""
   _check(target, source)
-  a, b = _unit(np.mean(target, 0)), _unit(np.mean(source, 0))
+  # Means in float64 too: a float32 mean is ~1e-8 off.
+  a = _unit(np.mean(np.asarray(target, np.float64), 0))
+  b = _unit(np.mean(np.asarray(source, np.float64), 0))
   return float(a @ b)
 
 

@@ -134,3 +134,25 @@ def test_ensemble_edges_one_prompt_dtypes_and_errors():
                      "vote": {"acc": 40.0, "f1": 30.0}}
   assert ensemble.summarize({}, {}) == {"prompts": {}, "mean": {}, "best": {},
                                         "vote": {}}
+
+
+def test_similarity_against_float64_loops_and_shape_errors():
+  rng = np.random.default_rng(2)
+  target = rng.normal(size=(3, H)).astype(np.float32)
+  source = rng.normal(size=(5, H)).astype(np.float32)
+  cos = lambda a, b: float(np.dot(a, b) / np.linalg.norm(a) /
+                           np.linalg.norm(b))
+  t64, s64 = target.astype(np.float64), source.astype(np.float64)
+  want_max = np.mean([max(cos(t, s) for s in s64) for t in t64])
+  want_pairs = np.mean([cos(t, s) for t in t64 for s in s64])
+  want_average = cos(t64.mean(0), s64.mean(0))
+  # float32 prompts are compared in float64 (float32 sums would be ~1e-8 off).
+  assert abs(similarity.max_token(target, source) - want_max) < 1e-12
+  assert abs(similarity.all_pairs(target, source) - want_pairs) < 1e-12
+  assert abs(similarity.average(target, source) - want_average) < 1e-12
+  for t, s in ((target[0], source), (target, source[0]),
+               (target, source[:, :3])):
+    with pytest.raises(ValueError, match=(
+        rf"^Prompts must be \[P, H\] of one width H; got "
+        rf"{re.escape(str(t.shape))} and {re.escape(str(s.shape))}\.$")):
+      similarity.max_token(t, s)

@@ -8,6 +8,7 @@ extension), float32 or bfloat16.
 
 import json
 import os
+import re
 
 import ml_dtypes
 import numpy as np
@@ -157,3 +158,87 @@ def test_adapter_errors(tmp_path):
   open(os.path.join(directory, peft.PICKLE_FILE), "wb").close()
   with pytest.raises(ValueError, match="a pickle that is never loaded"):
     peft.import_adapter(directory)
+
+
+def test_official_model_directory_takes_the_numerically_newest_step(tmp_path):
+  model_dir = str(tmp_path / "official")
+  for step in (1000, 200, 1200):  # 1200 > 1000 > 200, not string order
+    _official(model_dir, step, _prompt(2, step))
+  got, source = read_prompt(model_dir)
+  assert source.endswith(os.path.join("checkpoint_1200",
+                                      "encoder.prompt.prompt.prompt"))
+  np.testing.assert_array_equal(got, _prompt(2, 1200))
+  # Neither a step without the file nor a file outside a checkpoint_<N>.
+  empty = tmp_path / "empty"
+  (empty / "numpy_checkpoints" / "checkpoint_9").mkdir(parents=True)
+  (empty / "numpy_checkpoints" / "latest").mkdir()
+  np.save(empty / "numpy_checkpoints" / "latest" /
+          "encoder.prompt.prompt.prompt", _prompt(2))
+  numpy_dir = os.path.join(empty, "numpy_checkpoints")
+  with pytest.raises(FileNotFoundError, match=(
+      rf"^{re.escape(numpy_dir)} has no checkpoint_<N>/encoder\.prompt\.prompt\.prompt; "
+      r"pass the prompt file itself\.$")):
+    read_prompt(str(empty))
+
+
+def test_library_messages_sources_and_defaults(tmp_path):
+  np.save(tmp_path / "a.npy", _prompt(2))
+  one = PromptLibrary.load({"a": f"{tmp_path}/a.npy"})  # width from 'a'
+  assert one.embed_dim == H and one["a"].task == ""
+  assert one["a"].source == f"{tmp_path}/a.npy" and one["a"].length == 2
+  run = tmp_path / "run"
+  (run / "prompts").mkdir(parents=True)
+  from_run = PromptLibrary.load([f"r={run}"], read_run=lambda path: _prompt(3))
+  np.testing.assert_array_equal(from_run["r"].value, _prompt(3))
+  with pytest.raises(ValueError,
+                     match=r"^A prompt library needs at least one prompt\.$"):
+    PromptLibrary([])
+  with pytest.raises(ValueError, match=(
+      r"^Prompt name 'x' is used twice \(s1 and s2\)\.$")):
+    PromptLibrary([LibraryPrompt("x", _prompt(2), "s1"),
+                   LibraryPrompt("x", _prompt(2), "s2")])
+  with pytest.raises(ValueError, match=(
+      r"^Task 't' has two prompts, 'x' and 'y'; name the prompt in each row "
+      r"instead\.$")):
+    PromptLibrary([LibraryPrompt("x", _prompt(2), "1", "t"),
+                   LibraryPrompt("y", _prompt(2), "2", "t")])
+  library = PromptLibrary([LibraryPrompt("a", _prompt(2), "1", "ta"),
+                           LibraryPrompt("b", _prompt(2), "2")])
+  assert [p.name for p in library] == ["a", "b"]
+  with pytest.raises(UnknownPrompt) as e:
+    library.index("zz")
+  assert str(e.value) == "No prompt named 'zz' in the library (has: a, b)."
+  with pytest.raises(UnknownPrompt) as e:
+    library.resolve()
+  assert str(e.value) == ("No prompt for task '' in the library (tasks: ta; "
+                          "names: a, b).")
+  with pytest.raises(UnknownPrompt) as e:
+    one.resolve(task="rte")
+  assert str(e.value) == ("No prompt for task 'rte' in the library (tasks: "
+                          "none; names: a).")
+
+
+@pytest.mark.parametrize("spec", ["/just/a/path", "a=", "a= ", "=/x", " =/x",
+                                  ":rte=/x"])
+def test_bad_prompt_specs(spec):
+  with pytest.raises(ValueError, match=(
+      rf"^Prompt spec {re.escape(repr(spec))} is not NAME=PATH or "
+      r"NAME:TASK=PATH\.$")):
+    parse_spec(spec)
+
+
+def test_adapter_config_is_peft_prompt_tuning_for_the_encoder():
+  config = t5_config("t5_1_1_tiny")
+  assert peft.adapter_config(3, config) == {
+      "peft_type": "PROMPT_TUNING", "task_type": "SEQ_2_SEQ_LM",
+      "num_virtual_tokens": 3, "token_dim": config.emb_dim,
+      "num_transformer_submodules": 1,
+      "num_attention_heads": config.num_heads,
+      "num_layers": config.num_encoder_layers,
+      "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None,
+      "tokenizer_name_or_path": None, "tokenizer_kwargs": None,
+      "base_model_name_or_path": None, "revision": None,
+      "inference_mode": True, "auto_mapping": None, "modules_to_save": None,
+      "peft_version": peft.PEFT_VERSION}
+  assert peft.adapter_config(3, config, "google/t5-v1_1-base")[
+      "base_model_name_or_path"] == "google/t5-v1_1-base"
