@@ -138,6 +138,20 @@ def test_prefix_matches_t5_run_by_hand_on_loaded_t5_weights():
   assert not np.allclose(got, other, atol=1e-3)
 
 
+def test_encode_is_encode_with_mask_and_encode_embedded_refuses():
+  model = PromptedT5(CONFIG, P)
+  params = _prompted_params(_prompt())
+  _, encoded, _ = _run(model, params, ENC)
+  alone = jax.jit(functools.partial(model.apply, method="encode"))(
+      {"params": params}, ENC)
+  np.testing.assert_array_equal(alone, encoded)
+  with pytest.raises(NotImplementedError, match=(
+      r"^PromptedT5 needs the input tokens \(suffix placement finds EOS in "
+      r"them\): call encode_with_mask\(tokens\)\.")):
+    model.apply({"params": params}, jnp.zeros((1, 2, H)),
+                jnp.ones((1, 2), bool), method="encode_embedded")
+
+
 @pytest.mark.parametrize("placement", ["prefix", "suffix"])
 def test_padding_does_not_change_real_positions(placement):
   model = PromptedT5(CONFIG, P, placement=placement)

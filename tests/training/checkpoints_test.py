@@ -166,7 +166,12 @@ def test_best_mode_min_and_eval_before_save_protects(tmp_path):
   state = make_state()
   with Checkpointer(tmp_path, keep=1, best_metric="loss",
                     best_mode="min") as ckpt:
+    assert ckpt.best() is None
     assert ckpt.record_eval(1, {"loss": 2.0})
+    best = ckpt.best()
+    assert best == {"metric": "loss", "mode": "min", "value": 2.0, "step": 1}
+    best["step"] = 99  # a copy
+    assert ckpt.best_step() == 1
     assert ckpt.record_eval(1, {"loss": 1.0})
     assert not ckpt.record_eval(2, {"loss": float("nan")})
     assert not ckpt.record_eval(2, {"loss": 1.5})
@@ -338,7 +343,8 @@ def test_restore_newest_skips_a_damaged_checkpoint_and_keeps_it(tmp_path,
     ckpt.save(2, make_state(seed=2, step=2), {"batches_consumed": 2})
 
 
-def test_restore_newest_skips_a_non_finite_checkpoint(tmp_path, monkeypatch):
+def test_restore_newest_skips_a_non_finite_checkpoint(tmp_path, monkeypatch,
+                                                      caplog):
   from prompt_tuning.training import checkpoints  # pylint: disable=g-import-not-at-top
   with Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, make_state(seed=1, step=1), {"batches_consumed": 1})
@@ -353,6 +359,8 @@ def test_restore_newest_skips_a_non_finite_checkpoint(tmp_path, monkeypatch):
     _, _, step = ckpt.restore_newest(abstract(make_state()))
   assert step == 1
   assert os.path.isdir(tmp_path / "damaged" / "checkpoint_2")
+  assert ("Skipped checkpoint step 2: its state holds NaN or infinite values "
+          "(written before saves were checked).") in caplog.text
 
 
 def test_restore_newest_when_nothing_restores_changes_nothing(tmp_path):
@@ -361,10 +369,17 @@ def test_restore_newest_when_nothing_restores_changes_nothing(tmp_path):
     ckpt.save(1, make_state(), {"batches_consumed": 1})
   _damage(tmp_path / "checkpoint_1", "metadata")
   before = tree_bytes(tmp_path)
+  from prompt_tuning.training import checkpoints  # pylint: disable=g-import-not-at-top
   with Checkpointer(tmp_path) as ckpt:
-    with pytest.raises(ValueError, match=r"none of its 1 checkpoint\(s\) "
-                       r"restores .*Nothing was changed"):
+    with pytest.raises(checkpoints.DamagedCheckpointError) as one:
+      ckpt.restore(abstract(make_state()), step=1)
+    with pytest.raises(checkpoints.DamagedCheckpointError) as e:
       ckpt.restore_newest(abstract(make_state()))
+  assert (e.value.step, e.value.path) == (1, str(tmp_path))
+  assert str(e.value) == (
+      f"{tmp_path} cannot be restored: none of its 1 checkpoint(s) restores "
+      f"(step 1: {one.value.reason}). Nothing was changed; move them away to "
+      f"start over, or use a new model_dir")
   assert tree_bytes(tmp_path) == before
 
 
@@ -400,22 +415,26 @@ def test_only_the_passed_state_is_saved(tmp_path):
   assert size < frozen["encoder"]["layers"].nbytes // 20, size
 
 
-def test_a_step_damaged_twice_keeps_both_copies(tmp_path, caplog):
+def test_a_step_damaged_again_and_again_keeps_every_copy(tmp_path, caplog):
+  from prompt_tuning.training import checkpoints  # pylint: disable=g-import-not-at-top
   with Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, make_state(seed=1, step=1), {"batches_consumed": 1})
     ckpt.save(2, make_state(seed=2, step=2), {"batches_consumed": 2})
-  for attempt in range(2):
+  for moved in ("checkpoint_2", "checkpoint_2.1", "checkpoint_2.2"):
     _damage(tmp_path / "checkpoint_2", "metadata")
     with Checkpointer(tmp_path) as ckpt:
+      with pytest.raises(checkpoints.DamagedCheckpointError) as e:
+        ckpt.restore(abstract(make_state()), step=2)
+      caplog.clear()
       _, _, step = ckpt.restore_newest(abstract(make_state()))
       assert step == 1
-      if not attempt:  # the rerun writes step 2 again, and it is damaged again
-        ckpt.save(2, make_state(seed=2, step=2), {"batches_consumed": 2})
-  assert sorted(os.listdir(tmp_path / "damaged")) == ["checkpoint_2",
-                                                      "checkpoint_2.1"]
-  moved = os.path.join(tmp_path, "damaged", "checkpoint_2.1")
-  assert ("; resuming from step 1." in caplog.text and
-          f"Moved it, unchanged, to {moved};" in caplog.text)
+      target = os.path.join(tmp_path, "damaged", moved)
+      assert (f"Skipped checkpoint step 2: {e.value.reason}. Moved it, "
+              f"unchanged, to {target}; resuming from step 1.") in caplog.text
+      # The rerun writes step 2 again, and it is damaged again.
+      ckpt.save(2, make_state(seed=2, step=2), {"batches_consumed": 2})
+  assert sorted(os.listdir(tmp_path / "damaged")) == [
+      "checkpoint_2", "checkpoint_2.1", "checkpoint_2.2"]
 
 
 def test_read_echoes_are_recognised_exactly():
