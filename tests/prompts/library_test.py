@@ -242,3 +242,40 @@ def test_adapter_config_is_peft_prompt_tuning_for_the_encoder():
       "peft_version": peft.PEFT_VERSION}
   assert peft.adapter_config(3, config, "google/t5-v1_1-base")[
       "base_model_name_or_path"] == "google/t5-v1_1-base"
+
+
+def test_export_adapter_stores_float32_with_pt_metadata(tmp_path, monkeypatch):
+  import safetensors  # pylint: disable=g-import-not-at-top
+  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+  config = t5_config("t5_1_1_tiny")
+  directory = str(tmp_path / "adapter")
+  prompt = np.random.default_rng(0).normal(size=(3, config.emb_dim))  # f64
+  peft.export_adapter(prompt, config, directory, "base/t5")
+  peft.export_adapter(prompt, config, directory, "base/t5")  # replaces
+  weights = os.path.join(directory, peft.WEIGHTS_FILE)
+  with safetensors.safe_open(weights, "numpy") as f:
+    assert f.metadata() == {"format": "pt"}  # what transformers expects
+    stored = f.get_tensor(peft.TENSOR)
+  assert stored.dtype == np.float32
+  np.testing.assert_array_equal(stored, prompt.astype(np.float32))
+  with open(os.path.join(directory, peft.CONFIG_FILE)) as f:
+    assert json.load(f) == peft.adapter_config(3, config, "base/t5")
+  assert sorted(os.listdir(directory)) == [peft.CONFIG_FILE, peft.WEIGHTS_FILE]
+  for bad in (prompt[0], prompt[:, :5]):
+    with pytest.raises(ValueError, match=(
+        rf"^A prompt for this model is \[P, {config.emb_dim}\]; got shape "
+        rf"{re.escape(str(bad.shape))}\.$")):
+      peft.export_adapter(bad, config, directory)
+
+  def half_written(tensors, path, metadata=None):
+    with open(path, "wb") as f:
+      f.write(b"partial")
+    raise OSError("disk full")
+
+  monkeypatch.setattr(safetensors.numpy, "save_file", half_written)
+  with pytest.raises(OSError, match="disk full"):
+    peft.export_adapter(prompt, config, directory)
+  # The failed write leaves the previous adapter and no temporary file.
+  assert sorted(os.listdir(directory)) == [peft.CONFIG_FILE, peft.WEIGHTS_FILE]
+  np.testing.assert_array_equal(peft.import_adapter(directory),
+                                prompt.astype(np.float32))
