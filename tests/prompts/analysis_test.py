@@ -156,3 +156,38 @@ def test_similarity_against_float64_loops_and_shape_errors():
         rf"^Prompts must be \[P, H\] of one width H; got "
         rf"{re.escape(str(t.shape))} and {re.escape(str(s.shape))}\.$")):
       similarity.max_token(t, s)
+
+
+def test_neighbour_records_and_table_in_full():
+  prompt, table = _data()  # P = 5 positions, k = 3 (not the default 5)
+  want_ids, want_cos = _brute_force(prompt, table, 3)
+  decode = lambda i: "" if i == want_ids[1, 0] else f"t{i}"
+  labels = {int(want_ids[0, 1]): "yes"}
+  records = nearest.neighbours(prompt, table, 3, decode, labels)
+  expected = []
+  for p in range(P):
+    near = []
+    for i, c in zip(want_ids[p], want_cos[p]):
+      entry = {"id": int(i), "token": decode(int(i)), "cosine": round(c, 6)}
+      if int(i) in labels:
+        entry["label"] = "yes"
+      near.append(entry)
+    expected.append({"position": p, "neighbours": near})
+  assert [r["position"] for r in records] == list(range(P))
+  for got, want in zip(records, expected):
+    assert [n["id"] for n in got["neighbours"]] == [
+        n["id"] for n in want["neighbours"]]
+    for g, w in zip(got["neighbours"], want["neighbours"]):
+      assert g.keys() == w.keys() and g["token"] == w["token"]
+      assert g.get("label") == w.get("label")
+      # float32 search, rounded to 6 places: within one rounding step.
+      assert abs(g["cosine"] - w["cosine"]) <= 2e-6
+      assert g["cosine"] == round(g["cosine"], 6)
+  small = [{"position": 0, "neighbours": [
+               {"id": 7, "token": "good", "cosine": 0.91234, "label": "pos"},
+               {"id": 3, "token": "", "cosine": -0.5}]},
+           {"position": 12, "neighbours": [
+               {"id": 9, "token": " x", "cosine": 0.0}]}]
+  assert nearest.format_table(small) == (
+      "   0  *'good'* (0.912)  <3> (-0.500)\n"
+      "  12  ' x' (0.000)")

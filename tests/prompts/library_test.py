@@ -279,3 +279,68 @@ def test_export_adapter_stores_float32_with_pt_metadata(tmp_path, monkeypatch):
   assert sorted(os.listdir(directory)) == [peft.CONFIG_FILE, peft.WEIGHTS_FILE]
   np.testing.assert_array_equal(peft.import_adapter(directory),
                                 prompt.astype(np.float32))
+
+
+def test_import_adapter_messages_and_defaults(tmp_path):
+  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+  config = t5_config("t5_1_1_tiny")
+  directory = str(tmp_path / "adapter")
+  config_file = os.path.join(directory, peft.CONFIG_FILE)
+  weights = os.path.join(directory, peft.WEIGHTS_FILE)
+  os.makedirs(directory)
+  with pytest.raises(FileNotFoundError, match=(
+      rf"^{re.escape(directory)}: no adapter_config\.json; a PEFT adapter "
+      r"directory is what save_pretrained writes\.$")):
+    peft.import_adapter(directory)
+  with open(config_file, "w") as f:
+    f.write("{oops")
+  with pytest.raises(ValueError, match=(
+      rf"^{re.escape(config_file)} is not valid JSON \(Expecting property "
+      r"name enclosed in double quotes: line 1 column 2 \(char 1\)\)\.$")):
+    peft.import_adapter(directory)
+  adapter = peft.adapter_config(2, config)
+  del adapter["num_transformer_submodules"]  # PEFT's default here is 1
+
+  def write(**change):
+    with open(config_file, "w") as f:
+      json.dump(dict(adapter, **change), f)
+
+  write(peft_type="LORA")
+  with pytest.raises(ValueError, match=(
+      rf"^{re.escape(config_file)}: peft_type is 'LORA'; only PROMPT_TUNING "
+      r"adapters are soft prompts this model can use\.$")):
+    peft.import_adapter(directory)
+  write(num_transformer_submodules=2)
+  with pytest.raises(ValueError, match=(
+      rf"^{re.escape(config_file)}: num_transformer_submodules=2 prompts the "
+      r"decoder too, which this model has no place for; retrain with "
+      r"num_transformer_submodules=1\.$")):
+    peft.import_adapter(directory)
+  write()
+  with pytest.raises(FileNotFoundError, match=(
+      rf"^{re.escape(directory)}: no adapter_model\.safetensors\.$")):
+    peft.import_adapter(directory)
+  open(os.path.join(directory, peft.PICKLE_FILE), "wb").close()
+  with pytest.raises(ValueError, match=(
+      rf"^{re.escape(directory)} has only adapter_model\.bin, a pickle that is "
+      r"never loaded here; re-save the adapter with save_pretrained\("
+      r"safe_serialization=True\)\.$")):
+    peft.import_adapter(directory)
+  others = {f"w{i}": np.zeros(1, np.float32) for i in range(7)}
+  safetensors.numpy.save_file(others, weights)
+  with pytest.raises(ValueError, match=(
+      rf"^{re.escape(weights)} has no 'prompt_embeddings' tensor \(found "
+      r"\['w0', 'w1', 'w2', 'w3', 'w4'\]\)\.$")):
+    peft.import_adapter(directory)
+  with open(weights, "wb") as f:
+    f.write(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+  with pytest.raises(ValueError, match=(
+      rf"^{re.escape(weights)} is not a readable safetensors file \(Error "
+      r"while deserializing header: .*\)\.$")):
+    peft.import_adapter(directory)
+  prompt = np.random.default_rng(0).normal(size=(2, config.emb_dim))
+  safetensors.numpy.save_file({peft.TENSOR: prompt.astype(np.float16)},
+                              weights)
+  got = peft.import_adapter(directory, embed_dim=config.emb_dim)
+  assert got.dtype == np.float32
+  np.testing.assert_array_equal(got, prompt.astype(np.float16))
