@@ -478,3 +478,50 @@ def test_damage_reasons_are_one_short_line():
       3, "/runs/a/checkpoint_3", "DATA_LOSS: short read")
   assert str(error) == ("/runs/a/checkpoint_3 cannot be restored: "
                         "DATA_LOSS: short read")
+
+
+def test_read_echo_hooks_drop_only_echoes_and_install_once(monkeypatch):
+  import sys  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.training import checkpoints  # pylint: disable=g-import-not-at-top
+  seen = []
+  monkeypatch.setattr(sys, "excepthook", lambda *a: seen.append(("e",) + a))
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(("u", u)))
+  asyncio_log = logging.getLogger("asyncio")
+  monkeypatch.setattr(asyncio_log, "filters", [])
+  checkpoints._silence_read_echoes()  # pylint: disable=protected-access
+  hook, unraisable_hook = sys.excepthook, sys.unraisablehook
+  assert hook.drops_read_echoes is True
+  checkpoints._silence_read_echoes()  # pylint: disable=protected-access
+  assert (sys.excepthook, sys.unraisablehook) == (hook, unraisable_hook)
+  assert [type(f) for f in asyncio_log.filters] == [
+      checkpoints._ReadEchoFilter]  # pylint: disable=protected-access
+  echo, real = ValueError("DATA_LOSS: short read"), KeyError("real")
+  hook(ValueError, echo, None)
+  hook(KeyError, real, "tb")
+  unraisable_hook(types.SimpleNamespace(exc_value=RuntimeError(
+      "Event loop is closed")))
+  other = types.SimpleNamespace(exc_value=real)
+  unraisable_hook(other)
+  assert seen == [("e", KeyError, real, "tb"), ("u", other)]
+
+
+def test_leaf_paths_and_restore_targets():
+  from prompt_tuning.training import checkpoints  # pylint: disable=g-import-not-at-top
+  paths = checkpoints._flat_paths(  # pylint: disable=protected-access
+      {"opt": (1, [2, 3]), "state": make_state(step=1)})
+  assert {"opt/0", "opt/1/0", "opt/1/1", "state/step", "state/rng",
+          "state/params/encoder/prompt/prompt"} <= set(paths)
+  assert checkpoints._key_name("plain") == "plain"  # pylint: disable=protected-access
+  leaf = checkpoints._abstract_leaf  # pylint: disable=protected-access
+  host = leaf(np.zeros((2, 3), np.int8))
+  assert (host.shape, host.dtype) == ((2, 3), np.int8)
+  assert host.sharding == jax.sharding.SingleDeviceSharding(
+      jax.local_devices()[0])
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+      "data"))
+  placed = leaf(jax.device_put(jnp.zeros((8, 2)), sharding))
+  assert placed.sharding == sharding and placed.shape == (8, 2)
+  unplaced = leaf(jax.ShapeDtypeStruct((4,), jnp.float32))
+  assert unplaced.sharding == host.sharding

@@ -130,6 +130,9 @@ def test_microbatching_equals_one_batch():
   np.testing.assert_allclose(four.params["encoder"]["prompt"]["prompt"],
                              one.params["encoder"]["prompt"]["prompt"],
                              atol=1e-6)
+  with pytest.raises(ValueError, match=(
+      r"^Batch size 8 is not divisible by num_microbatches=3\.")):
+    _step(model, tx, num_microbatches=3)(state, frozen, _batch())
 
 
 def test_sharded_step_equals_single_device_step():
