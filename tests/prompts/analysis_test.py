@@ -191,3 +191,33 @@ def test_neighbour_records_and_table_in_full():
   assert nearest.format_table(small) == (
       "   0  *'good'* (0.912)  <3> (-0.500)\n"
       "  12  ' x' (0.000)")
+
+
+@pytest.mark.parametrize("fsdp", [None, True], ids=["dense", "fsdp"])
+def test_nearest_tokens_bfloat16_table_k_bounds_and_prompt_sharding(fsdp):
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  prompt, table = _data()
+  table = table.astype(ml_dtypes.bfloat16)  # searched in float32
+  want_ids, want_cos = _brute_force(prompt, table.astype(np.float32), K)
+  embedding = table
+  if fsdp is not None:
+    mesh = partitioning.create_mesh((4, 2))
+    sharding = partitioning.sharding_for(
+        ("vocab", "embed"), mesh, partitioning.logical_axis_rules(fsdp),
+        table.shape)
+    embedding = jax.device_put(table, sharding)
+    rows = V // int(np.prod([mesh.shape[a] for a in
+                             nearest._names(sharding.spec[0])]))  # pylint: disable=protected-access
+    assert rows < V
+    _, prompt_sharding = nearest.sharded_search(sharding, table.shape, rows)
+    # The prompt's H is split like the table's H.
+    assert prompt_sharding.spec == jax.sharding.PartitionSpec(
+        None, sharding.spec[1])
+    with pytest.raises(ValueError, match=(
+        rf"^k={rows + 1} exceeds the {rows} rows of one vocabulary shard; ask "
+        r"for fewer neighbours\.$")):
+      nearest.sharded_search(sharding, table.shape, rows + 1)
+  ids, cos = nearest.nearest_tokens(prompt, embedding, K)
+  assert ids.dtype == np.int32 and cos.dtype == np.float32
+  np.testing.assert_array_equal(ids, want_ids)
+  np.testing.assert_allclose(cos, want_cos, atol=1e-5)

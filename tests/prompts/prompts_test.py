@@ -374,6 +374,44 @@ def test_from_text_edges_default_fallback_dtype_and_errors(caplog):
     from_text(TABLE, "ab", CharVocab())(RNG, (4, 5))
 
 
+def test_initializer_bounds_dtypes_and_messages(tmp_path):
+  assert random_uniform(0.25)(RNG, (3, 4), jnp.bfloat16).dtype == jnp.bfloat16
+  assert np.abs(np.asarray(random_uniform(2.0)(RNG, (50, 4)))).max() > 1.0
+  for scale in (0, -1.0):
+    with pytest.raises(ValueError, match=(
+        rf"^random_uniform needs scale > 0; got {scale}\.$")):
+      random_uniform(scale)
+  # Ids 0 and V - 1 are rows of the table; V and -1 are not.
+  vocab = lambda ids: type("Vocab", (), {"encode": lambda self, s: ids[s]})()
+  edge = class_labels(TABLE, ["a", "b"], vocab({"a": [0], "b": [V - 1]}))
+  np.testing.assert_array_equal(_row_ids(edge(RNG, (2, 4))), [0, V - 1])
+  assert edge(RNG, (2, 4), jnp.bfloat16).dtype == jnp.bfloat16
+  for bad in ([V], [-1]):
+    with pytest.raises(ValueError, match=(
+        rf"^Class label 'x' tokenizes to ids outside the embedding table "
+        rf"\(V={V}\): \[{bad[0]}\]\. Is the vocabulary the one the model was "
+        r"trained with\?$")):
+      class_labels(TABLE, ["x"], vocab({"x": bad}))
+  with pytest.raises(ValueError,
+                     match=r"^class_labels needs at least one label\.$"):
+    class_labels(TABLE, [], CharVocab())
+  with pytest.raises(ValueError, match=(
+      r"^class_labels: the prompt width 5 differs from the embedding table's "
+      r"width 4; pass the token embedding of the frozen model\.$")):
+    class_labels(TABLE, ["a"], CharVocab())(RNG, (2, 5))
+  # A file shorter than the prompt but longer than H is lengthened too.
+  saved = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+  path = str(tmp_path / "p.npy")
+  np.save(path, saved)
+  longer = from_file(path, fallback=_const(-1.0))(RNG, (8, 4), jnp.bfloat16)
+  assert longer.shape == (8, 4) and longer.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(longer[:6], saved.astype(jnp.bfloat16))
+  np.testing.assert_array_equal(longer[6:], -1.0)
+  same = from_file(path, fallback=_const(-1.0))(RNG, (6, 4), jnp.bfloat16)
+  assert same.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(same, saved.astype(jnp.bfloat16))
+
+
 def test_from_file_round_trip_and_errors(tmp_path):
   saved = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
   path = str(tmp_path / "prompt.npy")
