@@ -221,3 +221,44 @@ def test_nearest_tokens_bfloat16_table_k_bounds_and_prompt_sharding(fsdp):
   assert ids.dtype == np.int32 and cos.dtype == np.float32
   np.testing.assert_array_equal(ids, want_ids)
   np.testing.assert_allclose(cos, want_cos, atol=1e-5)
+
+
+def test_nearest_tokens_takes_the_sharded_path_for_a_sharded_table(
+    monkeypatch):
+  prompt, table = _data()
+  want_ids, _ = _brute_force(prompt, table, 5)
+  mesh = partitioning.create_mesh((4, 2))
+  sharding = partitioning.sharding_for(
+      ("vocab", "embed"), mesh, partitioning.logical_axis_rules(False),
+      table.shape)
+  sharded = jax.device_put(table, sharding)
+  dense_calls = []
+  dense = nearest._dense  # pylint: disable=protected-access
+  monkeypatch.setattr(nearest, "_dense",
+                      lambda *a: dense_calls.append(1) or dense(*a))
+  ids, _ = nearest.nearest_tokens(prompt, sharded)  # k defaults to 5
+  np.testing.assert_array_equal(ids, want_ids)
+  assert not dense_calls  # the table was never searched whole
+  ids, _ = nearest.nearest_tokens(prompt, table, 1)
+  np.testing.assert_array_equal(ids, want_ids[:, :1])
+  replicated = jax.device_put(table, jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec()))
+  nearest.nearest_tokens(prompt, replicated, V)
+  assert len(dense_calls) == 2
+  for k in (0, V + 1):
+    with pytest.raises(ValueError, match=rf"^k must be in \[1, V={V}\]; got "
+                       rf"{k}\.$"):
+      nearest.nearest_tokens(prompt, table, k)
+  with pytest.raises(ValueError, match=(
+      rf"^nearest_tokens needs a prompt \[P, H\] and a table \[V, H\] of the "
+      rf"same H; got \({H},\) and \({V}, {H}\)\.$")):
+    nearest.nearest_tokens(prompt[0], table)
+
+
+def test_suffix_positions_default_eos_is_one():
+  from prompt_tuning.prompts import layer  # pylint: disable=g-import-not-at-top
+  tokens = np.array([[5, 2, 1, 0], [5, 6, 7, 8], [2, 1, 2, 0]], np.int32)
+  got = layer.suffix_positions(tokens > 0, tokens)
+  assert got.dtype == np.int32 and np.asarray(got).tolist() == [2, 4, 1]
+  assert np.asarray(layer.suffix_positions(tokens > 0, tokens, 2)).tolist() == [
+      1, 4, 0]
