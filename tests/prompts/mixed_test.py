@@ -120,3 +120,26 @@ def test_bad_banks_are_refused():
     mixed.stack_prompts([np.zeros((2, 4)), np.zeros((2, 5))])
   with pytest.raises(ValueError, match="at least one"):
     mixed.stack_prompts([])
+
+
+def test_mixed_beam_search_equals_each_prompt_alone():
+  frozen = _frozen()
+  prompts = _prompts()
+  bank, lengths = mixed.stack_prompts(prompts)
+  got = jax.jit(functools.partial(mixed.predict, method="beam",
+                                  max_decode_length=4),
+                static_argnums=0)(T5(CONFIG), frozen, bank, lengths,
+                                  PROMPT_IDS, ENC)
+  assert got.shape == (4, 4)
+  for row, k in enumerate(PROMPT_IDS):
+    model = PromptedT5(CONFIG, LENGTHS[k])
+    params = merge_params({"encoder": {"prompt": {"prompt": prompts[k]}}},
+                          frozen)
+    # T5X's defaults, spelt out: beam 4, alpha 0.6, EOS 1.
+    want, _ = jax.jit(decoding.beam_search, static_argnums=(0, 3, 4, 5, 6))(
+        model, params, ENC[row:row + 1], 4, 4, 0.6, 1)
+    np.testing.assert_array_equal(got[row], want[0, 0])
+  with pytest.raises(ValueError, match=(
+      r"^Unknown decoding method 'Beam': use 'greedy' or 'beam'\.")):
+    mixed.predict(T5(CONFIG), frozen, bank, lengths, PROMPT_IDS, ENC,
+                  max_decode_length=4, method="Beam")
