@@ -4,6 +4,7 @@ step, no overwrites, prompt exports and clear errors."""
 import json
 import logging
 import os
+import re
 
 import flax
 import jax
@@ -525,3 +526,99 @@ def test_leaf_paths_and_restore_targets():
   assert placed.sharding == sharding and placed.shape == (8, 2)
   unplaced = leaf(jax.ShapeDtypeStruct((4,), jnp.float32))
   assert unplaced.sharding == host.sharding
+
+
+def test_metrics_and_position_are_stored_as_json_or_refused(tmp_path):
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, make_state(step=1), {"batches_consumed": np.int64(1)},
+              {"accuracy": np.float32(0.5), "loss": jnp.asarray(2.0)})
+    with pytest.raises(ValueError, match=(
+        r"^data_position must be JSON-serializable: ndarray is not JSON "
+        r"serializable\.$")):
+      ckpt.save(2, make_state(step=2), {"batches_consumed": np.arange(2)})
+    with pytest.raises(ValueError, match=(
+        r"^metrics must be JSON-serializable: object is not JSON "
+        r"serializable\.$")):
+      ckpt.save(2, make_state(step=2), {"batches_consumed": 2},
+                {"accuracy": object()})
+    assert ckpt.all_steps() == [1]  # nothing was started for step 2
+  with open(tmp_path / "checkpoint_1" / "metrics" / "metrics") as f:
+    assert json.load(f) == {"accuracy": 0.5, "loss": 2.0}
+  with open(tmp_path / "checkpoint_1" / "data_position" / "metadata") as f:
+    assert json.load(f) == {"batches_consumed": 1}
+
+
+@pytest.mark.parametrize("content,reason", [
+    ("{not json", None),
+    ("[1]", "its data_position is [1], not the input pipeline's position"),
+    ('{"seed": 0}', "its data_position is {'seed': 0}, not the input "
+     "pipeline's position"),
+], ids=["not_json", "list", "no_batches_consumed"])
+def test_a_damaged_data_position_is_damage(tmp_path, content, reason):
+  from prompt_tuning.training import checkpoints  # pylint: disable=g-import-not-at-top
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, make_state(step=1), {"batches_consumed": 1})
+  (tmp_path / "checkpoint_1" / "data_position" / "metadata").write_text(
+      content)
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(checkpoints.DamagedCheckpointError) as e:
+      ckpt.restore(abstract(make_state()))
+  path = str(tmp_path / "checkpoint_1")
+  assert (e.value.step, e.value.path) == (1, path)
+  if reason is None:  # the JSON decoder's own words
+    assert e.value.reason.startswith("Expecting property name")
+  else:
+    assert e.value.reason == reason
+  assert str(e.value) == f"{path} cannot be restored: {e.value.reason}"
+
+
+@pytest.mark.parametrize("kind", ["truncated", "metadata", "no_state"])
+def test_damage_names_the_step_the_directory_and_the_cause(tmp_path, kind):
+  from prompt_tuning.training import checkpoints  # pylint: disable=g-import-not-at-top
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(3, make_state(step=3), {"batches_consumed": 3})
+  _damage(tmp_path / "checkpoint_3", kind)
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(checkpoints.DamagedCheckpointError) as e:
+      ckpt.restore(abstract(make_state()), step=3)
+  assert (e.value.step, e.value.path) == (3, str(tmp_path / "checkpoint_3"))
+  assert e.value.reason and e.value.reason not in ("None", "NoneType")
+
+
+def test_tree_mismatches_name_the_first_leaf_and_the_count(tmp_path):
+  two = {"a": jnp.zeros(2), "b": jnp.zeros(2)}
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, make_state(), {"batches_consumed": 1})
+    where = str(tmp_path / "checkpoint_1")
+    with pytest.raises(ValueError, match=(
+        rf"^{re.escape(where)} lacks 8 leaf/leaves of the run's state, e\.g\. "
+        r"'opt_state/0/v/extra/a'; the run's optimizer or trainable params differ "
+        r"from the checkpoint's\.$")):
+      ckpt.restore(abstract(make_state(extra=two)))
+  with Checkpointer(tmp_path / "more") as ckpt:
+    ckpt.save(1, make_state(extra=two), {"batches_consumed": 1})
+    where = str(tmp_path / "more" / "checkpoint_1")
+    with pytest.raises(ValueError, match=(
+        rf"^{re.escape(where)} has 8 leaf/leaves the run's state lacks, "
+        r"e\.g\. 'opt_state/0/v/extra/a'; the run's optimizer or trainable params "
+        r"differ from the checkpoint's\.$")):
+      ckpt.restore(abstract(make_state()))
+
+
+def test_prompt_exports_are_float32_for_dict_states_too(tmp_path):
+  state = make_state()
+  bf16 = state.replace(params=jax.tree_util.tree_map(
+      lambda x: x.astype(jnp.bfloat16), state.params))
+  with Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, bf16, {"batches_consumed": 1})
+  exported = np.load(tmp_path / "prompts" / "step_1.npy")
+  assert exported.dtype == np.float32
+  np.testing.assert_array_equal(
+      exported, np.asarray(bf16.params["encoder"]["prompt"]["prompt"],
+                           np.float32))
+  as_dict = {"step": state.step, "params": state.params, "rng": state.rng}
+  with Checkpointer(tmp_path / "dict") as ckpt:
+    ckpt.save(1, as_dict, {"batches_consumed": 1})
+  np.testing.assert_array_equal(
+      np.load(tmp_path / "dict" / "prompts" / "step_1.npy"),
+      state.params["encoder"]["prompt"]["prompt"])
