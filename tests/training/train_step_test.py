@@ -197,3 +197,58 @@ def test_unknown_mode_and_missing_prompt_are_errors():
   del params["encoder"]["prompt"]
   with pytest.raises(ValueError, match="build the model with PromptedT5"):
     split_trainable(params, "prompt")
+
+
+def test_step_outputs_equal_a_step_written_out_by_hand():
+  import optax  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.prompts import merge_params  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.training import losses  # pylint: disable=g-import-not-at-top
+  model, params = _model_and_params()
+  trainable, frozen = split_trainable(params, "prompt")
+  tx = optimizers.adafactor(optimizers.PROMPT_TUNING)
+  state = create_train_state(trainable, tx, jax.random.PRNGKey(1))
+  batch = _batch()
+  rng, step_rng = jax.random.split(state.rng)
+
+  def by_hand(dropout, factor):
+    def loss_fn(p):
+      logits = model.apply(
+          {"params": merge_params(p, frozen)}, batch["encoder_input_tokens"],
+          batch["decoder_input_tokens"], batch["decoder_target_tokens"],
+          enable_dropout=dropout, rngs={"dropout": step_rng} if dropout else {})
+      return losses.cross_entropy_with_z_loss(
+          logits, batch["decoder_target_tokens"],
+          batch["decoder_loss_weights"], 1e-4, factor)
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    updates, _ = tx.update(grads, state.opt_state, trainable)
+    return metrics, grads, optax.apply_updates(trainable, updates)
+
+  @jax.jit
+  def run(state, frozen, batch):  # the defaults: dropout on, z_loss 1e-4
+    return step_lib.train_step(state, frozen, batch, model=model, tx=tx)
+
+  @jax.jit
+  def run_normalized(state, frozen, batch):
+    return step_lib.train_step(state, frozen, batch, model=model, tx=tx,
+                               enable_dropout=False,
+                               loss_normalizing_factor=7.0)
+
+  for got, (metrics, grads, params_after) in (
+      (run(state, frozen, batch), by_hand(True, None)),
+      (run_normalized(state, frozen, batch), by_hand(False, 7.0))):
+    new_state, got_metrics = got
+    np.testing.assert_array_equal(new_state.rng, rng)
+    assert int(new_state.step) == int(state.step) + 1
+    for name, value in metrics.items():
+      np.testing.assert_allclose(got_metrics[name], value, rtol=1e-5)
+    np.testing.assert_allclose(got_metrics["grad_norm"],
+                               optax.tree.norm(grads), rtol=1e-5)
+    prompt = new_state.params["encoder"]["prompt"]["prompt"]
+    np.testing.assert_allclose(
+        prompt, params_after["encoder"]["prompt"]["prompt"], atol=1e-6)
+    assert bool(got_metrics["state_finite"])
+    np.testing.assert_allclose(got_metrics["params_max_abs"],
+                               np.abs(np.asarray(prompt)).max(), rtol=1e-6)
+  # Dropout and the normalizing factor both change the loss.
+  assert not np.isclose(run(state, frozen, batch)[1]["loss_sum"],
+                        run_normalized(state, frozen, batch)[1]["loss_sum"])
