@@ -33,6 +33,13 @@ def _brute_force(prompt, table, k):
   return ids, np.take_along_axis(cos, ids, axis=1)
 
 
+def _sharding(fsdp, shape):
+  """The table's sharding in training on the (data=4, model=2) mesh."""
+  mesh = partitioning.create_mesh((4, 2))
+  return mesh, partitioning.sharding_for(
+      ("vocab", "embed"), mesh, partitioning.logical_axis_rules(fsdp), shape)
+
+
 @pytest.mark.parametrize("fsdp", [None, False, True],
                          ids=["dense", "vocab_sharded", "fsdp"])
 def test_nearest_tokens_match_brute_force(fsdp):
@@ -40,10 +47,7 @@ def test_nearest_tokens_match_brute_force(fsdp):
   want_ids, want_cos = _brute_force(prompt, table, K)
   embedding = table
   if fsdp is not None:
-    mesh = partitioning.create_mesh((4, 2))
-    sharding = partitioning.sharding_for(
-        ("vocab", "embed"), mesh, partitioning.logical_axis_rules(fsdp),
-        table.shape)
+    mesh, sharding = _sharding(fsdp, table.shape)
     embedding = jax.device_put(table, sharding)
     assert len(embedding.sharding.device_set) == 8
     search, prompt_sharding = nearest.sharded_search(sharding, table.shape, K)
@@ -201,10 +205,7 @@ def test_nearest_tokens_bfloat16_table_k_bounds_and_prompt_sharding(fsdp):
   want_ids, want_cos = _brute_force(prompt, table.astype(np.float32), K)
   embedding = table
   if fsdp is not None:
-    mesh = partitioning.create_mesh((4, 2))
-    sharding = partitioning.sharding_for(
-        ("vocab", "embed"), mesh, partitioning.logical_axis_rules(fsdp),
-        table.shape)
+    mesh, sharding = _sharding(fsdp, table.shape)
     embedding = jax.device_put(table, sharding)
     rows = V // int(np.prod([mesh.shape[a] for a in
                              nearest._names(sharding.spec[0])]))  # pylint: disable=protected-access
@@ -227,10 +228,7 @@ def test_nearest_tokens_takes_the_sharded_path_for_a_sharded_table(
     monkeypatch):
   prompt, table = _data()
   want_ids, _ = _brute_force(prompt, table, 5)
-  mesh = partitioning.create_mesh((4, 2))
-  sharding = partitioning.sharding_for(
-      ("vocab", "embed"), mesh, partitioning.logical_axis_rules(False),
-      table.shape)
+  mesh, sharding = _sharding(False, table.shape)
   sharded = jax.device_put(table, sharding)
   dense_calls = []
   dense = nearest._dense  # pylint: disable=protected-access
