@@ -107,9 +107,7 @@ class PromptedT5(T5):
   # EOS id that 'suffix' inserts before (1 in T5's SentencePiece vocabularies).
   eos_id: int = 1
 
-  # mutmut's trampoline turns a method into class-level helpers; flax wraps
-  # those as scoped methods, which __post_init__ (run before a scope exists)
-  # cannot be.
+  # No mutants: see PromptedEncoder.__post_init__.
   def __post_init__(self):  # pragma: no mutate block
     _validate(self.prompt_length, self.placement)
     super().__post_init__()

@@ -13,6 +13,8 @@ import re
 import ml_dtypes
 import numpy as np
 import pytest
+import safetensors
+import safetensors.numpy
 
 from prompt_tuning.models import t5_config
 from prompt_tuning.prompts import peft
@@ -245,8 +247,6 @@ def test_adapter_config_is_peft_prompt_tuning_for_the_encoder():
 
 
 def test_export_adapter_stores_float32_with_pt_metadata(tmp_path, monkeypatch):
-  import safetensors  # pylint: disable=g-import-not-at-top
-  import safetensors.numpy  # pylint: disable=g-import-not-at-top
   config = t5_config("t5_1_1_tiny")
   directory = str(tmp_path / "adapter")
   prompt = np.random.default_rng(0).normal(size=(3, config.emb_dim))  # f64
@@ -282,7 +282,6 @@ def test_export_adapter_stores_float32_with_pt_metadata(tmp_path, monkeypatch):
 
 
 def test_import_adapter_messages_and_defaults(tmp_path):
-  import safetensors.numpy  # pylint: disable=g-import-not-at-top
   config = t5_config("t5_1_1_tiny")
   directory = str(tmp_path / "adapter")
   config_file = os.path.join(directory, peft.CONFIG_FILE)

@@ -14,6 +14,7 @@ import optax
 import pytest
 
 from prompt_tuning import partitioning
+from prompt_tuning.training import checkpoints
 from prompt_tuning.training.checkpoints import Checkpointer
 from prompt_tuning.training.prompt_files import load_prompt
 
@@ -346,7 +347,6 @@ def test_restore_newest_skips_a_damaged_checkpoint_and_keeps_it(tmp_path,
 
 def test_restore_newest_skips_a_non_finite_checkpoint(tmp_path, monkeypatch,
                                                       caplog):
-  from prompt_tuning.training import checkpoints  # pylint: disable=g-import-not-at-top
   with Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, make_state(seed=1, step=1), {"batches_consumed": 1})
     bad = make_state(seed=2, step=2)
@@ -370,7 +370,6 @@ def test_restore_newest_when_nothing_restores_changes_nothing(tmp_path):
     ckpt.save(1, make_state(), {"batches_consumed": 1})
   _damage(tmp_path / "checkpoint_1", "metadata")
   before = tree_bytes(tmp_path)
-  from prompt_tuning.training import checkpoints  # pylint: disable=g-import-not-at-top
   with Checkpointer(tmp_path) as ckpt:
     with pytest.raises(checkpoints.DamagedCheckpointError) as one:
       ckpt.restore(abstract(make_state()), step=1)
@@ -417,7 +416,6 @@ def test_only_the_passed_state_is_saved(tmp_path):
 
 
 def test_a_step_damaged_again_and_again_keeps_every_copy(tmp_path, caplog):
-  from prompt_tuning.training import checkpoints  # pylint: disable=g-import-not-at-top
   with Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, make_state(seed=1, step=1), {"batches_consumed": 1})
     ckpt.save(2, make_state(seed=2, step=2), {"batches_consumed": 2})
@@ -439,7 +437,6 @@ def test_a_step_damaged_again_and_again_keeps_every_copy(tmp_path, caplog):
 
 
 def test_read_echoes_are_recognised_exactly():
-  from prompt_tuning.training import checkpoints  # pylint: disable=g-import-not-at-top
   echo = checkpoints._is_read_echo  # pylint: disable=protected-access
   assert echo(RuntimeError("Event loop is closed"))
   assert not echo(RuntimeError("Event loop is closed."))
@@ -463,7 +460,6 @@ def test_read_echoes_are_recognised_exactly():
 
 
 def test_damage_reasons_are_one_short_line():
-  from prompt_tuning.training import checkpoints  # pylint: disable=g-import-not-at-top
   reason = checkpoints._reason  # pylint: disable=protected-access
   assert reason(ValueError("DATA_LOSS:  a\n  b\tc")) == "DATA_LOSS: a b c"
   assert reason(ValueError("")) == "ValueError"
@@ -484,7 +480,6 @@ def test_damage_reasons_are_one_short_line():
 def test_read_echo_hooks_drop_only_echoes_and_install_once(monkeypatch):
   import sys  # pylint: disable=g-import-not-at-top
   import types  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.training import checkpoints  # pylint: disable=g-import-not-at-top
   seen = []
   monkeypatch.setattr(sys, "excepthook", lambda *a: seen.append(("e",) + a))
   monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(("u", u)))
@@ -508,7 +503,6 @@ def test_read_echo_hooks_drop_only_echoes_and_install_once(monkeypatch):
 
 
 def test_leaf_paths_and_restore_targets():
-  from prompt_tuning.training import checkpoints  # pylint: disable=g-import-not-at-top
   paths = checkpoints._flat_paths(  # pylint: disable=protected-access
       {"opt": (1, [2, 3]), "state": make_state(step=1)})
   assert {"opt/0", "opt/1/0", "opt/1/1", "state/step", "state/rng",
@@ -555,7 +549,6 @@ def test_metrics_and_position_are_stored_as_json_or_refused(tmp_path):
      "pipeline's position"),
 ], ids=["not_json", "list", "no_batches_consumed"])
 def test_a_damaged_data_position_is_damage(tmp_path, content, reason):
-  from prompt_tuning.training import checkpoints  # pylint: disable=g-import-not-at-top
   with Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, make_state(step=1), {"batches_consumed": 1})
   (tmp_path / "checkpoint_1" / "data_position" / "metadata").write_text(
@@ -574,7 +567,6 @@ def test_a_damaged_data_position_is_damage(tmp_path, content, reason):
 
 @pytest.mark.parametrize("kind", ["truncated", "metadata", "no_state"])
 def test_damage_names_the_step_the_directory_and_the_cause(tmp_path, kind):
-  from prompt_tuning.training import checkpoints  # pylint: disable=g-import-not-at-top
   with Checkpointer(tmp_path) as ckpt:
     ckpt.save(3, make_state(step=3), {"batches_consumed": 3})
   _damage(tmp_path / "checkpoint_3", kind)
