@@ -25,7 +25,9 @@ import pytest
 import seqio
 
 from prompt_tuning.data import registry
+from tests import float_fixtures
 from tests.data import t5_format_cases as cases
+from tests.data.make_t5_format_fixture import SCORE_FLOOR
 
 registry.import_builtin(("glue", "mrqa", "super_glue"))
 from prompt_tuning.tasks import mrqa  # pylint: disable=g-import-not-at-top,g-bad-import-order
@@ -88,9 +90,11 @@ def test_mrqa_format_equals_t5_squad_format(config):
 def _assert_scores_equal(actual, expected):
   extra = {_OURS_ONLY} if expected else set()
   assert set(actual) - extra == set(expected)
+  # The fixture's scores come from T5 on another CPU: within the fixture
+  # tolerance (correlations' last bits depend on the CPU's kernels).
   for key, value in expected.items():
-    assert actual[key] == pytest.approx(value, rel=1e-9, abs=1e-9,
-                                        nan_ok=True), key
+    assert float_fixtures.same(float(actual[key]), float(value),
+                               abs_=SCORE_FLOOR), (key, actual[key], value)
 
 
 @pytest.mark.parametrize("case", cases.CASES, ids=_IDS)
@@ -105,9 +109,10 @@ def test_postprocessors_and_metrics_equal_t5(case):
 @pytest.mark.parametrize("config", cases.MRQA_CONFIGS)
 def test_mrqa_metrics_equal_t5_squad(config):
   recorded = EXPECTED["mrqa"][config]
-  assert cases.scores(_task(mrqa.task_name(config)), recorded["rows"],
-                      recorded["predictions"]) == pytest.approx(
-                          recorded["scores"])
+  actual = cases.scores(_task(mrqa.task_name(config)), recorded["rows"],
+                        recorded["predictions"])
+  assert set(actual) == set(recorded["scores"])
+  _assert_scores_equal(actual, recorded["scores"])
 
 
 @pytest.mark.parametrize("case", cases.CASES, ids=_IDS)

@@ -22,6 +22,7 @@ import pytest
 
 from prompt_tuning import metrics
 from prompt_tuning.data import postprocessors
+from tests import float_fixtures
 from tests.metrics import t5_cases
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -57,33 +58,28 @@ OURS: Dict[str, Callable[..., Any]] = {
 }
 
 
-# Correlations are dot products, whose last bits depend on the CPU: numpy's
+# Correlations are dot products whose last bits depend on the CPU (numpy's
 # OpenBLAS picks a kernel per CPU at run time, and kernels sum in different
-# orders, so T5 itself differs there between machines. Against the fixture
-# (made on another machine, maybe) they may differ by a reordered sum of N
-# terms of unit vectors, at most N * eps in r; `make_t5_fixture --check`
-# compares them live, on one machine, to the bit.
+# orders), so T5 itself differs there between machines. Near r = 0 a
+# relative tolerance means nothing: a reordered sum of N terms of unit
+# vectors moves r by at most N * eps, 100 * N * eps percentage points.
 _BLAS_DEPENDENT = ("pearson_corrcoef", "spearman_corrcoef")
 
 
-def _same(ours: Any, theirs: Any, float_tolerance: float = 0.0) -> bool:
-  """Equality of `to_plain` values: types, structure and float bits.
+def tolerance(case: t5_cases.Case, exact: bool = False) -> Dict[str, float]:
+  """`float_fixtures.differences`' tolerances for comparing this case.
 
-  Floats may differ by `float_tolerance` (absolute); by default not at all.
+  Args:
+    case: the case.
+    exact: bit for bit (a live T5 beside ours, on the same machine);
+      otherwise within what another CPU's kernels can change (a fixture).
   """
-  if type(ours) is not type(theirs):
-    return False
-  if isinstance(ours, float):
-    # hex() tells -0.0 from 0.0, which == does not.
-    return ours.hex() == theirs.hex() or (
-        float_tolerance > 0 and abs(ours - theirs) <= float_tolerance)
-  if isinstance(ours, dict):
-    return ours.keys() == theirs.keys() and all(
-        _same(ours[k], theirs[k], float_tolerance) for k in ours)
-  if isinstance(ours, list):
-    return len(ours) == len(theirs) and all(
-        _same(a, b, float_tolerance) for a, b in zip(ours, theirs))
-  return ours == theirs
+  if exact:
+    return {"rel": 0.0, "abs_": 0.0}
+  floor = 0.0
+  if case.fn in _BLAS_DEPENDENT:
+    floor = 100 * len(case.args[0]) * np.finfo(np.float64).eps
+  return {"rel": float_fixtures.REL_TOL, "abs_": floor}
 
 
 def mismatches(expected: Dict[str, Dict[str, Any]], fn: str = "",
@@ -93,8 +89,8 @@ def mismatches(expected: Dict[str, Dict[str, Any]], fn: str = "",
   Args:
     expected: case id -> T5's outcome, from the fixture or live.
     fn: only this function's cases; all when empty.
-    exact: also the BLAS-dependent floats to the bit (for a live T5 on the
-      same machine).
+    exact: every float to the bit (for a live T5 on the same machine);
+      otherwise within `tolerance` (for a fixture from another machine).
   """
   lines = []
   for case in t5_cases.cases():
@@ -103,11 +99,7 @@ def mismatches(expected: Dict[str, Dict[str, Any]], fn: str = "",
     theirs = dict(expected[case.case_id])
     theirs.pop("digest", None)
     ours = t5_cases.outcome(OURS[case.fn], case)
-    tolerance = 0.0
-    if case.fn in _BLAS_DEPENDENT and not exact:
-      # In percent: N * eps in r is 100 * N * eps points.
-      tolerance = 100 * len(case.args[0]) * np.finfo(np.float64).eps
-    same = _same(ours, theirs, tolerance)
+    same = float_fixtures.same(ours, theirs, **tolerance(case, exact))
     if case.differs and same:
       lines.append(f"{case.case_id}: documented as differing ("
                    f"{case.differs}) but equal: {ours}; update the case and "
@@ -147,12 +139,21 @@ def test_same_as_t5(fn):
       lines[:20])
 
 
-def test_float_comparison_is_bitwise():
-  # The comparison itself: 0.0 and -0.0, 1 and 1.0, "x" and b"x" differ.
-  assert not _same(0.0, -0.0)
-  assert not _same(1, 1.0)
-  assert not _same("x", t5_cases.to_plain(b"x"))
-  assert not _same(100.0, math.nextafter(100.0, 0.0))
-  assert _same(100.0, math.nextafter(100.0, 0.0), float_tolerance=1e-13)
-  assert _same(t5_cases.to_plain(float("nan")), {"float": "nan"})
-  assert not _same(t5_cases.to_plain(float("nan")), 0.0, float_tolerance=1.0)
+def test_fixture_tolerance_is_tight_and_exact_is_bitwise():
+  pearson = next(c for c in t5_cases.cases()
+                 if c.fn == "pearson_corrcoef" and len(c.args[0]) > 100)
+  accuracy = next(c for c in t5_cases.cases() if c.fn == "accuracy")
+  n = len(pearson.args[0])
+  eps = np.finfo(np.float64).eps
+  assert tolerance(pearson) == {"rel": 1e-12, "abs_": 100 * n * eps}
+  assert tolerance(accuracy) == {"rel": 1e-12, "abs_": 0.0}
+  for case in (pearson, accuracy):
+    assert tolerance(case, exact=True) == {"rel": 0.0, "abs_": 0.0}
+  near = math.nextafter(27.890633016415407, 0.0)
+  assert float_fixtures.same(27.890633016415407, near, **tolerance(accuracy))
+  assert not float_fixtures.same(27.890633016415407, near,
+                                 **tolerance(accuracy, exact=True))
+  # Near r = 0 only the correlation's absolute floor accepts a reordering.
+  assert float_fixtures.same(1e-15, -1e-15, **tolerance(pearson))
+  assert not float_fixtures.same(1e-15, -1e-15, **tolerance(accuracy))
+  assert not float_fixtures.same(27.89, 27.8901, **tolerance(pearson))
