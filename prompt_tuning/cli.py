@@ -30,6 +30,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 import gin  # pylint: disable=g-import-not-at-top
 
 from prompt_tuning import configurables  # pylint: disable=g-import-not-at-top
+from prompt_tuning.training import preemption  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "Gin files to parse, in order.")
@@ -99,6 +100,15 @@ def run(fn_name: str, model_dir_macro: str = "MODEL_DIR") -> None:
       logging.getLogger("absl").setLevel(logging.WARNING)
     try:
       return _main(fn_name, model_dir_macro)
+    except preemption.Preempted as e:
+      # Saved and resumable: a status launchers requeue on, not a failure.
+      print(f"preempted: {e}", file=sys.stderr)
+      return e.exit_code
+    except KeyboardInterrupt:
+      # A second Ctrl-C (the first saves and stops cleanly) or one outside
+      # a training run: stop at once, without a traceback.
+      print("interrupted", file=sys.stderr)
+      return preemption.EXIT_INTERRUPTED
     except configurables.ConfigError as e:
       print(f"error: {e}", file=sys.stderr)
       return 2

@@ -31,6 +31,18 @@ import tensorflow as tf
 from prompt_tuning import partitioning
 from prompt_tuning.data import registry
 
+
+def _hide_accelerators_from_tensorflow() -> None:
+  """TensorFlow only reads and tokenizes data here, on the CPU; left alone it
+  claims every GPU's memory on its first op, which JAX then lacks."""
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:
+    pass  # TF's devices were initialised already, by someone else's op.
+
+
+_hide_accelerators_from_tensorflow()
+
 Batch = Dict[str, np.ndarray]
 TaskOrMixture = Union[seqio.Task, seqio.Mixture]
 

@@ -395,8 +395,8 @@ class Evaluator:
         (`records.predictions_path`) and a TensorBoard text sample.
       use_cached: read the tasks' offline seqio cache.
       num_examples: evaluate only the first this many examples of each task.
-      write_predictions: with log_dir, write the predictions (False on
-        processes other than 0).
+      write_predictions: with log_dir, write the metric log and the
+        predictions (False on processes other than 0: one writer).
 
     Raises:
       ValueError: (one line) if an evaluated task's split has no examples.
@@ -410,7 +410,10 @@ class Evaluator:
     # task -> example index -> [C] label scores of the last ranked pass.
     self._label_scores: Dict[str, Dict[int, np.ndarray]] = {}
     loggers = ()
-    if log_dir:
+    # Only the writing process logs: seqio's JSONLogger rewrites one shared
+    # file through one temporary name, so two processes writing it lose
+    # lines and fail on each other's renames.
+    if log_dir and write_predictions:
       loggers = (
           # Metrics only: PredictionLogger writes the examples, atomically
           # and as text, instead of seqio's token-level dumps.

@@ -45,6 +45,7 @@ from prompt_tuning import partitioning
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.training import losses
 from prompt_tuning.training import optimizers
+from prompt_tuning.training import preemption
 from prompt_tuning.training import records
 from prompt_tuning.training import run_directory
 from prompt_tuning.training import setup
@@ -204,7 +205,9 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
   Raises:
     ValueError, OSError, RuntimeError: a one-line, user-fixable problem
       (bad settings, paths, a directory in use, a run already past
-      TRAIN_STEPS); NonFiniteLossError: the run diverged (nothing bad saved).
+      TRAIN_STEPS); NonFiniteLossError: the run diverged (nothing bad saved);
+      preemption.Preempted: SIGTERM, SIGUSR1 or SIGINT stopped the run after
+      saving the step every process agreed on (resumable).
   """
   logging.info("Process %d/%d, %d local / %d global devices (%s).",
                jax.process_index(), jax.process_count(),
@@ -212,8 +215,10 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
                jax.devices()[0].platform)
   run_directory.check_writable(model_dir)
   # Held from here to the end: a second run on this directory stops now,
-  # before it loads anything or writes a byte.
-  with run_directory.hold(model_dir, writer=jax.process_index() == 0):
+  # before it loads anything or writes a byte. Signals (preemption, Ctrl-C)
+  # from here on save a checkpoint and stop; the lock is released after.
+  with preemption.watch(), run_directory.hold(
+      model_dir, writer=jax.process_index() == 0):
     return _start(
         model_dir=model_dir, initial_checkpoint_path=initial_checkpoint_path,
         model_config=model_config, mixture_or_task_name=mixture_or_task_name,
@@ -417,7 +422,16 @@ def _loop(ckpt: checkpoints.Checkpointer, run: setup.RunModel,
       return
     ckpt.save(step, state, dict(position))
 
+  def stop_if_requested(step: int) -> None:
+    """Saves `step` and stops when a signal asked every process to."""
+    signal_name = preemption.stop_requested()
+    if signal_name:
+      save(step)
+      raise preemption.Preempted(signal_name, step, model_dir)
+
   first_step = int(state.step)
+  # A signal while the model loaded and compiled: stop before training.
+  stop_if_requested(first_step)
   if schedule.eval_at_start and first_step == 0:
     with partitioning.mesh_context(mesh, rules):
       evaluate(0)
@@ -476,6 +490,8 @@ def _loop(ckpt: checkpoints.Checkpointer, run: setup.RunModel,
         save(done)
       if schedule.eval_period and done % schedule.eval_period == 0:
         last_eval = evaluate(done)
+      if done < schedule.train_steps:  # the last step finishes the run
+        stop_if_requested(done)
     final = int(state.step)
     save(final)
     if final > first_step and (not schedule.eval_period or

@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from typing import Any, Dict, Iterator, Optional
 
 LOCK_FILE = "run.lock"
@@ -34,7 +35,10 @@ def check_writable(model_dir: str) -> None:
   """
   if not model_dir:
     raise OSError("MODEL_DIR is not set: pass --gin.MODEL_DIR=\"'/path'\".")
-  probe = os.path.join(model_dir, f".write_probe.{os.getpid()}")
+  # Unique per host, process and call: identical hosts of one run (same
+  # pids in identical containers) probe the shared directory at once.
+  probe = os.path.join(model_dir, f".write_probe.{socket.gethostname()}."
+                       f"{os.getpid()}.{uuid.uuid4().hex[:8]}")
   try:
     os.makedirs(model_dir, exist_ok=True)
     with open(probe, "wb") as f:
