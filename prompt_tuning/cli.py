@@ -102,6 +102,7 @@ def run(fn_name: str, model_dir_macro: str = "MODEL_DIR") -> None:
       return _main(fn_name, model_dir_macro)
     except preemption.Preempted as e:
       # Saved and resumable: a status launchers requeue on, not a failure.
+      preemption.wait_for_every_process()
       print(f"preempted: {e}", file=sys.stderr)
       return e.exit_code
     except KeyboardInterrupt:

@@ -112,3 +112,16 @@ def stop_requested() -> Optional[str]:
   everyone = np.asarray(multihost_utils.process_allgather(mine))
   first = next((int(s) for s in everyone.reshape(-1) if s), 0)
   return signal.Signals(first).name if first else None
+
+
+def wait_for_every_process() -> None:
+  """Returns once every process has stopped (after its lock and files).
+
+  Launchers end a whole job when one process exits non-zero (SLURM's
+  `srun --kill-on-bad-exit`), so no process may exit with EXIT_PREEMPTED
+  while another is still saving or releasing the run lock.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("prompt_tuning_preempted")
