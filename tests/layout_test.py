@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Bottom to top. A top-level module or a folder of `prompt_tuning` -> level.
 LEVELS = {
-    "partitioning": 0, "models": 0, "metrics": 0,
+    "partitioning": 0, "models": 0, "metrics": 0, "storage": 0,
     "data": 1, "prompts": 1, "pretrained": 1,
     "training": 2, "tasks": 2,
     "bench": 3, "experiments": 3, "serving": 3,

@@ -16,17 +16,21 @@ read without JAX or orbax (the sweep runner, `python -m prompt_tuning.report`):
 
 `model` is the frozen T5's own parameter count (the prompt excluded), the x
 axis of the paper's curves. Only process 0 writes. Every file is replaced
-through a rename (appends are whole lines), so a reader never sees half a
-record.
+whole (`storage.atomic_write`: a rename locally, one object upload on
+`gs://`; appends are whole lines, and on an object store, which cannot
+append, a rewrite of the file by its one writer), so a reader never sees
+half a record.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
+
+from prompt_tuning import storage
 
 PARAMETERS_FILE = "parameters.json"
 EVAL_HISTORY_FILE = os.path.join("eval", "metrics.jsonl")
@@ -39,22 +43,7 @@ def predictions_path(log_dir: str, task_name: str,
   """`<log_dir>/predictions/<task>/step_<N>.jsonl`; `eval.jsonl` for an
   evaluation without a step (a standalone one: its log_dir is its own)."""
   name = "eval.jsonl" if step is None else f"step_{int(step)}.jsonl"
-  return os.path.join(log_dir, PREDICTIONS_DIR, task_name, name)
-
-
-def atomic_write(path: str, write: Callable[[Any], None]) -> None:
-  """Writes `path` through a temp file and a rename, so readers never see a
-  partial file (os.replace is atomic on POSIX within one filesystem)."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "wb") as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  return storage.join(log_dir, PREDICTIONS_DIR, task_name, name)
 
 
 def _plain(value: Any) -> Any:
@@ -70,15 +59,13 @@ def _plain(value: Any) -> Any:
 
 def write_json(path: str, value: Mapping[str, Any]) -> None:
   text = json.dumps(_plain(value), indent=2, sort_keys=True) + "\n"
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+  storage.write_bytes(path, text.encode("utf-8"))
 
 
 def read_json(path: str) -> Optional[Dict[str, Any]]:
   """The object in `path`, or None when the file is missing or unreadable."""
   try:
-    with open(path, encoding="utf-8") as f:
-      value = json.load(f)
+    value = json.loads(storage.read_text(path))
   except (OSError, ValueError):
     return None
   return value if isinstance(value, dict) else None
@@ -90,18 +77,31 @@ def write_parameters(model_dir: str, counts: Mapping[str, Any],
   record = dict(counts)
   record["model"] = int(counts["total"]) - int(prompt_parameters)
   record["mode"] = mode
-  write_json(os.path.join(model_dir, PARAMETERS_FILE), record)
+  write_json(storage.join(model_dir, PARAMETERS_FILE), record)
 
 
 def append_eval(model_dir: str, step: int,
                 metrics: Mapping[str, Any]) -> None:
   """Appends one evaluation to eval/metrics.jsonl (one line, one write)."""
-  path = os.path.join(model_dir, EVAL_HISTORY_FILE)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
   line = json.dumps({"step": int(step), "metrics": _plain(dict(metrics))},
                     sort_keys=True) + "\n"
-  with open(path, "a", encoding="utf-8") as f:
-    f.write(line)
+  append_line(storage.join(model_dir, EVAL_HISTORY_FILE), line)
+
+
+def append_line(path: str, line: str) -> None:
+  """Appends a whole line: one write locally; on an object store (no
+  append) the file is read and rewritten whole, which is safe because a
+  record file has one writer (process 0)."""
+  if not storage.is_remote(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+      f.write(line)
+    return
+  try:
+    old = storage.read_bytes(path)
+  except FileNotFoundError:
+    old = b""
+  storage.write_bytes(path, old + line.encode("utf-8"))
 
 
 def read_eval_history(model_dir: str) -> Dict[int, Dict[str, float]]:
@@ -112,10 +112,9 @@ def read_eval_history(model_dir: str) -> Dict[int, Dict[str, float]]:
   """
   history: Dict[int, Dict[str, float]] = {}
   try:
-    with open(os.path.join(model_dir, EVAL_HISTORY_FILE),
-              encoding="utf-8") as f:
-      lines = f.readlines()
-  except OSError:
+    lines = storage.read_text(
+        storage.join(model_dir, EVAL_HISTORY_FILE)).splitlines()
+  except (OSError, UnicodeDecodeError):
     return history
   for line in lines:
     try:
@@ -131,7 +130,7 @@ def write_summary(model_dir: str, step: int, train_steps: int,
                   train: Mapping[str, Any], evaluation: Mapping[str, Any]
                   ) -> None:
   """summary.json: the end of a run (finished = it reached train_steps)."""
-  write_json(os.path.join(model_dir, SUMMARY_FILE), {
+  write_json(storage.join(model_dir, SUMMARY_FILE), {
       "step": int(step), "train_steps": int(train_steps),
       "finished": int(step) >= int(train_steps),
       "train": dict(train), "eval": dict(evaluation)})
@@ -139,5 +138,5 @@ def write_summary(model_dir: str, step: int, train_steps: int,
 
 def is_finished(model_dir: str) -> bool:
   """True once the run's summary.json says it reached its last step."""
-  summary = read_json(os.path.join(model_dir, SUMMARY_FILE))
+  summary = read_json(storage.join(model_dir, SUMMARY_FILE))
   return bool(summary and summary.get("finished"))

@@ -11,6 +11,12 @@ another process that reused the pid: it is then taken over with a warning.
 A lock from another host cannot be checked from here, so it is refused with
 the command that removes it. Only process 0 of a multi-process run takes
 the lock: the processes of one run share the directory by design.
+
+On an object store (`MODEL_DIR=gs://...`) the lock is an object created with
+the precondition "generation 0" (it must not exist), one request that exactly
+one of two racing runs wins; a stale lock is taken over by overwriting it
+with the precondition "still the generation that was found stale", so of two
+runs taking over one lock, one wins.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import socket
 import time
 import uuid
 from typing import Any, Dict, Iterator, Optional
+
+from prompt_tuning import storage
 
 LOCK_FILE = "run.lock"
 
@@ -37,14 +45,18 @@ def check_writable(model_dir: str) -> None:
     raise OSError("MODEL_DIR is not set: pass --gin.MODEL_DIR=\"'/path'\".")
   # Unique per host, process and call: identical hosts of one run (same
   # pids in identical containers) probe the shared directory at once.
-  probe = os.path.join(model_dir, f".write_probe.{socket.gethostname()}."
+  probe = storage.join(model_dir, f".write_probe.{socket.gethostname()}."
                        f"{os.getpid()}.{uuid.uuid4().hex[:8]}")
   try:
-    os.makedirs(model_dir, exist_ok=True)
-    with open(probe, "wb") as f:
+    storage.makedirs(model_dir)
+    with storage.open_file(probe, "wb") as f:
       f.write(b"ok")
-    os.remove(probe)
+    storage.remove(probe)
   except OSError as e:
+    if storage.is_remote(model_dir):
+      raise OSError(f"MODEL_DIR {model_dir!r} is not usable: writing "
+                    f"{probe} failed ({e}); check the bucket and the "
+                    f"credentials.") from None
     raise OSError(f"MODEL_DIR {model_dir!r} is not usable: "
                   f"{_blocker(model_dir, e)}.") from None
 
@@ -95,8 +107,7 @@ def _describe(holder: Dict[str, Any]) -> str:
 
 def _read(path: str) -> Optional[Dict[str, Any]]:
   try:
-    with open(path, encoding="utf-8") as f:
-      holder = json.load(f)
+    holder = json.loads(storage.read_text(path))
   except FileNotFoundError:
     return None
   except (OSError, ValueError):
@@ -106,9 +117,49 @@ def _read(path: str) -> Optional[Dict[str, Any]]:
 
 def _mtime(path: str) -> float:
   try:
-    return os.path.getmtime(path)
+    return storage.getmtime(path)
   except OSError:
     return 0.0
+
+
+def _create(path: str, me: Dict[str, Any]) -> None:
+  """Creates the lock, or raises FileExistsError."""
+  data = json.dumps(me).encode("utf-8")
+  if storage.is_remote(path):
+    storage.write_if_generation(path, data, "0")
+    return
+  fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+  with os.fdopen(fd, "wb") as f:
+    f.write(data)
+
+
+def _take_over(path: str, seen: Optional[str],
+               me: Dict[str, Any]) -> bool:
+  """Replaces the stale lock found at generation `seen` (None locally).
+
+  Returns:
+    True if this run now holds the lock; False if another run changed it
+    first (look again).
+  """
+  if storage.is_remote(path):
+    try:
+      storage.write_if_generation(path, json.dumps(me).encode("utf-8"), seen)
+    except (FileExistsError, FileNotFoundError):
+      return False
+    return True
+  # Renaming is atomic: of two runs taking over one stale lock, one wins
+  # and the other sees the winner's live lock on its next look.
+  aside = f"{path}.stale.{os.getpid()}"
+  try:
+    os.rename(path, aside)
+  except FileNotFoundError:
+    return False
+  os.remove(aside)
+  try:
+    _create(path, me)
+  except FileExistsError:
+    return False
+  return True
 
 
 @contextlib.contextmanager
@@ -126,50 +177,47 @@ def hold(model_dir: str, writer: bool = True) -> Iterator[None]:
   if not writer:
     yield
     return
-  path = os.path.join(model_dir, LOCK_FILE)
+  path = storage.join(model_dir, LOCK_FILE)
   me = {"host": socket.gethostname(), "pid": os.getpid(),
         "start_time": _start_time(os.getpid()),
         "started": time.strftime("%Y-%m-%d %H:%M:%S")}
   for _ in range(3):  # a stale lock taken over by a racing run: look again
     try:
-      fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+      _create(path, me)
+      break
     except FileExistsError:
-      holder = _read(path)
-      if holder is None:
-        continue  # released meanwhile
-      if not holder and time.time() - _mtime(path) < 10:
-        # Just created and not yet written by a run starting right now.
-        raise RuntimeError(f"MODEL_DIR {model_dir} is being taken by another "
-                           f"run starting now ({path}); use another "
-                           f"MODEL_DIR.")
-      same_host = holder.get("host") == me["host"]
-      if holder and not same_host:
-        raise RuntimeError(
-            f"MODEL_DIR {model_dir} is in use by another run ("
-            f"{_describe(holder)}, per {path}); this host cannot check that "
-            f"run: if it is dead, remove {path} and rerun, else use another "
-            f"MODEL_DIR.")
-      if holder and _alive(int(holder.get("pid", -1)),
-                           holder.get("start_time")):
-        raise RuntimeError(
-            f"MODEL_DIR {model_dir} is in use by another run ("
-            f"{_describe(holder)}); wait for it to finish or stop it, or use "
-            f"another MODEL_DIR.")
-      # Renaming is atomic: of two runs taking over one stale lock, one
-      # wins and the other sees the winner's live lock on its next look.
-      aside = f"{path}.stale.{os.getpid()}"
-      try:
-        os.rename(path, aside)
-      except FileNotFoundError:
-        continue
-      os.remove(aside)
+      pass
+    try:
+      # Read before the holder: a newer holder fails the take-over below.
+      seen = storage.generation(path)
+    except FileNotFoundError:
+      continue  # released meanwhile
+    holder = _read(path)
+    if holder is None:
+      continue  # released meanwhile
+    if not holder and time.time() - _mtime(path) < 10:
+      # Just created and not yet written by a run starting right now.
+      raise RuntimeError(f"MODEL_DIR {model_dir} is being taken by another "
+                         f"run starting now ({path}); use another "
+                         f"MODEL_DIR.")
+    same_host = holder.get("host") == me["host"]
+    if holder and not same_host:
+      raise RuntimeError(
+          f"MODEL_DIR {model_dir} is in use by another run ("
+          f"{_describe(holder)}, per {path}); this host cannot check that "
+          f"run: if it is dead, remove {path} and rerun, else use another "
+          f"MODEL_DIR.")
+    if holder and _alive(int(holder.get("pid", -1)),
+                         holder.get("start_time")):
+      raise RuntimeError(
+          f"MODEL_DIR {model_dir} is in use by another run ("
+          f"{_describe(holder)}); wait for it to finish or stop it, or use "
+          f"another MODEL_DIR.")
+    if _take_over(path, seen, me):
       logging.warning("Took over the stale lock %s of a run that is no "
                       "longer running (%s).", path,
                       _describe(holder) if holder else "unreadable")
-      continue
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(me, f)
-    break
+      break
   else:
     raise RuntimeError(f"Could not take {path}: other runs keep taking it; "
                        f"use another MODEL_DIR.")
@@ -178,4 +226,4 @@ def hold(model_dir: str, writer: bool = True) -> Iterator[None]:
   finally:
     # Only our own lock is ours to remove.
     if _read(path) == me:
-      os.remove(path)
+      storage.remove(path)
