@@ -18,10 +18,29 @@
 #                 create,install,run,delete; `attach` instead of `run`
 #                 follows runs started earlier (RUN_STAMP=<their stamp>)
 #
+# Lifecycle: runs start detached on every worker (nohup setsid), so a
+# dropped ssh connection (exit 255) only means "ask again": the launcher
+# polls every worker's exit status and reattaches for up to CONTACT_TIMEOUT
+# seconds. When a worker's run fails (or its process is gone), the others
+# get SIGTERM (they save a checkpoint and stop) and the next run, or the
+# deletion, follows. Each run's logs from every worker are copied into
+# <MODEL_DIR>/logs/ before the slice goes. The slice is deleted only when
+# every run has an exit status: if contact is lost for good it stays up,
+# and the launcher says how to reattach and exits 3.
+#
 # Environment, checked before anything runs:
 #   TPU_NAME, ZONE                     always (PROJECT: optional)
-#   ACCELERATOR_TYPE, RUNTIME_VERSION  create, e.g. v4-16, tpu-ubuntu2204-base
-#                                      (SPOT=1: a spot slice)
+#   ACCELERATOR_TYPE                   create, e.g. v4-16, v5litepod-16,
+#                                      v5p-32, v6e-16
+#   RUNTIME_VERSION                    optional: the default follows the
+#                                      generation (v2-v4 tpu-ubuntu2204-base,
+#                                      v5e v2-alpha-tpuv5-lite, v5p
+#                                      v2-alpha-tpuv5, v6e v2-alpha-tpuv6e)
+#   SPOT=1                             a spot slice; SPOT_RETRIES=N recreates
+#                                      a preempted one up to N times and
+#                                      reruns the interrupted run (it resumes)
+#   QUEUED=1                           ask through queued resources (waits
+#                                      until the slice is ACTIVE)
 #   INSTALL                            install: git+URL@REF (cloned on every
 #                                      worker) or a wheel, local or gs://
 #                                      (`pip wheel --no-deps -w dist .`)
@@ -30,8 +49,20 @@
 #                                      /gcs/<bucket>/runs with MOUNT_BUCKET
 #   MOUNT_BUCKET                       optional, install: mount this GCS
 #                                      bucket at /gcs/<bucket> on every worker
-#                                      (gcsfuse); run directories are plain
-#                                      files, so gs:// URLs are refused
+#                                      (gcsfuse), for reading data; write run
+#                                      directories to gs:// directly (orbax
+#                                      finalises checkpoints by renaming
+#                                      directories, which gcsfuse refuses on
+#                                      flat buckets)
+#   RUN_TIMEOUT                        optional: seconds a run may take; then
+#                                      it is stopped (SIGTERM: it saves)
+#   CONTACT_TIMEOUT, POLL_SECONDS      seconds without contact before giving
+#                                      up (default 1800), between status
+#                                      polls (default 30)
+#   STOP_GRACE                         seconds a stopped run may take to save
+#                                      before it is killed (default 600)
+#   KEEP_ON_FAILURE=1                  keep the slice when install or a run
+#                                      fails (default: delete it)
 #   REMOTE_ENV                         optional NAME=VALUE words exported on
 #                                      every worker (e.g. TFDS_DATA_DIR=gs://...)
 #   CONSTRAINTS                        pip constraints file of the checkout,
@@ -64,9 +95,25 @@ has_step() { [[ ,$steps, == *,$1,* ]]; }
 : "${TPU_NAME?set TPU_NAME (the name of the slice)}"
 : "${ZONE?set ZONE (e.g. us-central2-b)}"
 if has_step create; then
-  : "${ACCELERATOR_TYPE?set ACCELERATOR_TYPE (e.g. v4-16)}"
-  : "${RUNTIME_VERSION?set RUNTIME_VERSION (e.g. tpu-ubuntu2204-base)}"
+  : "${ACCELERATOR_TYPE?set ACCELERATOR_TYPE (e.g. v4-16, v5litepod-16, v5p-32, v6e-16)}"
+  if [ -z "${RUNTIME_VERSION:-}" ]; then
+    case $ACCELERATOR_TYPE in
+      v2-* | v3-* | v4-*) RUNTIME_VERSION=tpu-ubuntu2204-base ;;
+      v5litepod-* | v5e-*) RUNTIME_VERSION=v2-alpha-tpuv5-lite ;;
+      v5p-*) RUNTIME_VERSION=v2-alpha-tpuv5 ;;
+      v6e-*) RUNTIME_VERSION=v2-alpha-tpuv6e ;;
+      *) echo "error: no default RUNTIME_VERSION for ACCELERATOR_TYPE=$ACCELERATOR_TYPE: set RUNTIME_VERSION" >&2
+         exit 2 ;;
+    esac
+  fi
 fi
+for name in RUN_TIMEOUT CONTACT_TIMEOUT POLL_SECONDS STOP_GRACE SPOT_RETRIES; do
+  if [ -n "${!name:-}" ] && ! [[ ${!name} =~ ^[0-9]+$ ]]; then
+    echo "error: $name=${!name}: expected a whole number" >&2
+    exit 2
+  fi
+done
+contact_timeout=${CONTACT_TIMEOUT:-1800} poll=${POLL_SECONDS:-30}
 if has_step install; then
   : "${INSTALL?set INSTALL to git+URL@REF or a wheel file}"
 fi
@@ -128,14 +175,22 @@ if { has_step run || has_step attach; } && [ "${#lines[@]}" -eq 0 ]; then
   echo "error: $commands has no commands" >&2
   exit 2
 fi
-for line in "${lines[@]}"; do
-  if [[ $line =~ MODEL_DIR[^/]*://|MODEL_DIR[^/]*gs: ]]; then
-    # MODEL_DIR's records and lock are plain files: a URL would become a
-    # local directory on each worker.
-    echo "error: MODEL_DIR must be a path every worker mounts (e.g. /gcs/<bucket>/... with MOUNT_BUCKET), not a URL: $line" >&2
-    exit 2
-  fi
-done
+
+# The MODEL_DIR a command line binds (--gin.MODEL_DIR='...' or
+# --gin_bindings=MODEL_DIR = '...'), or nothing.
+model_dir_of() {
+  local words word value=""
+  eval "words=($1)"
+  for word in "${words[@]}"; do
+    case $word in
+      --gin.MODEL_DIR=*) value=${word#--gin.MODEL_DIR=} ;;
+      --gin_bindings=MODEL_DIR*=*) value=${word#*=}; value=${value#*=} ;;
+    esac
+  done
+  value=${value#"${value%%[! ]*}"}
+  value=${value#[\"\']}
+  printf '%s' "${value%[\"\']}"
+}
 
 gcloud=(gcloud compute tpus tpu-vm)
 where=(--zone "$ZONE")
@@ -164,14 +219,64 @@ on_exit() {
 }
 trap on_exit EXIT
 
-if has_step create; then
-  spot=()
+delete_slice() {
+  if [ "${QUEUED:-0}" = 1 ]; then
+    run gcloud compute tpus queued-resources delete "$TPU_NAME" "${where[@]}" --force --quiet
+  else
+    run "${gcloud[@]}" delete "$TPU_NAME" "${where[@]}" --quiet
+  fi
+}
+
+create_slice() {
+  local spot=()
   if [ "${SPOT:-0}" = 1 ]; then spot=(--spot); fi
+  if [ "${QUEUED:-0}" = 1 ]; then
+    run gcloud compute tpus queued-resources create "$TPU_NAME" "${where[@]}" \
+      --node-id "$TPU_NAME" --accelerator-type "$ACCELERATOR_TYPE" \
+      --runtime-version "$RUNTIME_VERSION" "${spot[@]}"
+    if [ "$dry_run" = 1 ]; then return 0; fi
+    local state=""
+    # Queued resources wait for capacity: poll until the slice is ACTIVE.
+    while :; do
+      state=$(gcloud compute tpus queued-resources describe "$TPU_NAME" "${where[@]}" \
+        --format='value(state.state)' 2> /dev/null || echo UNKNOWN)
+      echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) queued resource $TPU_NAME: $state"
+      case $state in
+        ACTIVE) return 0 ;;
+        FAILED | SUSPENDED)
+          echo "error: queued resource $TPU_NAME is $state: see gcloud compute tpus queued-resources describe $TPU_NAME" >&2
+          return 1 ;;
+      esac
+      sleep "$poll"
+    done
+  fi
   run "${gcloud[@]}" create "$TPU_NAME" "${where[@]}" \
     --accelerator-type "$ACCELERATOR_TYPE" --version "$RUNTIME_VERSION" "${spot[@]}"
-fi
+}
 
-if has_step install; then
+# An install that fails on any worker ends the launch: say so, and free the
+# slice unless KEEP_ON_FAILURE=1. A dropped connection is retried once.
+install_on_workers() {
+  local status=0
+  on_workers all "$1" || status=$?
+  if [ "$status" = 255 ]; then
+    echo "install: lost contact with a worker (ssh exit 255); trying again"
+    status=0
+    on_workers all "$1" || status=$?
+  fi
+  if [ "$status" != 0 ]; then
+    echo "error: the install failed on a worker (exit $status; its output is above)" >&2
+    finished=1
+    if [ "${KEEP_ON_FAILURE:-0}" = 1 ]; then
+      echo "KEEP_ON_FAILURE=1: the slice $TPU_NAME stays up; delete it: launch/tpu_vm.sh --steps=delete" >&2
+    else
+      delete_slice
+    fi
+    exit 1
+  fi
+}
+
+install_project() {
   mount=""
   if [ -n "${MOUNT_BUCKET:-}" ]; then
     bucket=$(quote "${MOUNT_BUCKET#gs://}")
@@ -191,7 +296,7 @@ if has_step install; then
         echo "error: INSTALL=$INSTALL: give a ref, git+URL@REF (a branch, tag or commit)" >&2
         exit 2
       fi
-      on_workers all "set -e; ${mount}rm -rf prompt-tuning; git clone -q $(quote "$url") prompt-tuning; cd prompt-tuning; git checkout -q $(quote "$ref"); cd; $venv; . pt-venv/bin/activate; cd prompt-tuning; $pip -e . 'jax[tpu]'"
+      install_on_workers "set -e; ${mount}rm -rf prompt-tuning; git clone -q $(quote "$url") prompt-tuning; cd prompt-tuning; git checkout -q $(quote "$ref"); cd; $venv; . pt-venv/bin/activate; cd prompt-tuning; $pip -e . 'jax[tpu]'"
       ;;
     *.whl)
       wheel=$(basename "$INSTALL")
@@ -207,42 +312,207 @@ if has_step install; then
            fi
            copy+=("$INSTALL") ;;
       esac
-      run tar -czf "$bundle" -C "$repo" gin_configs launch/worker.sh ${constraints:+"$constraints"}
+      run tar -czf "$bundle" -C "$repo" gin_configs launch/worker.sh launch/detach.sh ${constraints:+"$constraints"}
       run "${gcloud[@]}" scp "${copy[@]}" "$TPU_NAME:" "${where[@]}" --worker=all
-      on_workers all "set -e; ${mount}rm -rf prompt-tuning; mkdir prompt-tuning; tar -xzf prompt-tuning-files.tgz -C prompt-tuning; ${fetch}$venv; . pt-venv/bin/activate; cd prompt-tuning; $pip \$HOME/$(quote "$wheel") 'jax[tpu]'"
+      install_on_workers "set -e; ${mount}rm -rf prompt-tuning; mkdir prompt-tuning; tar -xzf prompt-tuning-files.tgz -C prompt-tuning; ${fetch}$venv; . pt-venv/bin/activate; cd prompt-tuning; $pip \$HOME/$(quote "$wheel") 'jax[tpu]'"
       ;;
     *)
       echo "error: INSTALL=$INSTALL: expected git+URL@REF or a .whl file" >&2
       exit 2 ;;
   esac
+}
+
+# Remote shell snippets. Worker ids come from the metadata server.
+# shellcheck disable=SC2016  # expanded on the workers
+worker_id='$(curl -s -H Metadata-Flavor:Google http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number)'
+
+# One line per worker, "status <id> <rc>|running|gone"; worker 0 also prints
+# its log from line $2 on, each line prefixed "log| ".
+status_command() {  # LOG FROM_LINE
+  # Its status file is read again after the liveness check: the wrapper
+  # writes it just before it exits. No pid file yet: still starting.
+  printf '%s' "id=$worker_id; if [ \"\$id\" = 0 ] && [ -e $1.log ]; then tail -n +$2 $1.log | sed 's/^/log| /'; fi; if [ -e $1.rc ]; then echo \"status \$id \$(cat $1.rc)\"; elif [ ! -e $1.pid ] || kill -0 \"\$(cat $1.pid)\" 2> /dev/null; then echo \"status \$id running\"; elif [ -e $1.rc ]; then echo \"status \$id \$(cat $1.rc)\"; else echo \"status \$id gone\"; fi"
+}
+
+# SIGTERM to every worker's run still going (launch/detach.sh passes it
+# on: the run saves a checkpoint and stops); with KILL, its process group.
+stop_command() {  # LOG [KILL]
+  local how="-TERM \"\$(cat $1.pid)\""
+  if [ "${2:-}" = KILL ]; then how="-KILL -- -\"\$(cat $1.pid)\""; fi
+  printf '%s' "if [ ! -e $1.rc ] && [ -e $1.pid ]; then kill $how 2> /dev/null || true; fi"
+}
+
+# Every worker copies its log of this run into <MODEL_DIR>/logs/.
+copy_logs_command() {  # LOG MODEL_DIR RUN
+  local target
+  target="$(quote "$2")/logs/tpu_vm-$stamp-run-$3-worker-\$id.log"
+  printf '%s' "id=$worker_id; case $(quote "$2") in gs://*) gcloud storage cp -q $1.log $target ;; *) mkdir -p $(quote "$2")/logs && cp $1.log $target ;; esac"
+}
+
+# Worker 0 writes a marker into MODEL_DIR, every worker must see it: a run
+# directory some worker does not share tears every checkpoint.
+check_run_directory() {  # MODEL_DIR
+  local dir marker
+  dir=$(quote "$1") marker="$(quote "$1")/.tpu_vm_check-$stamp"
+  on_workers 0 "case $dir in gs://*) echo ok | gcloud storage cp -q - $marker ;; *) mkdir -p $dir && echo ok > $marker ;; esac" || return 1
+  if ! on_workers all "case $dir in gs://*) gcloud storage ls $marker > /dev/null ;; *) test -e $marker ;; esac || { echo \"error: worker $worker_id (\$(hostname)) does not see MODEL_DIR $dir\" >&2; exit 1; }"; then
+    echo "error: not every worker sees MODEL_DIR $1: use gs://... or a path every worker mounts (MOUNT_BUCKET)" >&2
+    return 1
+  fi
+}
+
+# Follows run $1 (index) until every worker has an exit status (or its
+# process is gone). Sets outcome: ok, failed, timeout, preempted (a spot
+# slice was taken) or lost (no contact for CONTACT_TIMEOUT seconds: the
+# statuses are unknown).
+follow_run() {
+  local i=$1 log=$2 from=1 output status now line statuses
+  local start lost_since="" stopped="" timed_out=0
+  start=$(date +%s)
+  outcome=""
+  while :; do
+    status=0
+    output=$("${gcloud[@]}" ssh "$TPU_NAME" "${where[@]}" --worker=all \
+      --command "$(status_command "$log" "$from")" 2> /dev/null) || status=$?
+    now=$(date +%s)
+    statuses=$(grep '^status ' <<< "$output" | sort -u || true)
+    if [ "$status" != 0 ] || [ -z "$statuses" ]; then
+      # No answer (ssh exits 255 on a dropped connection): the runs are
+      # detached and go on; ask again until CONTACT_TIMEOUT.
+      lost_since=${lost_since:-$now}
+      if [ "${SPOT:-0}" = 1 ] && slice_preempted; then
+        outcome=preempted
+        return
+      fi
+      if [ $((now - lost_since)) -ge "$contact_timeout" ]; then
+        outcome=lost
+        return
+      fi
+      echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) no answer from every worker (exit $status) for $((now - lost_since))s; asking again"
+      sleep "$poll"
+      continue
+    fi
+    lost_since=""
+    while IFS= read -r line; do
+      if [[ $line == "log| "* ]]; then
+        printf '%s\n' "${line#log| }"
+        from=$((from + 1))
+      fi
+    done <<< "$output"
+    if ! grep -q ' running$' <<< "$statuses"; then
+      while read -r _ id rc; do
+        echo "worker $id: run $((i + 1)) exit $rc"
+      done <<< "$statuses"
+      if [ "$timed_out" = 1 ]; then
+        outcome=timeout
+      elif grep -qv ' 0$' <<< "$statuses"; then
+        outcome=failed
+      else
+        outcome=ok
+      fi
+      return
+    fi
+    if [ -z "$stopped" ] && grep -qv -e ' running$' -e ' 0$' <<< "$statuses"; then
+      # One worker failed (or its process is gone): the others would wait
+      # for it in their next collective until their own timeouts.
+      echo "run $((i + 1)) failed on a worker ($(grep -v ' running$' <<< "$statuses" | tr '\n' ' ')): stopping it on the others"
+      on_workers all "$(stop_command "$log")" || true
+      stopped=$now
+    elif [ -z "$stopped" ] && [ -n "${RUN_TIMEOUT:-}" ] && [ $((now - start)) -ge "$RUN_TIMEOUT" ]; then
+      echo "run $((i + 1)) passed RUN_TIMEOUT=${RUN_TIMEOUT}s: stopping it (it saves a checkpoint)"
+      on_workers all "$(stop_command "$log")" || true
+      stopped=$now timed_out=1
+    elif [ -n "$stopped" ] && [ $((now - stopped)) -ge "${STOP_GRACE:-600}" ]; then
+      echo "run $((i + 1)) did not stop within STOP_GRACE=${STOP_GRACE:-600}s of SIGTERM: killing it"
+      on_workers all "$(stop_command "$log" KILL)" || true
+    fi
+    sleep "$poll"
+  done
+}
+
+slice_preempted() {
+  local state
+  state=$("${gcloud[@]}" describe "$TPU_NAME" "${where[@]}" --format='value(state)' 2> /dev/null || true)
+  [ "$state" = PREEMPTED ]
+}
+
+if has_step create; then
+  create_slice || { finished=1; exit 1; }
 fi
 
-failed=()
+if has_step install; then
+  install_project
+fi
+
+failed=() unknown=()
 if has_step run || has_step attach; then
   # Process and device info first: one line per worker.
   # shellcheck disable=SC2016  # expanded on the workers
-  on_workers all 'echo "$(hostname): worker $(curl -s -H Metadata-Flavor:Google http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number), $(find /dev -maxdepth 1 -name "accel*" | wc -l) TPU chips, $(nproc) CPUs, $(. pt-venv/bin/activate && python -c "import jax; print(\"jax\", jax.__version__)")"'
+  on_workers all 'echo "$(hostname): worker $(curl -s -H Metadata-Flavor:Google http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number), $(find /dev -maxdepth 1 -name "accel*" | wc -l) TPU chips, $(nproc) CPUs, $(. pt-venv/bin/activate && python -c "import jax; print(\"jax\", jax.__version__)")"' || true
   started=1
-  for i in "${!lines[@]}"; do
+  retries=${SPOT_RETRIES:-0}
+  i=0
+  while [ "$i" -lt "${#lines[@]}" ]; do
     log="pt-logs/$stamp/run-$((i + 1))"
+    model_dir=$(model_dir_of "${lines[$i]}")
     echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) run $((i + 1))/${#lines[@]}: ${lines[$i]}"
     if has_step run; then
-      # Detached (setsid, nohup): a dropped ssh session does not stop the
-      # run; its exit status lands in run-<i>.rc.
-      on_workers all "mkdir -p pt-logs/$stamp && cd prompt-tuning && export PROMPT_TUNING_VENV=\$HOME/pt-venv TPU_WORKER_ID=\$(curl -s -H Metadata-Flavor:Google http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number) ${REMOTE_ENV:-} && rm -f \$HOME/$log.rc && nohup setsid bash -c 'bash launch/worker.sh \"\$@\" > \"\$0.log\" 2>&1; echo \$? > \"\$0.rc\"' \$HOME/$log ${lines[$i]} --gin_search_paths=gin_configs > /dev/null 2>&1 < /dev/null &"
+      if [ -n "$model_dir" ] && ! check_run_directory "$model_dir"; then
+        failed+=("$((i + 1))")
+        i=$((i + 1))
+        continue
+      fi
+      # Detached (launch/detach.sh under nohup setsid, only it in the
+      # background, its output away from the session, so ssh returns at
+      # once): a dropped ssh session does not stop the run; its exit status
+      # lands in run-<i>.rc.
+      on_workers all "mkdir -p pt-logs/$stamp && cd prompt-tuning && export PROMPT_TUNING_VENV=\$HOME/pt-venv TPU_WORKER_ID=$worker_id ${REMOTE_ENV:-} && rm -f \$HOME/$log.rc \$HOME/$log.pid && { nohup setsid bash launch/detach.sh \$HOME/$log bash launch/worker.sh ${lines[$i]} --gin_search_paths=gin_configs > /dev/null 2>&1 < /dev/null & }" || true
     fi
-    # Worker 0's log until its run ends, then every worker's exit status.
-    on_workers 0 "tail -n +1 -F $log.log 2> /dev/null & t=\$!; while [ ! -e $log.rc ]; do sleep 5; done; sleep 2; kill \$t" || true
-    if ! on_workers all "while [ ! -e $log.rc ]; do sleep 5; done; rc=\$(cat $log.rc); echo \"\$(hostname): run $((i + 1)) exit \$rc\"; [ \"\$rc\" = 0 ] || tail -n 20 $log.log; exit \"\$rc\""; then
-      failed+=("$((i + 1))")
-      echo "error: run $((i + 1)) failed on a worker (its last lines are above; logs in ~/$log.log on each worker)" >&2
+    if [ "$dry_run" = 1 ]; then
+      echo "then, every ${poll}s until each worker has an exit status: $(status_command "$log" 1)"
+      i=$((i + 1))
+      continue
     fi
+    follow_run "$i" "$log"
+    case $outcome in
+      preempted)
+        if [ "$retries" -gt 0 ] && has_step install; then
+          retries=$((retries - 1))
+          echo "the spot slice $TPU_NAME was preempted during run $((i + 1)): recreating it ($retries retries left); the run resumes from its checkpoint"
+          delete_slice || true
+          create_slice || { finished=1; exit 1; }
+          install_project
+          continue
+        fi
+        unknown+=("$((i + 1))") ;;
+      lost) unknown+=("$((i + 1))") ;;
+      ok) ;;
+      timeout) failed+=("$((i + 1))")
+         echo "error: run $((i + 1)) passed RUN_TIMEOUT and was stopped (resumable: rerun it)" >&2 ;;
+      *) failed+=("$((i + 1))")
+         echo "error: run $((i + 1)) failed on a worker (worker 0's log is above; every worker's is in ~/$log.log there and in MODEL_DIR/logs)" >&2 ;;
+    esac
+    if [ "$outcome" != lost ] && [ "$outcome" != preempted ] && [ -n "$model_dir" ]; then
+      on_workers all "$(copy_logs_command "$log" "$model_dir" "$((i + 1))")" ||
+        echo "warning: could not copy every worker's log of run $((i + 1)) to $model_dir/logs" >&2
+    fi
+    if [ "$outcome" = lost ]; then break; fi
+    i=$((i + 1))
   done
 fi
 finished=1
 
+if [ "${#unknown[@]}" -gt 0 ]; then
+  echo "error: lost contact with the slice during run ${unknown[*]}: its status is unknown, so the slice $TPU_NAME stays up." \
+    "Follow it: RUN_STAMP=$stamp launch/tpu_vm.sh --steps=attach,delete <same arguments>" >&2
+  exit 3
+fi
 if has_step delete; then
-  run "${gcloud[@]}" delete "$TPU_NAME" "${where[@]}" --quiet
+  if [ "${#failed[@]}" -gt 0 ] && [ "${KEEP_ON_FAILURE:-0}" = 1 ]; then
+    echo "KEEP_ON_FAILURE=1: the slice $TPU_NAME stays up" >&2
+  else
+    delete_slice
+  fi
 fi
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "error: runs ${failed[*]} of ${#lines[@]} failed" >&2

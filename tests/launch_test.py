@@ -6,10 +6,7 @@
   SLURM_PROCID, SLURM_LOCALID, SLURM_STEP_NODELIST=localhost): two JAX
   processes x 2 CPU devices train, evaluate, and after a requeue (same job
   id) resume exactly, as N straight steps.
-- TPU VM: launch/tpu_vm.sh --dry_run prints every gcloud command; with a fake
-  `gcloud` (each worker a local home directory) it starts commands.txt lines
-  detached on every worker, follows worker 0, reports a failing run and
-  deletes the slice.
+- TPU VM: in tests/tpu_vm_test.py.
 - Every shell script, and the ones `emit` writes, passes shellcheck.
 """
 
@@ -75,36 +72,6 @@ FAKE_SRUN = textwrap.dedent("""\
       p.join()
     sys.exit(status)
     """)
-
-# gcloud compute tpus tpu-vm {create,delete,scp,ssh}: worker k is the home
-# directory $FAKE_TPU/w<k>; every call is logged to $FAKE_TPU/calls.
-FAKE_GCLOUD = textwrap.dedent("""\
-    import os, shutil, subprocess, sys
-    root = os.environ["FAKE_TPU"]
-    args = sys.argv[1:]
-    with open(os.path.join(root, "calls"), "a") as f:
-      f.write(" ".join(args) + "\\n")
-    assert args[:3] == ["compute", "tpus", "tpu-vm"], args
-    verb, rest = args[3], args[4:]
-    homes = sorted(n for n in os.listdir(root) if n.startswith("w"))
-    worker = next((a.split("=", 1)[1] for a in rest
-                   if a.startswith("--worker=")), "all")
-    homes = homes if worker == "all" else [f"w{worker}"]
-    if verb == "ssh":
-      command = rest[rest.index("--command") + 1]
-      children = [subprocess.Popen(
-          ["bash", "-c", command], cwd=os.path.join(root, h),
-          env=dict(os.environ, HOME=os.path.join(root, h),
-                   FAKE_WORKER=h[1:])) for h in homes]
-      sys.exit(max(c.wait() for c in children))
-    if verb == "scp":
-      files = [a for a in rest if not a.startswith("-") and not a.endswith(":")
-               and a != os.environ.get("ZONE")]
-      for h in homes:
-        for name in files:
-          shutil.copy(name, os.path.join(root, h))
-    """)
-
 
 def write_tool(directory, name, source):
   """An executable Python script `name` in `directory` (put it on PATH)."""
@@ -233,107 +200,6 @@ def test_emitted_slurm_array_task_runs_its_line_of_commands_txt(tmp_path):
   assert f"[0] argv [{expected!r}, '--multihost']" in out, out
   assert not (root / "run 1" / "run.lock").exists()
   assert not (root / "run 0").exists()
-
-
-def _tpu_env(**extra):
-  env = dict(os.environ, TPU_NAME="pt-xxl", ZONE="us-central2-b",
-             ACCELERATOR_TYPE="v4-16", RUNTIME_VERSION="tpu-ubuntu2204-base",
-             INSTALL="git+https://github.com/me/prompt-tuning.git@v1",
-             RUN_ROOT="/gcs/bucket/runs", MOUNT_BUCKET="bucket")
-  env.update(extra)
-  return env
-
-
-def _tpu(tmp_path, *args, **env):
-  return subprocess.run(["bash", os.path.join(LAUNCH, "tpu_vm.sh"), *args],
-                        cwd=str(tmp_path), env=_tpu_env(**env),
-                        capture_output=True, text=True, timeout=300)
-
-
-def test_tpu_vm_dry_run_prints_every_command(tmp_path):
-  result = _tpu(tmp_path, "--dry_run", "--gin_file=models/t5_1_1_lm100k_xxl.gin",
-                "--gin.MESH_SHAPE=(2, 4)")
-  assert result.returncode == 0, result.stderr
-  commands = [line[2:] for line in result.stdout.splitlines()
-              if line.startswith("+ ")]
-  verbs = [c.split()[4] for c in commands]
-  assert verbs == ["create", "ssh", "ssh", "ssh", "ssh", "ssh", "delete"]
-  assert ("--accelerator-type v4-16 --version tpu-ubuntu2204-base"
-          in commands[0])
-  install, info, start, follow, check = commands[1:6]
-  assert "--worker=all" in install and "git checkout -q v1" in install
-  assert "gcsfuse --implicit-dirs bucket /gcs/bucket" in install
-  assert "uv venv -q --python 3.11 pt-venv" in install
-  assert "uv pip install -q -c .ci/constraints.txt" in install
-  assert "-e . " in install and "jax[tpu]" in install
-  assert "--worker=all" in info and "TPU chips" in info
-  assert "--worker=all" in start and "bash launch/worker.sh" in start
-  assert "nohup setsid" in start and "--gin_search_paths=gin_configs" in start
-  # One timestamped run directory under RUN_ROOT, named in the command.
-  stamp = re.search(r"tpu_vm\.sh (\d{8}-\d{6}):", result.stdout).group(1)
-  assert f"/gcs/bucket/runs/pt-xxl-{stamp}" in start
-  assert "--worker=0" in follow and "tail" in follow
-  assert "--worker=all" in check and "run-1.rc" in check
-  assert commands[-1].endswith("delete pt-xxl --zone us-central2-b --quiet")
-
-  wheel = tmp_path / "prompt_tuning-0.1.0-py3-none-any.whl"
-  wheel.write_bytes(b"")
-  result = _tpu(tmp_path, "--dry_run", "--steps=install", INSTALL=str(wheel))
-  assert result.returncode == 0, result.stderr
-  tar, scp, ssh = [line[2:] for line in result.stdout.splitlines()
-                   if line.startswith("+ ")]
-  assert tar.startswith("tar -czf") and "gin_configs launch/worker.sh" in tar
-  assert "tpu-vm scp" in scp and str(wheel) in scp and "--worker=all" in scp
-  assert "$HOME/prompt_tuning-0.1.0-py3-none-any.whl" in ssh
-
-  env = _tpu_env()
-  del env["ZONE"]
-  missing = subprocess.run(["bash", os.path.join(LAUNCH, "tpu_vm.sh"),
-                            "--dry_run", "--gin_file=x.gin"], env=env,
-                           capture_output=True, text=True)
-  assert missing.returncode != 0 and "ZONE: set ZONE" in missing.stderr
-  url = _tpu(tmp_path, "--dry_run", "--gin_file=x.gin", RUN_ROOT="gs://b/r")
-  assert url.returncode == 2
-  assert url.stderr.startswith("error: MODEL_DIR must be a path every worker")
-  bad = _tpu(tmp_path, "--dry_run", "--steps=create,launch")
-  assert bad.returncode == 2
-  assert bad.stderr.startswith("error: unknown step 'launch'")
-
-
-def test_tpu_vm_runs_a_commands_file_on_every_worker(tmp_path):
-  """Two fake workers (home directories with the checkout and the venv),
-  gcloud and the metadata server faked: run 1 succeeds everywhere, run 2
-  exits 3; the launcher follows worker 0, reports run 2 and deletes."""
-  fake = tmp_path / "tpu"
-  for worker in ("w0", "w1"):
-    (fake / worker).mkdir(parents=True)
-    os.symlink(ROOT, fake / worker / "prompt-tuning")
-    os.symlink(VENV, fake / worker / "pt-venv")
-  bin_dir = str(tmp_path / "bin")
-  write_tool(bin_dir, "gcloud", FAKE_GCLOUD)
-  with open(os.path.join(bin_dir, "curl"), "w") as f:
-    f.write("#!/usr/bin/env bash\necho \"$FAKE_WORKER\"\n")
-  os.chmod(os.path.join(bin_dir, "curl"), 0o755)
-  commands = tmp_path / "commands.txt"
-  commands.write_text(
-      "python -c 'import os, sys; print(\"hello from\", "
-      "os.environ[\"TPU_WORKER_ID\"], sys.argv[1:])'\n"
-      "python -c 'import sys; sys.exit(3)'\n")
-  result = _tpu(tmp_path, "--steps=run,delete", "--commands", str(commands),
-                PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_TPU=str(fake),
-                RUN_STAMP="20250101-000000")
-  out = result.stdout
-  assert result.returncode == 1, out + result.stderr
-  assert "error: runs 2 of 2 failed" in result.stderr
-  # Worker 0's log, followed live: its info line, then the command's output.
-  assert "hello from 0 ['--gin_search_paths=gin_configs', '--multihost']" in out
-  assert re.search(r"pid \d+ process 0/\?", out)
-  assert out.count("run 1 exit 0") == 2 and out.count("run 2 exit 3") == 2
-  for worker in ("w0", "w1"):
-    log = fake / worker / "pt-logs" / "20250101-000000" / "run-1.log"
-    assert f"hello from {worker[1]}" in log.read_text()
-  with open(fake / "calls") as f:
-    assert f.read().splitlines()[-1].startswith("compute tpus tpu-vm delete")
 
 
 def _shellcheck():
