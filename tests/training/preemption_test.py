@@ -4,7 +4,8 @@ Through the README's entry point (`python -m prompt_tuning.train` on the
 quickstart) in a subprocess: a run signalled mid-training saves the step it
 reached, releases its lock and exits resumable (75; 130 for Ctrl-C) with one
 line and no traceback; the run resumed after three such stops ends with the
-prompt of an uninterrupted run, bit for bit. The handler itself is tested
+prompt of an uninterrupted run, bit for bit. With two JAX processes, a
+signal to one stops both at one step. The handler itself is tested
 in-process.
 """
 
@@ -12,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -109,3 +111,43 @@ def test_exit_codes():
   assert str(preemption.Preempted("SIGTERM", 3, "/r")) == (
       "stopped by SIGTERM at step 3; the checkpoint of step 3 is saved in "
       "/r: rerun the same command to resume there")
+
+
+def test_a_signal_to_one_process_stops_every_process_at_one_step(tmp_path):
+  """Two JAX processes (launch/local_processes.py): SIGTERM to process 1
+  only; process 0 stops at the same step through the all-gather, the step
+  is saved once for both and the lock is released."""
+  model_dir = str(tmp_path / "two")
+  env = _env()
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  log_path = str(tmp_path / "two.log")
+  with open(log_path, "w") as log:
+    launcher = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "launch", "local_processes.py"),
+         "--processes", "2", "--devices_per_process", "1", "--",
+         "-m", "prompt_tuning.train", "--gin_file=runs/quickstart.gin",
+         f"--gin.MODEL_DIR='{model_dir}'", *ARGS],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 400
+    while launcher.poll() is None:
+      with open(log_path) as f:
+        if re.search(r"^\[1\] .*step 5/40 \|", f.read(), re.M):
+          break
+      assert time.time() < deadline
+      time.sleep(0.05)
+    children = subprocess.run(["pgrep", "-P", str(launcher.pid)],
+                              capture_output=True, text=True).stdout.split()
+    assert len(children) == 2, children
+    os.kill(int(sorted(children, key=int)[1]), signal.SIGTERM)
+    code = launcher.wait(timeout=300)
+  with open(log_path) as f:
+    log = f.read()
+  assert code == 75, log[-4000:]
+  assert re.search(r"^\[1\] .*Received SIGTERM", log, re.M), log[-4000:]
+  assert not re.search(r"^\[0\] .*Received SIGTERM", log, re.M)
+  step = int(re.search(r"^\[0\] preempted: stopped by SIGTERM at step (\d+)",
+                       log, re.M).group(1))
+  assert 5 <= step < 40
+  assert os.path.isdir(os.path.join(model_dir, f"checkpoint_{step}"))
+  assert not os.path.exists(os.path.join(model_dir, "run.lock"))
+  assert "Traceback" not in log, log[-4000:]
