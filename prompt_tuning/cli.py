@@ -73,14 +73,12 @@ def _import_task_modules(modules: Sequence[str]) -> None:
 
 def _write_config(model_dir: str, name: str, text: str) -> None:
   import jax  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import storage  # pylint: disable=g-import-not-at-top
   if not model_dir or jax.process_index() != 0:
     return
-  path = os.path.join(model_dir, name)
+  path = storage.join(model_dir, name)
   try:
-    os.makedirs(model_dir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-      f.write(text)
-    os.replace(path + ".tmp", path)
+    storage.write_bytes(path, text.encode("utf-8"))
   except OSError as e:
     raise OSError(f"MODEL_DIR {model_dir!r}: cannot write {path} "
                   f"({e.strerror or e}); choose a writable MODEL_DIR."

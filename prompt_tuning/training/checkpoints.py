@@ -11,7 +11,9 @@ directory, T5X-compatible in naming:
   <model_dir>/best.json         {"metric", "mode", "value", "step"}
 
 Orbax writes each checkpoint to a temporary directory and renames it when
-complete, so a crash never leaves a half-written checkpoint that looks valid.
+complete (on `gs://`, which cannot rename, it writes in place and commits
+with a final marker file), so a crash never leaves a half-written checkpoint
+that looks valid.
 Garbage collection keeps the newest `keep` checkpoints plus the best one by a
 dev metric (the paper selects prompts by early stopping on dev); prompt
 exports are tiny and never deleted. Existing checkpoints are never
@@ -31,7 +33,6 @@ import math
 import os
 import logging
 import re
-import shutil
 import sys
 from typing import (Any, Callable, Dict, List, Literal, Mapping, Optional,
                     Sequence, Tuple)
@@ -41,7 +42,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from prompt_tuning import partitioning
-from prompt_tuning.training import records
+from prompt_tuning import storage
 from prompt_tuning.training import run_directory
 from prompt_tuning.training import state as state_lib
 
@@ -256,7 +257,7 @@ class Checkpointer:
     """Opens (creating if needed) the run directory.
 
     Args:
-      model_dir: the run directory; local filesystem paths only.
+      model_dir: the run directory: a local path or a `gs://` URL.
       keep: how many of the newest checkpoints survive garbage collection
         (the best one is kept in addition).
       best_metric: the eval metric that picks the best step (e.g. "accuracy");
@@ -274,7 +275,7 @@ class Checkpointer:
       raise ValueError(f"keep={keep} must be >= 1.")
     if best_mode not in _MODES:
       raise ValueError(f"best_mode={best_mode!r} must be one of {_MODES}.")
-    self.model_dir = os.path.abspath(os.fspath(model_dir))
+    self.model_dir = storage.absolute(os.fspath(model_dir))
     self.keep = keep
     self.best_metric = best_metric
     self.best_mode = best_mode
@@ -285,7 +286,7 @@ class Checkpointer:
         self._best["metric"], self._best.get("mode", best_mode)) != (
             best_metric, best_mode):
       raise ValueError(
-          f"{os.path.join(self.model_dir, BEST_FILE)} tracks "
+          f"{storage.join(self.model_dir, BEST_FILE)} tracks "
           f"{self._best.get('mode', '?')} {self._best['metric']!r} but this "
           f"run asks for {best_mode} {best_metric!r}; use a new model_dir or "
           f"the same best_metric/best_mode.")
@@ -411,8 +412,8 @@ class Checkpointer:
                   "value": value, "step": int(step)}
     if _is_writer():
       text = json.dumps(self._best, indent=2, sort_keys=True) + "\n"
-      records.atomic_write(os.path.join(self.model_dir, BEST_FILE),
-                    lambda f: f.write(text.encode("utf-8")))
+      storage.atomic_write(storage.join(self.model_dir, BEST_FILE),
+                           lambda f: f.write(text.encode("utf-8")))
     return True
 
   def restore(self,
@@ -527,15 +528,15 @@ class Checkpointer:
 
   def _set_aside(self, bad: DamagedCheckpointError, resumed: int) -> None:
     """Moves a damaged checkpoint to damaged/ (process 0; the others wait)."""
-    target = os.path.join(self.model_dir, _DAMAGED_DIR,
-                          os.path.basename(bad.path))
+    target = storage.join(self.model_dir, _DAMAGED_DIR,
+                          storage.basename(bad.path))
     if _is_writer():
       suffix = 0
-      while os.path.exists(target + (f".{suffix}" if suffix else "")):
+      while storage.exists(target + (f".{suffix}" if suffix else "")):
         suffix += 1
       target += f".{suffix}" if suffix else ""
-      os.makedirs(os.path.dirname(target), exist_ok=True)
-      shutil.move(bad.path, target)
+      storage.makedirs(storage.dirname(target))
+      storage.move(bad.path, target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices(f"set_aside_{bad.step}")
@@ -544,7 +545,7 @@ class Checkpointer:
         "from step %d.", bad.step, bad.reason, target, resumed)
 
   def _ckpt_dir(self, step: int) -> str:
-    return os.path.join(self.model_dir, f"{_STEP_PREFIX}_{step}")
+    return storage.join(self.model_dir, f"{_STEP_PREFIX}_{step}")
 
   def _exists_message(self, step: int) -> str:
     return (f"{self._ckpt_dir(step)} already exists; checkpoints are never "
@@ -609,20 +610,19 @@ class Checkpointer:
     prompt = partitioning.to_host(prompt).astype(np.float32)  # [P, H]
     if not _is_writer():
       return
-    prompts_dir = os.path.join(self.model_dir, PROMPTS_DIR)
-    os.makedirs(prompts_dir, exist_ok=True)
-    records.atomic_write(os.path.join(prompts_dir, f"step_{step}.npy"),
-                  lambda f: np.save(f, prompt, allow_pickle=False))
+    prompts_dir = storage.join(self.model_dir, PROMPTS_DIR)
+    storage.makedirs(prompts_dir)
+    storage.atomic_write(storage.join(prompts_dir, f"step_{step}.npy"),
+                         lambda f: np.save(f, prompt, allow_pickle=False))
 
 
 def read_best(model_dir: str) -> Optional[Dict[str, Any]]:
   """best.json of a run directory, or None before its first eval."""
-  path = os.path.join(model_dir, BEST_FILE)
-  if not os.path.exists(path):
+  path = storage.join(model_dir, BEST_FILE)
+  if not storage.exists(path):
     return None
   try:
-    with open(path, "r", encoding="utf-8") as f:
-      best = json.load(f)
+    best = json.loads(storage.read_text(path))
     best["step"], best["value"] = int(best["step"]), float(best["value"])
     best["metric"] = str(best["metric"])
   except (ValueError, KeyError, TypeError) as e:

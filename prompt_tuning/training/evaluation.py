@@ -38,8 +38,10 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from prompt_tuning import storage
 from prompt_tuning.data import pipeline
 from prompt_tuning.data import registry
+from prompt_tuning.training import records
 from prompt_tuning.training.records import predictions_path
 
 Batch = Dict[str, np.ndarray]
@@ -235,6 +237,9 @@ def check_output_path(path: str, setting: str = "OUTPUT_PATH") -> None:
   """
   if not path:
     raise ValueError(f"{setting} is empty; set it to a .jsonl file path.")
+  if storage.is_remote(path):
+    _check_remote_output_path(path, setting)
+    return
   if os.path.isdir(path):
     raise ValueError(f"{setting} {path} is a directory; give a file path, "
                      f"e.g. {os.path.join(path, 'predictions.jsonl')}.")
@@ -253,6 +258,20 @@ def check_output_path(path: str, setting: str = "OUTPUT_PATH") -> None:
       reason = f"{parent} is a file, not a directory"
     raise OSError(f"{setting} {path} cannot be written ({reason}); choose a "
                   f"path in a writable directory.") from None
+
+
+def _check_remote_output_path(path: str, setting: str) -> None:
+  """check_output_path for a URL: a probe object beside it."""
+  if storage.isdir(path):
+    raise ValueError(f"{setting} {path} is a directory; give a file path, "
+                     f"e.g. {storage.join(path, 'predictions.jsonl')}.")
+  probe = f"{path}.write_probe-{os.getpid()}"
+  try:
+    storage.write_bytes(probe, b"")
+    storage.remove(probe)
+  except OSError as e:
+    raise OSError(f"{setting} {path} cannot be written ({e}); check the "
+                  f"bucket and the credentials.") from None
 
 
 # Examples per evaluation shown in TensorBoard (the JSONL has them all).
@@ -278,6 +297,32 @@ def _markdown_cell(value: Any, limit: int = 300) -> str:
   text = value if isinstance(value, str) else json.dumps(value)
   text = " ".join(text.split()).replace("|", "\\|")
   return text if len(text) <= limit else text[:limit] + "..."
+
+
+class MetricLogger(seqio.Logger):
+  """seqio's JSONLogger without examples, through `storage`: appends
+  {"step", <metric>: value} to `<output_dir>/<task>-metrics.jsonl` (seqio's own logger writes through TensorFlow's GCS client,
+  which ignores the emulator variables). One writer: process 0."""
+
+  def __call__(self, task_name: str, step: Optional[int],
+               metrics: Mapping[str, Any], dataset: Optional[tf.data.Dataset],
+               inferences: Optional[Mapping[str, Sequence[Any]]],
+               targets: Optional[Sequence[Any]]) -> None:
+    del dataset, inferences, targets
+    values = {}
+    for name, value in metrics.items():
+      if isinstance(value, seqio.metrics.Scalar):
+        values[name] = value.value
+      elif isinstance(value, seqio.metrics.Text):
+        values[name] = value.textdata
+      elif isinstance(value, seqio.metrics.Generic):
+        values[name] = value.tensor.tolist()
+    if not values:
+      return
+    path = storage.join(self.output_dir, f"{task_name}-metrics.jsonl")
+    records.append_line(path, json.dumps(
+        {"step": -1 if step is None else step, **values},
+        cls=seqio.loggers.TensorAndNumpyEncoder) + "\n")
 
 
 class PredictionLogger(seqio.Logger):
@@ -306,6 +351,7 @@ class PredictionLogger(seqio.Logger):
     self._enabled = enabled
     self._sample = sample
     self._writer = None
+    self._mirror = None
 
   def __call__(self, task_name: str, step: Optional[int],
                metrics: Mapping[str, Any], dataset: Optional[tf.data.Dataset],
@@ -357,11 +403,15 @@ class PredictionLogger(seqio.Logger):
     lines += ["| " + " | ".join(_markdown_cell(r.get(k, "")) for k in keys)
               + " |" for r in rows]
     if self._writer is None:
-      self._writer = tf.summary.create_file_writer(self.output_dir)
+      # TensorFlow's writer cannot reach gs:// through the emulator
+      # variables: it writes a local mirror, uploaded after each flush.
+      self._mirror = storage.LocalMirror(self.output_dir)
+      self._writer = tf.summary.create_file_writer(self._mirror.path)
     with self._writer.as_default():
       tf.summary.text(f"{task_name}/predictions", "\n".join(lines),
                       step=0 if step is None else int(step))
     self._writer.flush()
+    self._mirror.sync()
 
 
 class Evaluator:
@@ -390,7 +440,7 @@ class Evaluator:
         once. Examples are truncated to them as in training.
       batch_size: rows per model call (on every process).
       split: the split to evaluate.
-      log_dir: if set, seqio's JSONLogger appends to `<task>-metrics.jsonl`
+      log_dir: if set, `MetricLogger` appends to `<task>-metrics.jsonl`
         there and `PredictionLogger` writes every evaluation's predictions
         (`records.predictions_path`) and a TensorBoard text sample.
       use_cached: read the tasks' offline seqio cache.
@@ -410,14 +460,14 @@ class Evaluator:
     # task -> example index -> [C] label scores of the last ranked pass.
     self._label_scores: Dict[str, Dict[int, np.ndarray]] = {}
     loggers = ()
-    # Only the writing process logs: seqio's JSONLogger rewrites one shared
+    # Only the writing process logs: the metric log rewrites one shared
     # file through one temporary name, so two processes writing it lose
     # lines and fail on each other's renames.
     if log_dir and write_predictions:
       loggers = (
           # Metrics only: PredictionLogger writes the examples, atomically
           # and as text, instead of seqio's token-level dumps.
-          functools.partial(seqio.JSONLogger, write_n_results=0),
+          MetricLogger,
           functools.partial(PredictionLogger, label_scores=self._label_scores,
                             enabled=write_predictions))
     self._evaluator = seqio.Evaluator(
@@ -573,7 +623,8 @@ def _pretokenized(example: Mapping[str, Any], key: str,
 
 def write_predictions_jsonl(path: str,
                             records: Iterable[Mapping[str, Any]]) -> None:
-  """Writes one JSON object per line, atomically (temp file + os.replace).
+  """Writes one JSON object per line, atomically (temp file + os.replace;
+  on gs:// one object upload).
 
   A reader never sees a half-written file, and a crash leaves any previous
   file intact.
@@ -582,6 +633,11 @@ def write_predictions_jsonl(path: str,
     path: destination file; its directory is created if needed.
     records: e.g. {'inputs': ..., 'prediction': ..., 'target': ...} texts.
   """
+  if storage.is_remote(path):
+    storage.write_bytes(path, "".join(
+        json.dumps(dict(r), ensure_ascii=False) + "\n"
+        for r in records).encode("utf-8"))
+    return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   # The temp file lives next to the target: os.replace is atomic only within
@@ -602,5 +658,5 @@ def write_predictions_jsonl(path: str,
 
 def read_predictions_jsonl(path: str) -> List[Dict[str, Any]]:
   """The records written by `write_predictions_jsonl`, in order."""
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in storage.read_text(path).splitlines()
+          if line.strip()]

@@ -26,6 +26,7 @@ from prompt_tuning.data import pipeline
 from prompt_tuning.training import evaluation
 from prompt_tuning import metrics
 from prompt_tuning import partitioning
+from prompt_tuning import storage
 from prompt_tuning.models import decoding
 from prompt_tuning.prompts import merge_params
 from prompt_tuning.training import losses
@@ -111,7 +112,8 @@ class RunEvaluator:
     self._rank = (jax.jit(functools.partial(_rank, model=run.model))
                   if decode.rank_classification else None)
     if log_dir and jax.process_index() == 0:
-      os.makedirs(log_dir, exist_ok=True)  # seqio's JSON logger expects it
+      # Through storage: os.makedirs would make a local `gs:` directory.
+      storage.makedirs(log_dir)
     # With log_dir, each evaluation's predictions go to
     # <log_dir>/predictions/<task>/step_<N>.jsonl (and TensorBoard text).
     self._evaluator = evaluation.Evaluator(

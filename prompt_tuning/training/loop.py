@@ -42,6 +42,7 @@ from prompt_tuning.training import checkpoints
 from prompt_tuning.training import evaluation
 from prompt_tuning.data import pipeline
 from prompt_tuning import partitioning
+from prompt_tuning import storage
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.training import losses
 from prompt_tuning.training import optimizers
@@ -130,12 +131,18 @@ _MACROS = {"train_steps": "TRAIN_STEPS", "batch_size": "BATCH_SIZE"}
 
 
 class _Scalars:
-  """TensorBoard event files via tf.summary (process 0 writes)."""
+  """TensorBoard event files via tf.summary (process 0 writes).
+
+  TensorFlow's GCS client ignores the emulator variables (and is a second
+  client beside the one storage uses), so for a gs:// directory the events
+  go to a local mirror that each flush uploads.
+  """
 
   def __init__(self, directory: str):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     self._tf = tf
-    self._writer = tf.summary.create_file_writer(directory)
+    self._mirror = storage.LocalMirror(directory)
+    self._writer = tf.summary.create_file_writer(self._mirror.path)
 
   def scalar(self, name: str, value: float, step: int) -> None:
     with self._writer.as_default():
@@ -143,12 +150,13 @@ class _Scalars:
 
   def flush(self) -> None:
     self._writer.flush()
+    self._mirror.sync()
 
 
 def _tensorboard(model_dir: str, name: str) -> Optional[_Scalars]:
   if jax.process_index() != 0:
     return None
-  return _Scalars(os.path.join(model_dir, name))
+  return _Scalars(storage.join(model_dir, name))
 
 
 def _format_eta(seconds: float) -> str:

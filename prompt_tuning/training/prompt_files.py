@@ -14,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 
+from prompt_tuning import storage
 from prompt_tuning.training import checkpoints
 
 _PROMPT_FILE_RE = re.compile(r"^step_(\d+)\.npy$")
@@ -21,11 +22,12 @@ _PROMPT_FILE_RE = re.compile(r"^step_(\d+)\.npy$")
 
 def _newest_prompt_file(prompts_dir: str) -> Optional[str]:
   found = []
-  for name in os.listdir(prompts_dir) if os.path.isdir(prompts_dir) else ():
+  for name in (storage.listdir(prompts_dir) if storage.isdir(prompts_dir)
+               else ()):
     match = _PROMPT_FILE_RE.fullmatch(name)
     if match:
       found.append((int(match.group(1)), name))
-  return os.path.join(prompts_dir, max(found)[1]) if found else None
+  return storage.join(prompts_dir, max(found)[1]) if found else None
 
 
 def load_prompt(path: str | os.PathLike) -> np.ndarray:
@@ -42,14 +44,14 @@ def load_prompt(path: str | os.PathLike) -> np.ndarray:
     FileNotFoundError / ValueError: one line naming the path and the problem.
   """
   path = os.fspath(path)
-  if os.path.isdir(path):
-    prompts_dir = os.path.join(path, checkpoints.PROMPTS_DIR)
+  if storage.isdir(path):
+    prompts_dir = storage.join(path, checkpoints.PROMPTS_DIR)
     best = checkpoints.read_best(path)
     if best is not None:
-      file = os.path.join(prompts_dir, f"step_{int(best['step'])}.npy")
-      if not os.path.exists(file):
+      file = storage.join(prompts_dir, f"step_{int(best['step'])}.npy")
+      if not storage.exists(file):
         raise FileNotFoundError(
-            f"{os.path.join(path, checkpoints.BEST_FILE)} names step "
+            f"{storage.join(path, checkpoints.BEST_FILE)} names step "
             f"{best['step']} but {file} does not exist (was that step evaluated without a "
             f"save?); pass a prompts/step_<N>.npy file instead.")
     else:
@@ -57,14 +59,15 @@ def load_prompt(path: str | os.PathLike) -> np.ndarray:
       if file is None:
         raise FileNotFoundError(
             f"{path}: no prompt found; expected {prompts_dir}/step_<N>.npy.")
-  elif os.path.exists(path):
+  elif storage.exists(path):
     file = path
   else:
     raise FileNotFoundError(
         f"prompt path {path} does not exist; pass a .npy file or a run "
         f"directory.")
   try:
-    prompt = np.load(file, allow_pickle=False)
+    with storage.open_file(file, "rb") as f:
+      prompt = np.load(f, allow_pickle=False)
   except (ValueError, OSError) as e:
     raise ValueError(f"{file} is not a readable .npy array: {e}.") from None
   if prompt.ndim != 2 or not np.issubdtype(prompt.dtype, np.floating):

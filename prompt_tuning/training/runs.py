@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
@@ -18,6 +17,7 @@ import jax
 from prompt_tuning.data import pipeline
 from prompt_tuning.training import evaluation
 from prompt_tuning import partitioning
+from prompt_tuning import storage
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.training import prompt_files
 from prompt_tuning.training import setup
@@ -80,9 +80,8 @@ def evaluate(*, prompt_path: str, initial_checkpoint_path: str,
   for key, value in sorted(flat.items()):
     logging.info("%s: %.4f", key, value)
   if output_dir and jax.process_index() == 0:
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-      json.dump(flat, f, indent=2, sort_keys=True)
+    storage.write_bytes(storage.join(output_dir, "metrics.json"),
+                        json.dumps(flat, indent=2, sort_keys=True).encode())
   return flat
 
 
