@@ -24,6 +24,7 @@ import os
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from prompt_tuning import storage
 from prompt_tuning.experiments import figures
 from prompt_tuning.experiments import paper
 from prompt_tuning.experiments import results as results_lib
@@ -35,13 +36,13 @@ from prompt_tuning.training import records
 def _description(root: str, runs: Sequence[results_lib.RunResult]
                  ) -> Dict[str, Any]:
   """ROOT/sweep.json, or one study over what the run directories say."""
-  described = records.read_json(os.path.join(root, runner.SWEEP_FILE))
+  described = records.read_json(storage.join(root, runner.SWEEP_FILE))
   if described:
     return described
   axes = sorted({a for r in runs for a in r.point})
   values = {a: sorted({r.point[a] for r in runs if a in r.point})
             for a in axes}
-  return {"name": os.path.basename(os.path.normpath(root)),
+  return {"name": storage.basename(os.path.normpath(root)),
           "axes": [{"name": a, "values": values[a], "default": values[a][0]}
                    for a in axes],
           "studies": [{"name": "all", "vary": values,
@@ -83,16 +84,20 @@ def write_report(root: str, out: Optional[str] = None) -> Dict[str, str]:
       f"earlier plan")) if r.name in unplanned else r for r in runs]
   missing = sorted(planned - {r.name for r in runs})
   runs = runs + [results_lib.RunResult(
-      name=n, path=os.path.join(root, n), status="pending", point={},
+      name=n, path=storage.join(root, n), status="pending", point={},
       task="", seed=None, studies=(), best_metric="", model_parameters=None,
       trainable_parameters=None, mode="", selected_step=None, metrics={},
       problem="not started (no run directory)") for n in missing]
   axes = described.get("axes") or []
   axis_names = [a["name"] for a in axes]
   defaults = {a["name"]: a["default"] for a in axes}
-  os.makedirs(out, exist_ok=True)
-  paths = {"csv": os.path.join(out, "results.csv"),
-           "summary": os.path.join(out, "summary.md")}
+  # matplotlib and open() write local files: for a gs:// `out` they write a
+  # local mirror, uploaded at the end.
+  mirror = storage.LocalMirror(out)
+  local = mirror.path
+  os.makedirs(local, exist_ok=True)
+  paths = {"csv": os.path.join(local, "results.csv"),
+           "summary": os.path.join(local, "summary.md")}
   with open(paths["csv"], "w", encoding="utf-8") as f:
     f.write(summary.csv_text(runs, axis_names))
   sections = []
@@ -110,7 +115,7 @@ def write_report(root: str, out: Optional[str] = None) -> Dict[str, str]:
     heading = f"Study `{study['name']}`" + (
         f": {study['title']}" if study.get("title") else "")
     lines = [f"Tasks: {', '.join(tasks)}.", ""] + lines
-    figure_path = os.path.join(out, f"{study['name']}.png")
+    figure_path = os.path.join(local, f"{study['name']}.png")
     x = study.get("x") or "parameters"
     lines_axis = study.get("lines")
     by_name = {a["name"]: a for a in axes}
@@ -137,7 +142,9 @@ def write_report(root: str, out: Optional[str] = None) -> Dict[str, str]:
   with open(paths["summary"], "w", encoding="utf-8") as f:
     f.write(summary.markdown(f"Sweep `{described['name']}`", header,
                              sections, runs))
-  return paths
+  mirror.sync()
+  return {kind: storage.join(out, os.path.relpath(path, local))
+          for kind, path in paths.items()}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -107,9 +107,16 @@ def walk(root: str) -> Iterator[Tuple[str, List[str], List[str]]]:
   if not is_remote(root):
     yield from os.walk(root)
     return
-  scheme = root.split("://", 1)[0] + "://"
-  for folder, subfolders, files in _fs(root).walk(root):
-    yield scheme + folder.split("://", 1)[-1], list(subfolders), list(files)
+  # Top-down like os.walk: a caller that prunes `subfolders` in place is
+  # never listed below them.
+  subfolders, files = [], []
+  for entry in _fs(root).ls(root, detail=True):
+    name = posixpath.basename(entry["name"].rstrip("/"))
+    if name:
+      (subfolders if entry["type"] == "directory" else files).append(name)
+  yield root, subfolders, files
+  for name in subfolders:
+    yield from walk(join(root, name))
 
 
 def open_file(path: str, mode: str = "rb", **kwargs: Any):

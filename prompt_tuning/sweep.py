@@ -30,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from prompt_tuning import configurables
+from prompt_tuning import storage
 from prompt_tuning.experiments import emit
 from prompt_tuning.experiments import runner
 from prompt_tuning.experiments import sweeps
@@ -116,7 +117,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       if not runs:
         raise ValueError(f"--only {args.only} matches none of the sweep's "
                          f"runs (`plan` lists them).")
-    root = os.path.abspath(args.root or default_root(sweep))
+    # storage.absolute keeps a gs:// root a URL (abspath would make it a
+    # local directory named `gs:`).
+    root = storage.absolute(args.root or default_root(sweep))
+    if args.command == "emit" and storage.is_remote(root):
+      raise ValueError(
+          f"--root {root}: `emit` writes commands.txt and launcher scripts "
+          f"that sbatch and launch/tpu_vm.sh read as local files; emit to a "
+          f"local or mounted --root (`run` and `report` take gs:// roots).")
     # Every run, not only the --only ones: a typo anywhere fails now.
     validate(sweep, all_runs, root)
   except ValueError as e:  # SweepError and ConfigError are ValueErrors

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 from typing import Any, Dict, List, Mapping, Optional
 
+from prompt_tuning import storage
 from prompt_tuning.experiments import runner
 from prompt_tuning.training import records
 
@@ -79,9 +79,8 @@ def _gin_value(config_text: str, key: str) -> Optional[str]:
 def _from_config(path: str) -> Dict[str, Any]:
   """Task, seed and best metric of a run started by hand (its config.gin)."""
   try:
-    with open(os.path.join(path, "config.gin"), encoding="utf-8") as f:
-      text = f.read()
-  except OSError:
+    text = storage.read_text(storage.join(path, "config.gin"))
+  except (OSError, ValueError):
     return {}
   out: Dict[str, Any] = {}
   task = _gin_value(text, "MIXTURE_OR_TASK_NAME") or _gin_value(
@@ -99,16 +98,16 @@ def _from_config(path: str) -> Dict[str, Any]:
 
 def read_run(path: str) -> RunResult:
   """Reads one run directory (never raises for a damaged or partial one)."""
-  described = records.read_json(os.path.join(path, runner.RUN_FILE)) or {}
+  described = records.read_json(storage.join(path, runner.RUN_FILE)) or {}
   if not described:
     described = _from_config(path)
   task = str(described.get("task", ""))
   best_metric = str(described.get("best_metric") or
                     (f"{task}/score" if task else ""))
-  parameters = records.read_json(os.path.join(path, records.PARAMETERS_FILE))
+  parameters = records.read_json(storage.join(path, records.PARAMETERS_FILE))
   status = runner.status(path)
   history = records.read_eval_history(path)
-  best = records.read_json(os.path.join(path, "best.json")) or {}
+  best = records.read_json(storage.join(path, "best.json")) or {}
   mode = str(best.get("mode", "max")) if best.get(
       "metric") == best_metric else "max"
   step = select_step(history, best_metric, mode) if best_metric else None
@@ -126,7 +125,7 @@ def read_run(path: str) -> RunResult:
                f"select step {step}")
   seed = described.get("seed")
   return RunResult(
-      name=str(described.get("run") or os.path.basename(path)), path=path,
+      name=str(described.get("run") or storage.basename(path)), path=path,
       status=status, point=dict(described.get("point") or {}), task=task,
       seed=int(seed) if seed is not None else None,
       studies=tuple(described.get("studies") or ()),
@@ -141,17 +140,17 @@ def read_run(path: str) -> RunResult:
 
 
 def _is_run_dir(path: str) -> bool:
-  return any(os.path.exists(os.path.join(path, name)) for name in
+  return any(storage.exists(storage.join(path, name)) for name in
              (runner.RUN_FILE, records.PARAMETERS_FILE))
 
 
 def read_root(root: str) -> List[RunResult]:
   """Every run directory under `root` (any depth), sorted by name."""
-  if not os.path.isdir(root):
+  if not storage.isdir(root):
     raise FileNotFoundError(f"{root}: no such directory (the sweep's root, "
                             f"e.g. the one `sweep run --root` used).")
   found = []
-  for folder, subfolders, _ in os.walk(root):
+  for folder, subfolders, _ in storage.walk(root):
     if _is_run_dir(folder):
       found.append(read_run(folder))
       subfolders[:] = []  # a run's own folders hold no runs

@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
+from prompt_tuning import storage
 from prompt_tuning.experiments import sweeps
 from prompt_tuning.training import records
 
@@ -57,11 +58,11 @@ def describe_run(sweep: sweeps.Sweep, run: sweeps.Run,
 def write_plan(sweep: sweeps.Sweep, runs: Sequence[sweeps.Run],
                root: str) -> None:
   """ROOT/sweep.json and each run's sweep_run.json (what the report reads)."""
-  os.makedirs(root, exist_ok=True)
-  records.write_json(os.path.join(root, SWEEP_FILE), dict(
+  storage.makedirs(root)
+  records.write_json(storage.join(root, SWEEP_FILE), dict(
       sweep.describe(), runs=[r.name for r in runs]))
   for run in runs:
-    records.write_json(os.path.join(sweeps.run_dir(root, run), RUN_FILE),
+    records.write_json(storage.join(sweeps.run_dir(root, run), RUN_FILE),
                        describe_run(sweep, run, root))
 
 
@@ -70,11 +71,11 @@ def status(run_directory: str) -> str:
   'pending'."""
   if records.is_finished(run_directory):
     return "finished"
-  recorded = records.read_json(os.path.join(run_directory, STATUS_FILE))
+  recorded = records.read_json(storage.join(run_directory, STATUS_FILE))
   if recorded and recorded.get("status") == "failed":
     return "failed"
   try:
-    names = os.listdir(run_directory)
+    names = storage.listdir(run_directory)
   except OSError:
     return "pending"
   if any(n.startswith("checkpoint_") for n in names):
@@ -84,7 +85,7 @@ def status(run_directory: str) -> str:
 
 def failure(run_directory: str) -> str:
   """Why the last attempt failed ('' if it did not)."""
-  recorded = records.read_json(os.path.join(run_directory, STATUS_FILE)) or {}
+  recorded = records.read_json(storage.join(run_directory, STATUS_FILE)) or {}
   return str(recorded.get("error", "")) if recorded.get(
       "status") == "failed" else ""
 
@@ -110,6 +111,10 @@ class _Active:
   process: subprocess.Popen
   log: object
   started: float
+  # The log's local directory: the run directory itself, or for a gs://
+  # one a local copy uploaded when the run ends (a child's stdout must be a
+  # local file).
+  mirror: storage.LocalMirror
 
 
 def run_all(sweep: sweeps.Sweep, runs: Sequence[sweeps.Run], root: str, *,
@@ -142,15 +147,16 @@ def run_all(sweep: sweeps.Sweep, runs: Sequence[sweeps.Run], root: str, *,
       while queue and len(active) < parallel:
         run = queue.pop(0)
         directory = sweeps.run_dir(root, run)
-        os.makedirs(directory, exist_ok=True)
-        log = open(os.path.join(directory, LOG_FILE), "a", encoding="utf-8")
+        storage.makedirs(directory)
+        mirror = storage.LocalMirror(directory)
+        log = open(os.path.join(mirror.path, LOG_FILE), "a", encoding="utf-8")
         log.write(f"\n=== sweep {sweep.name}: {time.ctime()} ===\n")
         log.flush()
         process = subprocess.Popen(
             train_command(run, root, sweep.task_modules, python),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=dict(env) if env is not None else None)
-        active.append(_Active(run, process, log, time.time()))
+        active.append(_Active(run, process, log, time.time(), mirror))
         echo(f"[start] {run.name}")
       time.sleep(0.2)
       for item in list(active):
@@ -159,6 +165,7 @@ def run_all(sweep: sweeps.Sweep, runs: Sequence[sweeps.Run], root: str, *,
           continue
         active.remove(item)
         item.log.close()
+        item.mirror.sync()
         done_count += 1
         results[item.run.name] = _finish(root, item, code, echo, done_count,
                                          len(todo), start)
@@ -168,6 +175,7 @@ def run_all(sweep: sweeps.Sweep, runs: Sequence[sweeps.Run], root: str, *,
     for item in active:
       item.process.wait()
       item.log.close()
+      item.mirror.sync()
     echo("interrupted: rerun the same command to resume the unfinished runs")
     raise
   failed = sorted(n for n, s in results.items() if s != "finished")
@@ -184,19 +192,19 @@ def _finish(root: str, item: _Active, code: int,
   finished = code == 0 and records.is_finished(directory)
   if finished:
     record = {"status": "finished", "returncode": code, "seconds": seconds}
-    summary = records.read_json(os.path.join(directory,
+    summary = records.read_json(storage.join(directory,
                                              records.SUMMARY_FILE)) or {}
     value = (summary.get("eval") or {}).get(item.run.best_metric)
     outcome = (f"{item.run.best_metric} {value:.2f}"
                if isinstance(value, (int, float)) else "done")
   else:
-    error = _last_error(os.path.join(directory, LOG_FILE))
+    error = _last_error(os.path.join(item.mirror.path, LOG_FILE))
     if code == 0:
       error = f"exited 0 before its last step. {error}".strip()
     record = {"status": "failed", "returncode": code, "seconds": seconds,
               "error": error}
     outcome = f"FAILED (exit {code}): {error}"
-  records.write_json(os.path.join(directory, STATUS_FILE), record)
+  records.write_json(storage.join(directory, STATUS_FILE), record)
   elapsed = time.time() - start
   eta = elapsed / done * (total - done)
   echo(f"[{done}/{total}] {item.run.name}: {outcome} ({seconds:.0f}s; "
