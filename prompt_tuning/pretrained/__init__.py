@@ -61,8 +61,9 @@ def load_pretrained(
     path: a Hugging Face directory (`config.json` + `model.safetensors` or a
       sharded index); or a T5X checkpoint: the `checkpoint` msgpack file, a
       `checkpoint_<N>` directory (legacy or orbax), or a model directory whose
-      newest `checkpoint_<N>` is taken. Remote paths (`gs://...`) work where
-      TensorStore / `tf.io.gfile` handle them.
+      newest `checkpoint_<N>` is taken. `gs://...` paths are read through
+      gcsfs and TensorStore's gcs driver (an HF directory is copied locally
+      first).
     config: required for T5X checkpoints (they carry no model config); for
       HF it defaults to one derived from `config.json`, and a given one must
       agree with it on the architecture.

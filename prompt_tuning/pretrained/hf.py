@@ -27,6 +27,7 @@ import ml_dtypes
 import numpy as np
 import safetensors
 
+from prompt_tuning import storage
 from prompt_tuning.models.config import T5Config
 
 CONFIG_FILE = "config.json"
@@ -70,11 +71,12 @@ Loader = Callable[[], np.ndarray]
 
 
 def is_hf_checkpoint(path: str) -> bool:
-  """True if `path` is a directory with config.json and safetensors weights."""
-  return (os.path.isdir(path) and
-          os.path.isfile(os.path.join(path, CONFIG_FILE)) and
-          (os.path.isfile(os.path.join(path, WEIGHTS_FILE)) or
-           os.path.isfile(os.path.join(path, INDEX_FILE))))
+  """True if `path` (local or gs://) is a directory with config.json and
+  safetensors weights."""
+  return (storage.isdir(path) and
+          storage.isfile(storage.join(path, CONFIG_FILE)) and
+          (storage.isfile(storage.join(path, WEIGHTS_FILE)) or
+           storage.isfile(storage.join(path, INDEX_FILE))))
 
 
 def config_from_hf(hf_config: Mapping, has_lm_head: bool, *,
@@ -386,7 +388,9 @@ def read_hf(path: str) -> Tuple[T5Config, Dict[str, Loader]]:
 
   Args:
     path: a `save_pretrained` directory: config.json and model.safetensors or
-      model.safetensors.index.json with its shards.
+      model.safetensors.index.json with its shards. A gs:// directory is
+      first copied (its .json and .safetensors files) to a local temporary
+      directory that lives as long as the process: safetensors maps files.
 
   Returns:
     (config, loaders): loaders maps each T5X parameter name ('/'-joined, e.g.
@@ -400,6 +404,10 @@ def read_hf(path: str) -> Tuple[T5Config, Dict[str, Loader]]:
       corrupt header, a missing or mis-shaped parameter, or a config the
       weights contradict.
   """
+  if storage.is_remote(path) and storage.isdir(path):
+    path = storage.local_copy(path, [
+        n for n in storage.listdir(path)
+        if n.endswith((".json", ".safetensors"))])
   config_file = os.path.join(path, CONFIG_FILE)
   if not os.path.isfile(config_file):
     raise ValueError(

@@ -23,8 +23,9 @@ Layouts handled (`<ckpt>` is `<model_dir>/checkpoint_<N>`):
   per-leaf zarr item directories both restore through orbax's
   PyTreeCheckpointHandler.
 
-Paths may be local or remote (`gs://...`); remote file access goes through
-`tf.io.gfile`, imported only when a remote path is seen.
+Paths may be local or remote (`gs://...`): files through `storage` (gcsfs,
+which honours STORAGE_EMULATOR_HOST), arrays through TensorStore's gcs
+driver (TENSORSTORE_GCS_HTTP_URL).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ import msgpack
 import numpy as np
 import orbax.checkpoint as ocp
 import tensorstore as ts
+
+from prompt_tuning import storage
 
 LazyParams = Dict[str, Callable[[], np.ndarray]]
 
@@ -66,47 +69,27 @@ _STEP_DIR_RE = re.compile(r"checkpoint_(\d+)")
 
 
 def _is_remote(path: str) -> bool:
-  return "://" in path
-
-
-def _gfile(path: str):
-  """Returns tf.io.gfile for a remote `path`, or fails with how to fix it."""
-  try:
-    # Imported here: TensorFlow takes seconds to import and only remote
-    # checkpoints need it.
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(
-        f"Reading the remote checkpoint path {path!r} needs tf.io.gfile but "
-        "tensorflow is not importable; install tensorflow or copy the "
-        "checkpoint to a local disk.") from e
-  return tf.io.gfile
+  return storage.is_remote(path)
 
 
 def _exists(path: str) -> bool:
-  return _gfile(path).exists(path) if _is_remote(path) else os.path.exists(path)
+  return storage.exists(path)
 
 
 def _isdir(path: str) -> bool:
-  return _gfile(path).isdir(path) if _is_remote(path) else os.path.isdir(path)
+  return storage.isdir(path)
 
 
 def _isfile(path: str) -> bool:
-  return _exists(path) and not _isdir(path)
+  return storage.isfile(path)
 
 
 def _listdir(path: str) -> list[str]:
-  names = _gfile(path).listdir(path) if _is_remote(path) else os.listdir(path)
-  # gfile lists sub-directories of object stores with a trailing '/'.
-  return [name.rstrip("/") for name in names]
+  return [name.rstrip("/") for name in storage.listdir(path)]
 
 
 def _read_bytes(path: str) -> bytes:
-  if _is_remote(path):
-    with _gfile(path).GFile(path, "rb") as f:
-      return f.read()
-  with open(path, "rb") as f:
-    return f.read()
+  return storage.read_bytes(path)
 
 
 def _kvstore(directory: str) -> Dict[str, str]:
