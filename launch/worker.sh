@@ -66,4 +66,14 @@ echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $(hostname) pid $$ $process" \
   "local device ids ${JAX_LOCAL_DEVICE_IDS:-default}"
 python -c 'import sys, jax; print("python", sys.version.split()[0], "jax", jax.__version__)'
 echo "command: $* --multihost"
+if [ -n "${SLURM_JOB_ID:-}" ]; then
+  # TERM and USR1 ask a train process to save and stop, once its handlers are
+  # in (after JAX starts); before that, and after the run has saved and put
+  # the inherited disposition back, they would kill it. Ignored here, and
+  # so in the command: a requeue or time-limit signal during start-up is not
+  # fatal, and the TERM with which srun's --kill-on-bad-exit ends the others
+  # when the first process exits 75 cannot cut their exit short (75 -> 143:
+  # no requeue). SLURM still ends a stuck task with SIGKILL after KillWait.
+  trap '' TERM USR1
+fi
 exec "$@" --multihost

@@ -213,7 +213,8 @@ def _shellcheck():
 
 def test_every_shell_script_passes_shellcheck(tmp_path):
   scripts = sorted(glob.glob(os.path.join(LAUNCH, "*.sh")) +
-                   glob.glob(os.path.join(LAUNCH, "*.sbatch")))
+                   glob.glob(os.path.join(LAUNCH, "*.sbatch")) +
+                   glob.glob(os.path.join(ROOT, "tests", "services", "*.sh")))
   assert {os.path.basename(s) for s in scripts} >= {
       "tpu_vm.sh", "slurm.sbatch", "worker.sh", "gpu_bench.sh"}
   sweep = types.SimpleNamespace(name="demo")

@@ -11,7 +11,8 @@ node sees), next to the run directories' `sweep_run.json`:
   slurm_array.sbatch `sbatch` it: array task i runs line i+1 through
                      launch/slurm.sbatch (`--requeue`: a preempted task
                      resumes from its newest checkpoint, because every run
-                     resumes by itself)
+                     resumes by itself); time limit, memory and CPUs per
+                     task from `SlurmResources`
   tpu_vm_runs.sh     runs the lines one after another on every worker of a
                      TPU VM slice (`gcloud ... ssh --worker=all`) through
                      launch/tpu_vm.sh; its arguments go to that script
@@ -22,6 +23,7 @@ Both scripts pass `shellcheck` (tests/launch_test.py).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 from typing import Dict, Sequence
@@ -34,8 +36,23 @@ SLURM_FILE = "slurm_array.sbatch"
 TPU_FILE = "tpu_vm_runs.sh"
 
 
+@dataclasses.dataclass(frozen=True)
+class SlurmResources:
+  """What each array task (one run) asks SLURM for; sbatch flags on the
+  command line override them."""
+  # Wall-clock limit per attempt; a run that reaches it saves (USR1 300 s
+  # before) and requeues itself, so it need not cover the whole run.
+  time: str = "24:00:00"
+  # Host memory: the frozen model's shards, the data pipeline, orbax.
+  mem: str = "64G"
+  # Data loading (tf.data, seqio) and XLA's host threads.
+  cpus_per_task: int = 8
+  gpus: int = 1
+
+
 def _slurm(sweep: sweeps.Sweep, root: str, count: int, repo: str,
-           max_parallel: int) -> str:
+           max_parallel: int,
+           resources: SlurmResources = SlurmResources()) -> str:
   commands = os.path.join(root, COMMANDS_FILE)
   return f"""#!/usr/bin/env bash
 # Sweep {sweep.name}: {count} runs as one SLURM array job, one run per task,
@@ -44,12 +61,16 @@ def _slurm(sweep: sweeps.Sweep, root: str, count: int, repo: str,
 #   PROMPT_TUNING_VENV=/path/to/venv sbatch {os.path.join(root, SLURM_FILE)}
 # PROMPT_TUNING_VENV: a virtualenv with prompt-tuning, the same path on every
 # node. Each run resumes from its newest checkpoint, so a requeued or
-# resubmitted task continues.
+# resubmitted task continues. sbatch flags override the resources below,
+# e.g. sbatch --time=4:00:00 --mem=32G {SLURM_FILE}.
 #SBATCH --job-name=pt-{sweep.name}
 #SBATCH --array=0-{count - 1}%{max_parallel}
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
-#SBATCH --gpus-per-node=1
+#SBATCH --gpus-per-node={resources.gpus}
+#SBATCH --cpus-per-task={resources.cpus_per_task}
+#SBATCH --mem={resources.mem}
+#SBATCH --time={resources.time}
 #SBATCH --requeue
 #SBATCH --signal=B:USR1@300
 #SBATCH --open-mode=append
@@ -79,9 +100,11 @@ exec {shlex.quote(os.path.join(repo, "launch", "tpu_vm.sh"))} "$@" --commands {s
 
 
 def write(sweep: sweeps.Sweep, runs: Sequence[sweeps.Run], root: str,
-          repo: str, max_parallel: int = 16) -> Dict[str, str]:
+          repo: str, max_parallel: int = 16,
+          resources: SlurmResources = SlurmResources()) -> Dict[str, str]:
   """Writes the three cluster files for `runs` (the caller has written the
-  plan, `runner.write_plan`); returns what was written (kind -> path)."""
+  plan, `runner.write_plan`); returns what was written (kind -> path).
+  `resources`: each array task's time limit, memory, CPUs and GPUs."""
   os.makedirs(root, exist_ok=True)
   paths = {"commands": os.path.join(root, COMMANDS_FILE),
            "slurm": os.path.join(root, SLURM_FILE),
@@ -89,7 +112,7 @@ def write(sweep: sweeps.Sweep, runs: Sequence[sweeps.Run], root: str,
   lines = [runner.shell_command(r, root, sweep.task_modules) for r in runs]
   texts = {"commands": "".join(line + "\n" for line in lines),
            "slurm": _slurm(sweep, root, len(runs), repo,
-                           max(1, min(max_parallel, len(runs)))),
+                           max(1, min(max_parallel, len(runs))), resources),
            "tpu": _tpu(sweep, root, len(runs), repo)}
   for kind, path in paths.items():
     with open(path, "w", encoding="utf-8") as f:

@@ -148,6 +148,10 @@ def test_emit_writes_one_command_per_run(swept):
   with open(os.path.join(root, "slurm_array.sbatch")) as f:
     sbatch = f.read()
   assert "#SBATCH --array=0-3%4" in sbatch and "--requeue" in sbatch
+  # Each run's resources (issue 25): sbatch flags override them.
+  for line in ("--time=24:00:00", "--mem=64G", "--cpus-per-task=8",
+               "--gpus-per-node=1"):
+    assert f"#SBATCH {line}\n" in sbatch, sbatch
   # Both run commands.txt through the launchers (tests/launch_test.py).
   commands_file = os.path.join(root, "commands.txt")
   assert (f'launch/slurm.sbatch" --commands {commands_file}' in sbatch)
