@@ -8,6 +8,7 @@ axis's sums are reduced in another order across processes. (Training on
 per-process data shards, evaluating and resuming exactly as two processes is
 tests/launch_test.py's SLURM test.)"""
 
+import json
 import os
 import re
 import subprocess
@@ -91,3 +92,27 @@ def test_one_failed_process_stops_the_others():
   assert result.returncode == 3, result.stdout + result.stderr
   assert time.monotonic() - start < 30
   assert "[0] up" in result.stdout and "[1] up" in result.stdout
+
+
+def test_two_processes_fifty_evaluations_write_whole_records(tmp_path, frozen):
+  """2 processes x 1 device, an evaluation after each of 50 steps: the run's
+  metric records and the seqio metric log are written by process 0 alone,
+  one whole JSON line per evaluation (two writers of one file lost lines and
+  failed on each other's renames)."""
+  model_dir = str(tmp_path / "evals")
+  args = [a for a in train_args(model_dir, frozen, 50)
+          if "eval_period" not in a and "checkpoint_period" not in a]
+  out = _run([sys.executable, os.path.join(ROOT, "launch",
+                                           "local_processes.py"),
+              "--processes", "2", "--devices_per_process", "1", "--",
+              "-m", "prompt_tuning.train", "--task_module=tests.tiny_tasks",
+              *args, "--gin.TrainConfig.eval_period=1",
+              "--gin.TrainConfig.checkpoint_period=50",
+              "--gin.TrainConfig.log_period=50"], _env())
+  assert "Error" not in out, out[-3000:]
+  for name in ("metrics.jsonl", "tiny_classify-metrics.jsonl"):
+    with open(os.path.join(model_dir, "eval", name), encoding="utf-8") as f:
+      text = f.read()
+    assert text.endswith("\n"), name
+    steps = [json.loads(line)["step"] for line in text.splitlines()]
+    assert steps == list(range(1, 51)), (name, steps)
