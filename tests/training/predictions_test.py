@@ -130,7 +130,9 @@ def test_only_the_writing_process_writes(tmp_path):
                                    log_dir=str(tmp_path),
                                    write_predictions=False)
   evaluator.evaluate(_half_right, step=1)
-  assert sorted(os.listdir(tmp_path)) == ["tiny_classify-metrics.jsonl"]
+  # Neither predictions nor the metric log: one process writes a run's
+  # files (two writers of one metric log lose lines).
+  assert os.listdir(tmp_path) == []
 
 
 def test_training_and_standalone_eval_write_predictions(tmp_path, frozen):
