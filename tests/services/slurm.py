@@ -18,14 +18,14 @@ cluster and stops it after the module.
 """
 
 import os
+import random
 import re
-import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import pytest
 
@@ -33,8 +33,9 @@ import pytest
 # SLURM's default is 120; a test has no stale credentials to wait out).
 CRED_EXPIRE = 5
 # Seconds between SIGTERM and SIGKILL when SLURM ends a job: what a train
-# process has to save its checkpoint (SLURM's default, 30).
-KILL_WAIT = 30
+# process has to finish its step, save and exit. SLURM's default is 30; on
+# a loaded 2-core machine the exit alone (JAX's shutdown) took up to 50 s.
+KILL_WAIT = 60
 # CPUs the node declares (config_overrides: the hardware may have fewer):
 # room for three 2-task jobs and an array task side by side.
 NODE_CPUS = 8
@@ -52,6 +53,27 @@ def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("", 0))
     return s.getsockname()[1]
+
+
+def _first_job_id(jobs: int = 32) -> int:
+  """A first job id whose next `jobs` ids have free JAX coordinator ports.
+
+  JAX's SLURM detection puts the coordinator on port 61440 + job id % 4096:
+  two clusters (two test sessions on one machine) that both numbered their
+  jobs from 1 would collide.
+  """
+  for _ in range(200):
+    first = random.randrange(1000, 4_000_000)
+    if (first % 4096) + jobs >= 4096:
+      continue
+    try:
+      for job in range(first, first + jobs):
+        with socket.socket() as s:
+          s.bind(("", 61440 + job % 4096))
+    except OSError:
+      continue
+    return first
+  raise ClusterError("no free range of JAX coordinator ports (61440-65535)")
 
 
 def _tail(path: str, chars: int = 3000) -> str:
@@ -132,6 +154,7 @@ class Cluster:
         f"SlurmctldHost={self.host}(127.0.0.1)",
         f"SlurmctldPort={_free_port()}",
         f"SlurmdPort={_free_port()}",
+        f"FirstJobId={_first_job_id()}",
         "SlurmUser=root", "SlurmdUser=root",
         "AuthType=auth/munge", "CredType=cred/munge",
         f"AuthInfo=socket={self.socket},cred_expire={CRED_EXPIRE}",
@@ -316,23 +339,41 @@ class Cluster:
   def requeue(self, job: int) -> None:
     self.scontrol("requeue", str(job))
 
+  def python_tasks(self, job: int) -> List[int]:
+    """Pids of the job's Python processes (its train tasks, once worker.sh
+    has exec-ed them)."""
+    pids = []
+    for pid, environ in _environments():
+      if {f"SLURM_CONF={self.conf}", f"SLURM_JOB_ID={job}"} <= environ:
+        try:
+          exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+        except OSError:
+          continue
+        if exe.startswith("python"):
+          pids.append(pid)
+    return pids
 
-def _job_processes(conf: str) -> List[int]:
-  """Pids of processes whose environment names this cluster's slurm.conf:
-  slurmstepd and job tasks a daemon killed mid-job can leave behind (the
-  daemons pass SLURM_CONF on, and sbatch exports the submitter's)."""
-  marker = f"SLURM_CONF={conf}\0".encode()
-  pids = []
+
+def _environments() -> Iterator[Tuple[int, Set[str]]]:
+  """(pid, its environment's NAME=value entries) of every process but this
+  one that can be read."""
   for pid in filter(str.isdigit, os.listdir("/proc")):
     if int(pid) == os.getpid():
       continue
     try:
       with open(f"/proc/{pid}/environ", "rb") as f:
-        if marker in f.read() + b"\0":
-          pids.append(int(pid))
+        environ = f.read().decode(errors="replace")
     except OSError:
       continue
-  return pids
+    yield int(pid), set(environ.split("\0"))
+
+
+def _job_processes(conf: str) -> List[int]:
+  """Pids of processes whose environment names this cluster's slurm.conf:
+  slurmstepd and job tasks a daemon killed mid-job can leave behind (the
+  daemons pass SLURM_CONF on, and sbatch exports the submitter's)."""
+  return [pid for pid, environ in _environments()
+          if f"SLURM_CONF={conf}" in environ]
 
 
 def read_output(path: str) -> str:
