@@ -14,7 +14,10 @@ numpy API: no torch); never `training/`,
 
 from __future__ import annotations
 
+import logging
 import os
+import resource
+import time
 from typing import Any, Optional, Tuple
 
 import jax
@@ -23,6 +26,7 @@ from prompt_tuning import partitioning
 from prompt_tuning.pretrained import hf
 from prompt_tuning.pretrained import t5x
 from prompt_tuning.pretrained.assemble import assemble_params
+from prompt_tuning.pretrained.assemble import LoadStats
 from prompt_tuning.models.config import T5Config
 
 PyTree = Any
@@ -48,6 +52,24 @@ def _check_architecture(given: T5Config, found: T5Config, path: str) -> None:
           f"fix the config.")
 
 
+def _size(num_bytes: float) -> str:
+  for unit in ("B", "KiB", "MiB"):
+    if num_bytes < 1024:
+      return f"{num_bytes:.1f} {unit}"
+    num_bytes /= 1024
+  return f"{num_bytes:.1f} GiB"
+
+
+def _log_load(stats: LoadStats, seconds: float) -> None:
+  """One line per process: what a sharded load cost this host."""
+  # ru_maxrss is in KiB on Linux: the process's peak, the load included.
+  peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  logging.info(
+      "Process %d: Loaded %d frozen arrays (%s of %s) in %.1fs; peak host "
+      "RSS %.0f MiB", jax.process_index(), stats.arrays,
+      _size(stats.bytes_read), _size(stats.bytes_total), seconds, peak_mib)
+
+
 def load_pretrained(
     path: str | os.PathLike,
     config: Optional[T5Config] = None,
@@ -67,7 +89,10 @@ def load_pretrained(
     config: required for T5X checkpoints (they carry no model config); for
       HF it defaults to one derived from `config.json`, and a given one must
       agree with it on the architecture.
-    mesh: place each parameter with the sharding of the logical axis rules.
+    mesh: place each parameter with the sharding of the logical axis rules;
+      each process then reads only the blocks of the TensorStore and
+      safetensors arrays that its devices hold, and logs one line of what it
+      read, how long it took and its peak host memory.
     rules: logical axis rules (default `partitioning.logical_axis_rules()`).
     param_dtype: store the weights in this dtype instead of the config's
       (e.g. 'bfloat16' for frozen weights); each array is cast on the host
@@ -101,8 +126,12 @@ def load_pretrained(
     source = ckpt_dir
   if param_dtype is not None:
     config = config.replace(param_dtype=param_dtype)
-  params = assemble_params(config, loaders, source, mesh, rules)
+  stats = LoadStats()
+  start = time.perf_counter()
+  params = assemble_params(config, loaders, source, mesh, rules, stats)
+  if mesh is not None:
+    _log_load(stats, time.perf_counter() - start)
   return config, params
 
 
-__all__ = ["load_pretrained", "assemble_params"]
+__all__ = ["load_pretrained", "assemble_params", "LoadStats"]

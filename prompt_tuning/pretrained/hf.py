@@ -7,7 +7,8 @@ into our `T5Config` and a table from T5X's '/'-joined parameter names
 is lazy, one tensor per call, so an XXL checkpoint (44 GB) never has to fit in
 host memory at once; each loader returns the tensor in our layout (torch
 Linear weights `[out, in]` transposed to kernels `[in, out]`) and in the dtype
-it was stored in: the caller casts. Files are read with the `safetensors`
+it was stored in: the caller casts. Loaders are `BlockLoader`s: on a mesh
+each process reads only the blocks of each tensor that its devices hold. Files are read with the `safetensors`
 package's numpy API (no torch; it reads bfloat16 as `ml_dtypes.bfloat16`),
 one `safe_open` per tensor, and `pytorch_model.bin` is
 refused rather than unpickled.
@@ -21,7 +22,7 @@ import json
 import math
 import os
 import re
-from typing import Callable, Dict, Mapping, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import ml_dtypes
 import numpy as np
@@ -29,6 +30,8 @@ import safetensors
 
 from prompt_tuning import storage
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.pretrained.assemble import BlockLoader
+from prompt_tuning.pretrained.assemble import Index
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -260,8 +263,10 @@ def read_safetensors_header(file: str) -> Dict[str, TensorEntry]:
   return tensors
 
 
-def load_tensor(tensor: TensorEntry) -> np.ndarray:
-  """Reads one tensor from disk, in its stored dtype and shape."""
+def load_tensor(tensor: TensorEntry,
+                index: Optional[Index] = None) -> np.ndarray:
+  """Reads one tensor from disk, or only its block `index` (one slice per
+  dimension), in its stored dtype."""
   if tensor.dtype not in _DTYPES:
     raise ValueError(
         f"{tensor.file}: tensor {tensor.name!r} has dtype {tensor.dtype}; "
@@ -272,16 +277,28 @@ def load_tensor(tensor: TensorEntry) -> np.ndarray:
   # fails here instead of yielding another tensor's bytes.
   try:
     with safetensors.safe_open(tensor.file, framework="np") as f:
-      array = f.get_tensor(tensor.name)
+      if index is None:
+        array = f.get_tensor(tensor.name)
+        shape = tensor.shape
+      else:
+        view = f.get_slice(tensor.name)
+        if tuple(view.get_shape()) != tensor.shape:
+          raise ValueError(
+              f"{tensor.file}: {tensor.name!r} is now "
+              f"{list(view.get_shape())}, not {list(tensor.shape)}: the file "
+              "changed since it was opened.")
+        # Copies out only the block's bytes of the mapped file.
+        array = view[index]
+        shape = tuple(len(range(n)[s]) for n, s in zip(tensor.shape, index))
   except safetensors.SafetensorError as e:
     raise ValueError(
         f"{tensor.file}: cannot read {tensor.name!r}: the file is truncated "
         f"or changed since it was opened ({_reason(e)}); re-download or "
         "re-save the checkpoint.") from None
-  if array.dtype != _DTYPES[tensor.dtype] or array.shape != tensor.shape:
+  if array.dtype != _DTYPES[tensor.dtype] or array.shape != shape:
     raise ValueError(
         f"{tensor.file}: {tensor.name!r} is now {array.dtype}{list(array.shape)}"
-        f", not {tensor.dtype}{list(tensor.shape)}: the file changed since it "
+        f", not {tensor.dtype}{list(shape)}: the file changed since it "
         "was opened.")
   return array
 
@@ -373,8 +390,13 @@ def param_map(config: T5Config) -> Dict[str, Tuple[str, Tuple[int, ...],
   return params
 
 
-def _load_param(tensor: TensorEntry, transpose: bool) -> np.ndarray:
-  array = load_tensor(tensor)
+def _load_param(tensor: TensorEntry, transpose: bool,
+                index: Optional[Index] = None) -> np.ndarray:
+  """Our layout's array, or its block `index` (in our layout: a transposed
+  tensor is sliced by the reversed index, then transposed)."""
+  if index is not None and transpose:
+    index = tuple(index[::-1])
+  array = load_tensor(tensor, index)
   # Contiguous so that the caller's device_put / cast sees a plain array.
   return np.ascontiguousarray(array.T) if transpose else array
 
@@ -446,5 +468,7 @@ def read_hf(path: str) -> Tuple[T5Config, Dict[str, Loader]]:
           f"Parameter {ours} (Hugging Face {hf}) in {tensor.file} has shape "
           f"{list(tensor.shape)} but config.json implies {list(hf_shape)}; "
           "config.json does not match the weights.")
-    loaders[ours] = functools.partial(_load_param, tensor, transpose)
+    loaders[ours] = BlockLoader(
+        read=functools.partial(_load_param, tensor, transpose),
+        shape=functools.partial(tuple, shape))
   return config, loaders

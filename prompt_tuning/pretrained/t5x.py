@@ -5,7 +5,10 @@ checkpoint is its parameter tree (`target`), never the optimizer state. The
 readers return `{name: loader}`: '/'-joined parameter names mapped to zero-arg
 functions that read one array each. Nothing is read until a loader is called,
 because an XXL checkpoint is 44 GB and must stream leaf by leaf into sharded
-device buffers rather than sit in host memory at once.
+device buffers rather than sit in host memory at once. TensorStore leaves are
+`BlockLoader`s: on a mesh each process reads only the blocks its devices
+hold. Inline msgpack leaves (already in memory with the msgpack file) and
+orbax leaves (restored whole through orbax) are read whole and sliced.
 
 Layouts handled (`<ckpt>` is `<model_dir>/checkpoint_<N>`):
 - Legacy T5X (every public checkpoint): `<ckpt>/checkpoint` is msgpack
@@ -44,6 +47,7 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 
 from prompt_tuning import storage
+from prompt_tuning.pretrained.assemble import BlockLoader
 
 LazyParams = Dict[str, Callable[[], np.ndarray]]
 
@@ -215,9 +219,9 @@ def _is_ts_spec(node: Any) -> bool:
   return isinstance(node, dict) and "driver" in node and "kvstore" in node
 
 
-def _read_tensorstore(spec: Mapping[str, Any], name: str,
-                      ckpt_dir: str) -> np.ndarray:
-  """Reads the zarr array of parameter `name` from `ckpt_dir`.
+def _open_tensorstore(spec: Mapping[str, Any], name: str,
+                      ckpt_dir: str) -> ts.TensorStore:
+  """Opens (reads the metadata of) the zarr array of parameter `name`.
 
   The directory is found by T5X's naming rule (`target.<dotted name>`), never
   by the spec's kvstore: specs hold relative, absolute-elsewhere or driver
@@ -243,14 +247,29 @@ def _read_tensorstore(spec: Mapping[str, Any], name: str,
         "checkpoint version 2); re-save it with a T5X newer than 2021-06.")
   store = ts.open({"driver": "zarr", "kvstore": _kvstore(array_dir)},
                   open=True, read=True).result()
-  array = np.asarray(store.read().result())
+  shape = tuple(store.shape)
   expected = spec.get("metadata", {}).get("shape")
-  if expected is not None and tuple(expected) != array.shape:
+  if expected is not None and tuple(expected) != shape:
     raise ValueError(
-        f"Parameter {name!r}: {array_dir} holds shape {array.shape} but the "
+        f"Parameter {name!r}: {array_dir} holds shape {shape} but the "
         f"`checkpoint` file says {tuple(expected)}; the checkpoint is mixed "
         "from different runs, re-copy it.")
-  return array
+  return store
+
+
+def _read_tensorstore(spec: Mapping[str, Any], name: str, ckpt_dir: str,
+                      index: Optional[Tuple[slice, ...]] = None) -> np.ndarray:
+  """Reads parameter `name`, or only its block `index`: TensorStore fetches
+  just the chunks that the block overlaps."""
+  store = _open_tensorstore(spec, name, ckpt_dir)
+  if index is not None:
+    store = store[index]
+  return np.asarray(store.read().result())
+
+
+def _tensorstore_shape(spec: Mapping[str, Any], name: str,
+                       ckpt_dir: str) -> Tuple[int, ...]:
+  return tuple(_open_tensorstore(spec, name, ckpt_dir).shape)
 
 
 def _legacy_loader(node: Any, name: str,
@@ -266,7 +285,9 @@ def _legacy_loader(node: Any, name: str,
       raise ValueError(
           f"Parameter {name!r} uses TensorStore driver {node['driver']!r}; "
           "T5X writes only 'zarr', so this checkpoint was not written by T5X.")
-    return functools.partial(_read_tensorstore, node, name, ckpt_dir)
+    return BlockLoader(
+        read=functools.partial(_read_tensorstore, node, name, ckpt_dir),
+        shape=functools.partial(_tensorstore_shape, node, name, ckpt_dir))
   if isinstance(node, (bool, int, float)):
     return functools.partial(np.asarray, node)
   raise ValueError(
