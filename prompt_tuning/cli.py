@@ -11,6 +11,7 @@ cause into one line on stderr instead of a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -97,11 +98,15 @@ def run(fn_name: str, model_dir_macro: str = "MODEL_DIR") -> None:
     if not FLAGS.debug:
       logging.getLogger("absl").setLevel(logging.WARNING)
     try:
-      return _main(fn_name, model_dir_macro)
+      # Watched from before JAX's distributed start (tens of seconds on a
+      # pod): a signal then stops the run before its first step, saved.
+      with (preemption.watch() if fn_name == "train" else
+            contextlib.nullcontext()):
+        return _main(fn_name, model_dir_macro)
     except preemption.Preempted as e:
       # Saved and resumable: a status launchers requeue on, not a failure.
       preemption.wait_for_every_process()
-      print(f"preempted: {e}", file=sys.stderr)
+      print(f"preempted: {_one_line(e)}", file=sys.stderr)
       return e.exit_code
     except KeyboardInterrupt:
       # A second Ctrl-C (the first saves and stops cleanly) or one outside
@@ -114,14 +119,18 @@ def run(fn_name: str, model_dir_macro: str = "MODEL_DIR") -> None:
     except _USER_ERRORS as e:
       if FLAGS.debug:
         raise
-      # gin appends "In call to configurable 'train' (<function ...>)".
-      message = re.sub(r"\s*In call to configurable .*$", "",
-                       " ".join(str(e).split()))
-      print(f"error: {message}", file=sys.stderr)
+      print(f"error: {_one_line(e)}", file=sys.stderr)
       return 1
 
   app.run(main, argv=configurables.rewrite_gin_args(sys.argv),
           flags_parser=_parse_flags)
+
+
+def _one_line(error: BaseException) -> str:
+  """The error's message on one line, without what gin appends to it
+  ("In call to configurable 'train' (<function ...>)")."""
+  return re.sub(r"\s*In call to configurable .*$", "",
+                " ".join(str(error).split()))
 
 
 def _parse_flags(argv):

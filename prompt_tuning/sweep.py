@@ -102,6 +102,20 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                       "(repeatable: any of them)")
   parser.add_argument("--max_parallel", type=int, default=16,
                       help="`emit`: SLURM array tasks at a time")
+  parser.add_argument("--out", default="",
+                      help="`emit`: a local or shared directory for "
+                      "commands.txt and the scripts (default: --root; "
+                      "required when --root is gs://)")
+  defaults = emit.SlurmResources()
+  parser.add_argument("--slurm_time", default=defaults.time,
+                      help="`emit`: each array task's time limit per attempt")
+  parser.add_argument("--slurm_mem", default=defaults.mem,
+                      help="`emit`: each array task's host memory")
+  parser.add_argument("--slurm_cpus", type=int,
+                      default=defaults.cpus_per_task,
+                      help="`emit`: each array task's CPUs")
+  parser.add_argument("--slurm_gpus", type=int, default=defaults.gpus,
+                      help="`emit`: each array task's GPUs")
   return parser.parse_args(argv)
 
 
@@ -120,11 +134,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # storage.absolute keeps a gs:// root a URL (abspath would make it a
     # local directory named `gs:`).
     root = storage.absolute(args.root or default_root(sweep))
-    if args.command == "emit" and storage.is_remote(root):
+    out = os.path.abspath(args.out) if args.out else ""
+    if args.command == "emit" and storage.is_remote(root) and not out:
       raise ValueError(
           f"--root {root}: `emit` writes commands.txt and launcher scripts "
-          f"that sbatch and launch/tpu_vm.sh read as local files; emit to a "
-          f"local or mounted --root (`run` and `report` take gs:// roots).")
+          f"that sbatch and launch/tpu_vm.sh read as local files; add --out "
+          f"LOCAL_DIR for them (the runs stay under {root}).")
+    if out and storage.is_remote(out):
+      raise ValueError(f"--out {args.out}: must be a local or mounted "
+                       f"directory (sbatch and launch/tpu_vm.sh read it).")
     # Every run, not only the --only ones: a typo anywhere fails now.
     validate(sweep, all_runs, root)
   except ValueError as e:  # SweepError and ConfigError are ValueErrors
@@ -138,7 +156,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   # also when --only runs part of it.
   runner.write_plan(sweep, all_runs, root)
   if args.command == "emit":
-    paths = emit.write(sweep, runs, root, _REPO, args.max_parallel)
+    paths = emit.write(sweep, runs, root, _REPO, args.max_parallel,
+                       emit.SlurmResources(
+                           time=args.slurm_time, mem=args.slurm_mem,
+                           cpus_per_task=args.slurm_cpus,
+                           gpus=args.slurm_gpus), out=out)
     print(f"checked {len(runs)} runs; wrote:")
     for kind, path in paths.items():
       print(f"  {kind}: {path}")

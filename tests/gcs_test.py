@@ -145,3 +145,38 @@ def test_a_t5x_checkpoint_reads_from_a_bucket(gcs_server, tmp_path, kind):
   for name, value in flat.items():
     np.testing.assert_array_equal(np.asarray(loaded[name]), value,
                                   err_msg=name)
+
+
+def test_emit_puts_runs_in_the_bucket_and_scripts_in_a_local_out(gcs_server,
+                                                                  tmp_path):
+  sweep = os.path.join(ROOT, "gin_configs", "sweeps", "mini_study.toml")
+  root = f"gs://{gcs_server.bucket}/emitted"
+  out = str(tmp_path / "out")
+
+  def emit(*extra):
+    return subprocess.run(
+        [sys.executable, "-m", "prompt_tuning.sweep", "emit", sweep,
+         "--root", root, *extra], cwd=ROOT, env=_env(), capture_output=True,
+        text=True, timeout=300)
+
+  refused = emit()
+  assert refused.returncode == 2
+  assert refused.stderr.strip().splitlines()[-1].startswith(
+      f"error: --root {root}: `emit` writes commands.txt")
+  assert "add --out LOCAL_DIR" in refused.stderr
+  result = emit("--out", out, "--slurm_time", "2:00:00", "--slurm_gpus", "2")
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(out, "commands.txt")) as f:
+    commands = f.read().splitlines()
+  assert len(commands) == 20
+  assert all(f"--gin_bindings=MODEL_DIR = '\"'\"'{root}/" in c
+             for c in commands), commands[0]
+  with open(os.path.join(out, "slurm_array.sbatch")) as f:
+    sbatch = f.read()
+  assert f"--commands {out}/commands.txt" in sbatch
+  assert "#SBATCH --time=2:00:00\n" in sbatch
+  assert "#SBATCH --gpus-per-node=2\n" in sbatch
+  assert f"#SBATCH --output={out}/slurm-%A_%a.out" in sbatch
+  # The plan the report reads is in the bucket, beside the runs.
+  assert _fs().ls(root)
+  assert not os.path.exists(os.path.join(ROOT, "gs:"))

@@ -1,7 +1,8 @@
 """A sweep's runs for clusters: one command per line, a SLURM array, TPU VMs.
 
-`write(...)` puts three files under the sweep's root (on a filesystem every
-node sees), next to the run directories' `sweep_run.json`:
+`write(...)` puts three files in `out` (by default the sweep's root; a
+local or shared directory: sbatch and launch/tpu_vm.sh read them as files),
+while the run directories are under the root, which may be `gs://`:
 
   commands.txt       line i = run i's complete `python -m prompt_tuning.train`
                      command, with its MODEL_DIR (the one run-command format:
@@ -53,6 +54,7 @@ class SlurmResources:
 def _slurm(sweep: sweeps.Sweep, root: str, count: int, repo: str,
            max_parallel: int,
            resources: SlurmResources = SlurmResources()) -> str:
+  """`root`: where the files are (commands.txt, the logs)."""
   commands = os.path.join(root, COMMANDS_FILE)
   return f"""#!/usr/bin/env bash
 # Sweep {sweep.name}: {count} runs as one SLURM array job, one run per task,
@@ -83,14 +85,14 @@ exec bash "$REPO_DIR/launch/slurm.sbatch" --commands {shlex.quote(commands)}
 
 
 def _tpu(sweep: sweeps.Sweep, root: str, count: int, repo: str) -> str:
+  """`root`: where the files are (commands.txt)."""
   commands = os.path.join(root, COMMANDS_FILE)
   return f"""#!/usr/bin/env bash
 # Sweep {sweep.name}: {count} runs, one after another, on a TPU VM slice:
 # every worker runs each command at once (--worker=all) with --multihost, so
 # JAX finds the slice's other hosts. Runs resume from their newest
 # checkpoint, so rerunning this script continues the sweep. MODEL_DIRs are
-# under {root}: a path every worker mounts (a bucket mounted with
-# MOUNT_BUCKET at /gcs/<bucket>, or an NFS share), not a gs:// URL.
+# those in {commands}: gs://... or a path every worker mounts.
 # Needs what launch/tpu_vm.sh needs (TPU_NAME, ZONE, and for its create and
 # install steps ACCELERATOR_TYPE, RUNTIME_VERSION, INSTALL). Arguments go to
 # it, e.g. --dry_run, or --steps=run to use a slice that is up and installed.
@@ -101,19 +103,31 @@ exec {shlex.quote(os.path.join(repo, "launch", "tpu_vm.sh"))} "$@" --commands {s
 
 def write(sweep: sweeps.Sweep, runs: Sequence[sweeps.Run], root: str,
           repo: str, max_parallel: int = 16,
-          resources: SlurmResources = SlurmResources()) -> Dict[str, str]:
+          resources: SlurmResources = SlurmResources(),
+          out: str = "") -> Dict[str, str]:
   """Writes the three cluster files for `runs` (the caller has written the
   plan, `runner.write_plan`); returns what was written (kind -> path).
-  `resources`: each array task's time limit, memory, CPUs and GPUs."""
-  os.makedirs(root, exist_ok=True)
-  paths = {"commands": os.path.join(root, COMMANDS_FILE),
-           "slurm": os.path.join(root, SLURM_FILE),
-           "tpu": os.path.join(root, TPU_FILE)}
+
+  Args:
+    sweep: the sweep.
+    runs: its runs to emit.
+    root: the sweep's root: the runs' MODEL_DIRs are under it (may be
+      gs://).
+    repo: the checkout the scripts run launch/ from.
+    max_parallel: SLURM array tasks at a time.
+    resources: each array task's time limit, memory, CPUs and GPUs.
+    out: a local (or shared) directory for the files; default `root`.
+  """
+  out = out or root
+  os.makedirs(out, exist_ok=True)
+  paths = {"commands": os.path.join(out, COMMANDS_FILE),
+           "slurm": os.path.join(out, SLURM_FILE),
+           "tpu": os.path.join(out, TPU_FILE)}
   lines = [runner.shell_command(r, root, sweep.task_modules) for r in runs]
   texts = {"commands": "".join(line + "\n" for line in lines),
-           "slurm": _slurm(sweep, root, len(runs), repo,
+           "slurm": _slurm(sweep, out, len(runs), repo,
                            max(1, min(max_parallel, len(runs))), resources),
-           "tpu": _tpu(sweep, root, len(runs), repo)}
+           "tpu": _tpu(sweep, out, len(runs), repo)}
   for kind, path in paths.items():
     with open(path, "w", encoding="utf-8") as f:
       f.write(texts[kind])

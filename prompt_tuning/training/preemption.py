@@ -55,6 +55,8 @@ class Preempted(Exception):
 
 # Signal numbers in the order they arrived (handlers only append).
 _received: list = []
+# Non-empty while a `watch` is active: nested ones change nothing.
+_watching: list = []
 
 
 def _handler(signum: int, frame) -> None:  # pylint: disable=unused-argument
@@ -72,13 +74,17 @@ def watch(signals: Sequence[int] = SIGNALS) -> Iterator[None]:
 
   Handlers can only be installed from the main thread; elsewhere (a run
   started from a worker thread) the signals keep their handlers and this
-  does nothing. The previous handlers are restored on exit.
+  does nothing, as does a `watch` inside another (the CLI watches from
+  before JAX starts, `train` again for callers from Python). The previous
+  handlers are restored on exit.
   """
-  if threading.current_thread() is not threading.main_thread():
-    yield
+  if (threading.current_thread() is not threading.main_thread() or
+      _watching):
+    yield  # not installable here, or already watched (the CLI's, outside)
     return
   previous: Dict[int, object] = {}
   del _received[:]
+  _watching.append(True)
   try:
     for signum in signals:
       previous[signum] = signal.signal(signum, _handler)
@@ -87,6 +93,7 @@ def watch(signals: Sequence[int] = SIGNALS) -> Iterator[None]:
     for signum, handler in previous.items():
       signal.signal(signum, handler)
     del _received[:]
+    _watching.pop()
 
 
 def local_request() -> Optional[str]:

@@ -151,3 +151,14 @@ def test_a_signal_to_one_process_stops_every_process_at_one_step(tmp_path):
   assert os.path.isdir(os.path.join(model_dir, f"checkpoint_{step}"))
   assert not os.path.exists(os.path.join(model_dir, "run.lock"))
   assert "Traceback" not in log, log[-4000:]
+
+
+def test_a_nested_watch_keeps_the_outer_one_and_its_signals():
+  with preemption.watch():
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.01)
+    with preemption.watch():
+      assert preemption.stop_requested() == "SIGTERM"
+    assert preemption.stop_requested() == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+  assert preemption.local_request() is None
