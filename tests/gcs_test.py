@@ -180,3 +180,29 @@ def test_emit_puts_runs_in_the_bucket_and_scripts_in_a_local_out(gcs_server,
   # The plan the report reads is in the bucket, beside the runs.
   assert _fs().ls(root)
   assert not os.path.exists(os.path.join(ROOT, "gs:"))
+
+
+def test_slurm_batch_script_runs_and_resumes_in_a_bucket(gcs_server,
+                                                         tmp_path, frozen):
+  """launch/slurm.sbatch (fake srun: two local JAX processes) with
+  RUN_ROOT=gs://...: the job trains there; its requeued attempt (same job
+  id) finds that directory, removes the lock its first attempt left, and
+  resumes from its checkpoint."""
+  # pylint: disable=g-import-not-at-top
+  from tests.launch_test import _flags, _free_job_id, _sbatch, per_process
+  # pylint: enable=g-import-not-at-top
+  run_root = f"gs://{gcs_server.bucket}/slurm"
+  job = _free_job_id()
+  _sbatch(tmp_path, job, _flags(frozen, 2), RUN_ROOT=run_root)
+  (run_dir,) = [p for p in _fs().ls(run_root) if p.endswith(f"-job{job}")]
+  _fs().pipe(f"gs://{run_dir}/run.lock",
+             b'{"host": "node-that-was-preempted", "pid": 1}')
+  again = _sbatch(tmp_path, job, _flags(frozen, 4), restarts=1,
+                  RUN_ROOT=run_root)
+  assert "(attempt 2)" in again
+  assert f"removing the previous attempt's gs://{run_dir}/run.lock" in again
+  assert per_process(again, r"Resumed from step 2")[1], again[-3000:]
+  assert _fs().exists(f"gs://{run_dir}/prompts/step_4.npy")
+  assert [p for p in _fs().ls(run_root) if p.endswith(f"-job{job}")] == [
+      run_dir]
+  assert not os.path.exists(os.path.join(ROOT, "gs:"))
