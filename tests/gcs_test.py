@@ -10,7 +10,9 @@ TENSORSTORE_GCS_HTTP_URL.
 """
 
 import io
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -206,3 +208,27 @@ def test_slurm_batch_script_runs_and_resumes_in_a_bucket(gcs_server,
   assert [p for p in _fs().ls(run_root) if p.endswith(f"-job{job}")] == [
       run_dir]
   assert not os.path.exists(os.path.join(ROOT, "gs:"))
+
+
+def test_eval_reads_its_prompt_and_writes_its_results_in_the_bucket(resumed):
+  """`python -m prompt_tuning.eval` with PROMPT_PATH and EVAL_OUTPUT_DIR on
+  gs://: the prompt of the run in the bucket scores what training's own
+  final evaluation scored."""
+  out = f"{resumed['bucket']}/eval_out"
+  result = _run(None, "--gin_file=models/from_checkpoint.gin",
+                "--gin_file=runs/eval.gin",
+                "--task_module=prompt_tuning.tasks.quickstart",
+                "--gin.INITIAL_CHECKPOINT_PATH='tasks/quickstart_checkpoint'",
+                "--gin.MIXTURE_OR_TASK_NAME='quickstart_sentiment_taskless'",
+                f"--gin.PROMPT_PATH='{resumed['model_dir']}'",
+                f"--gin.EVAL_OUTPUT_DIR='{out}'", module="eval")
+  _ok(result)
+  names = [p.rsplit("/", 1)[-1] for p in _fs().find(out)]
+  assert "metrics.json" in names, names
+  history = _fs().cat(
+      f"{resumed['model_dir']}/eval/metrics.jsonl").decode().splitlines()
+  trained = json.loads(history[-1])["metrics"]
+  key = "quickstart_sentiment_taskless/accuracy"
+  found = re.findall(key + r"\D*(\d+\.\d+)", result.stderr)
+  assert found and float(found[-1]) == pytest.approx(trained[key]), (
+      found, trained[key])
