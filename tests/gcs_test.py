@@ -232,3 +232,23 @@ def test_eval_reads_its_prompt_and_writes_its_results_in_the_bucket(resumed):
   found = re.findall(key + r"\D*(\d+\.\d+)", result.stderr)
   assert found and float(found[-1]) == pytest.approx(trained[key]), (
       found, trained[key])
+
+
+def test_sweep_run_and_report_on_a_bucket_root(gcs_server, tmp_path, frozen):
+  """`sweep run --root gs://...` (one run of the tests' tiny sweep), then
+  `report` on that root: the run finished, its records are in the bucket."""
+  # pylint: disable=g-import-not-at-top
+  from tests.experiments.sweep_cli_test import _cli, _sweep_file
+  # pylint: enable=g-import-not-at-top
+  path = _sweep_file(tmp_path, frozen)
+  root = f"gs://{gcs_server.bucket}/sweep_run"
+  run = _cli("sweep", "run", path, "--root", root, "--only",
+             "frozen-tiny__task-tiny_classify__seed-0")
+  assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+  report = _cli("report", root)
+  assert report.returncode == 0, report.stderr[-2000:]
+  csv = _fs().cat(f"{root}/results.csv").decode()
+  assert "frozen-tiny__task-tiny_classify__seed-0" in csv and "finished" in csv
+  assert _fs().exists(
+      f"{root}/frozen-tiny__task-tiny_classify__seed-0/prompts/step_4.npy")
+  assert not os.path.exists(os.path.join(ROOT, "gs:"))
