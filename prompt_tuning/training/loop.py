@@ -375,6 +375,19 @@ def _metric_names(task_name: str, split: str,
     return None
 
 
+def _evaluation_lost(step: int, schedule: TrainConfig,
+                     model_dir: str) -> bool:
+  """Whether resumed `step` is one the loop evaluates (a periodic or the
+  final evaluation) that has no record in eval/metrics.jsonl. Every
+  process reads the same record file, so all agree (evaluation is a
+  collective)."""
+  if step <= 0:
+    return False
+  due = step == schedule.train_steps or (
+      schedule.eval_period and step % schedule.eval_period == 0)
+  return bool(due) and step not in records.read_eval_history(model_dir)
+
+
 def _loop(ckpt: checkpoints.Checkpointer, run: setup.RunModel,
           state: TrainState, position: Dict[str, Any], shardings: TrainState,
           tx: optax.GradientTransformation, counts: Mapping[str, Any],
@@ -440,11 +453,20 @@ def _loop(ckpt: checkpoints.Checkpointer, run: setup.RunModel,
   first_step = int(state.step)
   # A signal while the model loaded and compiled: stop before training.
   stop_if_requested(first_step)
+  last_train: Dict[str, float] = {}
+  last_eval: Dict[str, Any] = {}
   if schedule.eval_at_start and first_step == 0:
     with partitioning.mesh_context(mesh, rules):
       evaluate(0)
-  last_train: Dict[str, float] = {}
-  last_eval: Dict[str, Any] = {}
+  elif _evaluation_lost(first_step, schedule, model_dir):
+    # The run stopped after saving this step and before its evaluation was
+    # recorded (the loop saves, then evaluates): redo it, or an early
+    # stopping candidate (or the final score) is silently missing.
+    logging.info("Step %d was saved but its evaluation never finished "
+                 "(the run stopped during it): evaluating it now.",
+                 first_step)
+    with partitioning.mesh_context(mesh, rules):
+      last_eval = evaluate(first_step)
   window_start, window_steps, window_tokens = time.perf_counter(), 0, 0.0
   run_start = time.perf_counter()
   accumulated = None

@@ -25,6 +25,7 @@ half a record.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Dict, Mapping, Optional
 
@@ -88,17 +89,54 @@ def append_eval(model_dir: str, step: int,
   append_line(storage.join(model_dir, EVAL_HISTORY_FILE), line)
 
 
+TORN_SUFFIX = ".torn"
+
+
+def _ends_torn(path: str) -> bool:
+  """Whether a local file's last byte is not a newline (a line cut short)."""
+  try:
+    with open(path, "rb") as f:
+      f.seek(-1, os.SEEK_END)
+      return f.read(1) != b"\n"
+  except OSError:  # missing, or empty (seeking before its start)
+    return False
+
+
+def _without_torn_tail(path: str, data: bytes) -> bytes:
+  """`data` up to its last whole line. A tail without a newline (a crash
+  mid-write) is appended to `<path>.torn` with a warning, never lost, and
+  never has a record appended onto it (which would make both unreadable)."""
+  keep = data[:data.rfind(b"\n") + 1]
+  torn = data[len(keep):]
+  if torn:
+    aside = path + TORN_SUFFIX
+    try:
+      previous = storage.read_bytes(aside)
+    except FileNotFoundError:
+      previous = b""
+    storage.write_bytes(aside, previous + torn + b"\n")
+    logging.warning("%s ended in a line cut short (%d bytes, from a crash "
+                    "mid-write): set aside in %s; records go on after the "
+                    "last whole line.", path, len(torn), aside)
+  return keep
+
+
 def append_line(path: str, line: str) -> None:
   """Appends a whole line: one write locally; on an object store (no
   append) the file is read and rewritten whole, which is safe because a
-  record file has one writer (process 0)."""
+  record file has one writer (process 0). A torn last line is set aside
+  first (`_without_torn_tail`)."""
   if not storage.is_remote(path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    if _ends_torn(path):
+      with open(path, "rb") as f:
+        whole = _without_torn_tail(path, f.read())
+      storage.write_bytes(path, whole)
     with open(path, "a", encoding="utf-8") as f:
       f.write(line)
     return
   try:
-    old = storage.read_bytes(path)
+    old = _without_torn_tail(path, storage.read_bytes(path))
   except FileNotFoundError:
     old = b""
   storage.write_bytes(path, old + line.encode("utf-8"))
@@ -107,8 +145,9 @@ def append_line(path: str, line: str) -> None:
 def read_eval_history(model_dir: str) -> Dict[int, Dict[str, float]]:
   """step -> flat metrics of eval/metrics.jsonl ({} when there is none).
 
-  A line cut short by a crash (the last one) is skipped; for a step evaluated
-  twice (a resumed run) the later line wins.
+  A line cut short by a crash (the last one) is skipped (the next append
+  sets it aside); for a step evaluated twice (a resumed run) the later line
+  wins.
   """
   history: Dict[int, Dict[str, float]] = {}
   try:

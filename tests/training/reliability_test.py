@@ -429,3 +429,47 @@ def test_kill_9_three_times_resumes_bit_identically(tmp_path):
   np.testing.assert_array_equal(
       np.load(os.path.join(model_dir, "prompts", "step_40.npy")),
       np.load(os.path.join(straight, "prompts", "step_40.npy")))
+
+
+# --- Interrupted records. ----------------------------------------------------
+
+
+def test_an_evaluation_cut_short_is_redone_on_resume(run_copy):
+  """The state a kill during the final evaluation leaves (checkpoint 4 saved,
+  no record of its evaluation, no summary): the rerun evaluates step 4,
+  records it once and finishes the run."""
+  history = os.path.join(run_copy, "eval", "metrics.jsonl")
+  with open(history) as f:
+    lines = f.read().splitlines()
+  assert json.loads(lines[-1])["step"] == 4
+  with open(history, "w") as f:
+    f.write("".join(line + "\n" for line in lines[:-1]))
+  os.remove(os.path.join(run_copy, "summary.json"))
+  log = _ok(_run(run_copy, *FAST))
+  assert ("Step 4 was saved but its evaluation never finished (the run "
+          "stopped during it): evaluating it now.") in log
+  with open(history) as f:
+    steps = [json.loads(line)["step"] for line in f.read().splitlines()]
+  assert steps.count(4) == 1 and steps[-1] == 4
+  with open(os.path.join(run_copy, "summary.json")) as f:
+    summary = json.load(f)
+  assert summary["finished"] and summary["eval"], summary
+  # Finished now: a rerun evaluates nothing again.
+  again = _ok(_run(run_copy, *FAST))
+  assert "evaluating it now" not in again and "already finished" in again
+
+
+def test_a_torn_record_line_is_set_aside_never_appended_to(run_copy):
+  history = os.path.join(run_copy, "eval", "metrics.jsonl")
+  with open(history) as f:
+    lines = f.read().splitlines()
+  with open(history, "w") as f:  # step 4's line cut mid-write
+    f.write("".join(line + "\n" for line in lines[:-1]) + lines[-1][:17])
+  os.remove(os.path.join(run_copy, "summary.json"))
+  log = _ok(_run(run_copy, *FAST))
+  assert f"{history} ended in a line cut short (17 bytes" in log
+  with open(history) as f:
+    records = [json.loads(line) for line in f.read().splitlines()]
+  assert [r["step"] for r in records][-1] == 4
+  with open(history + ".torn") as f:
+    assert f.read() == lines[-1][:17] + "\n"
