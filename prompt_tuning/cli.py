@@ -146,6 +146,8 @@ def _main(fn_name: str, model_dir_macro: str) -> int:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.process_count,
                                process_id=FLAGS.process_index)
+    # It replaced our SIGTERM handler with JAX's preemption notifier.
+    preemption.reclaim()
   elif (FLAGS.coordinator_address or FLAGS.process_count is not None or
         FLAGS.process_index is not None):
     raise ValueError("--coordinator_address/--process_count/--process_index "

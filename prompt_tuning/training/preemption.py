@@ -78,9 +78,14 @@ def watch(signals: Sequence[int] = SIGNALS) -> Iterator[None]:
   before JAX starts, `train` again for callers from Python). The previous
   handlers are restored on exit.
   """
-  if (threading.current_thread() is not threading.main_thread() or
-      _watching):
-    yield  # not installable here, or already watched (the CLI's, outside)
+  if threading.current_thread() is not threading.main_thread():
+    yield  # handlers cannot be installed here
+    return
+  if _watching:
+    # Already watched (the CLI's, outside): keep its state, but take the
+    # signals back from whoever replaced the handlers meanwhile.
+    reclaim(signals)
+    yield
     return
   previous: Dict[int, object] = {}
   del _received[:]
@@ -94,6 +99,18 @@ def watch(signals: Sequence[int] = SIGNALS) -> Iterator[None]:
       signal.signal(signum, handler)
     del _received[:]
     _watching.pop()
+
+
+def reclaim(signals: Sequence[int] = SIGNALS) -> None:
+  """Re-installs the handlers of an active `watch`.
+
+  `jax.distributed.initialize()` installs JAX's own SIGTERM handler (its
+  preemption notifier, which only records the signal), replacing ours; the
+  CLI calls this right after it.
+  """
+  if _watching and threading.current_thread() is threading.main_thread():
+    for signum in signals:
+      signal.signal(signum, _handler)
 
 
 def local_request() -> Optional[str]:

@@ -162,3 +162,14 @@ def test_a_nested_watch_keeps_the_outer_one_and_its_signals():
     assert preemption.stop_requested() == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
   assert preemption.local_request() is None
+
+
+def test_reclaim_takes_the_signals_back():
+  with preemption.watch():
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as another library would
+    preemption.reclaim()
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.01)
+    assert preemption.stop_requested() == "SIGTERM"
+  preemption.reclaim()  # outside a watch: nothing
+  assert signal.getsignal(signal.SIGTERM) is not preemption._handler  # pylint: disable=protected-access
