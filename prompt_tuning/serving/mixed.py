@@ -30,6 +30,7 @@ from prompt_tuning.data import vocabularies
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.prompts.library import PromptLibrary
 from prompt_tuning.serving import frozen as frozen_lib
+from prompt_tuning.training import eval_logs
 from prompt_tuning.training import evaluation
 from prompt_tuning.training.inference import DecodeConfig
 
@@ -226,6 +227,6 @@ def infer_mixed(*, input_path: str, prompts: Sequence[str],
   out = predict_rows(runner, rows, vocab, task_feature_lengths["inputs"],
                      task_feature_lengths["targets"], batch_size)
   if jax.process_index() == 0:
-    evaluation.write_predictions_jsonl(output_path, out)
+    eval_logs.write_predictions_jsonl(output_path, out)
   logging.info("Wrote %d predictions to %s.", len(out), output_path)
   return len(out)

@@ -6,6 +6,7 @@ trains vs what is frozen), `losses`, `optimizers` (the paper's Adafactor),
 prompt), `loop` (`train(...)`, the function gin configures), `checkpoints`
 (orbax checkpoints of what trains, resume, prompt export, best-by-dev),
 `evaluation` (seqio's evaluator over our decoding and rank classification),
+`eval_logs` (what an evaluation writes: metric log, predictions JSONL),
 `inference` (evaluation during training), `runs` (eval / infer runs of a
 saved prompt), `run_directory` (MODEL_DIR checks, `run.lock`, configs written
 once a run starts), `prompt_files` (reading saved prompts) and `records`

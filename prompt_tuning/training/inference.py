@@ -5,7 +5,7 @@ loss and token accuracy and the task's own metrics on decoded predictions
 (seqio's evaluation machinery: postprocessor, then metric functions). The same
 jitted decoding serves the inference run, which writes inputs, predictions
 and targets as JSONL; with a `log_dir`, every evaluation writes its
-predictions too (`evaluation.PredictionLogger`). With
+predictions too (`eval_logs.PredictionLogger`). With
 `DecodeConfig.rank_classification`, tasks that have label words are predicted
 by scoring every label word instead (one encoder pass per batch, one
 teacher-forced decoder pass per label).

@@ -12,7 +12,7 @@ read without JAX or orbax (the sweep runner, `python -m prompt_tuning.report`):
                                     "eval"}   written when the run ends
   <model_dir>/eval/predictions/<task>/step_<N>.jsonl
                                    one line per example of the evaluation at
-                                   step N (`evaluation.PredictionLogger`)
+                                   step N (`eval_logs.PredictionLogger`)
 
 `model` is the frozen T5's own parameter count (the prompt excluded), the x
 axis of the paper's curves. Only process 0 writes. Every file is replaced

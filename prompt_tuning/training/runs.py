@@ -15,6 +15,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import jax
 
 from prompt_tuning.data import pipeline
+from prompt_tuning.training import eval_logs
 from prompt_tuning.training import evaluation
 from prompt_tuning import partitioning
 from prompt_tuning import storage
@@ -112,6 +113,6 @@ def infer(*, prompt_path: str, initial_checkpoint_path: str,
   for task, rows in evaluator.predict(run.trainable).items():
     records.extend(dict(row, task=task) for row in rows)
   if jax.process_index() == 0:
-    evaluation.write_predictions_jsonl(output_path, records)
+    eval_logs.write_predictions_jsonl(output_path, records)
   logging.info("Wrote %d predictions to %s.", len(records), output_path)
   return len(records)

@@ -28,6 +28,7 @@ from prompt_tuning.prompts import PromptedT5
 from prompt_tuning.prompts import merge_params
 from prompt_tuning.serving import ensemble
 from prompt_tuning.serving import frozen as frozen_lib
+from prompt_tuning.training import eval_logs
 from prompt_tuning.training import evaluation
 from prompt_tuning.training.inference import DecodeConfig
 
@@ -129,8 +130,8 @@ def test_mixed_rows_equal_each_prompt_alone(tmp_path, prompts):
                      str(tmp_path / "decoded.jsonl")]) == 0
   _run("infer", *flags, "--output", tmp_path / "ranked.jsonl",
        "--rank_classification")
-  decoded = evaluation.read_predictions_jsonl(tmp_path / "decoded.jsonl")
-  ranked = evaluation.read_predictions_jsonl(tmp_path / "ranked.jsonl")
+  decoded = eval_logs.read_predictions_jsonl(tmp_path / "decoded.jsonl")
+  ranked = eval_logs.read_predictions_jsonl(tmp_path / "ranked.jsonl")
   assert [r["prompt"] for r in decoded[:3]] == ["first", "sent", "sent2"]
   alone = _alone_fns(prompts)
   vocab = seqio.ByteVocabulary()

@@ -12,6 +12,7 @@ import os
 import numpy as np
 import pytest
 
+from prompt_tuning.training import eval_logs
 from prompt_tuning.training import evaluation
 from tests import tiny_tasks
 
@@ -116,25 +117,25 @@ def test_jsonl_round_trip_is_atomic(tmp_path):
               "target": "no"},
              {"inputs": "ünïcode \"quoted\"\nnewline", "prediction": "",
               "target": "x"}]
-  evaluation.write_predictions_jsonl(path, records)
-  assert evaluation.read_predictions_jsonl(path) == records
+  eval_logs.write_predictions_jsonl(path, records)
+  assert eval_logs.read_predictions_jsonl(path) == records
   # Overwriting replaces the file whole and leaves no temporary behind.
-  evaluation.write_predictions_jsonl(path, records[:1])
-  assert evaluation.read_predictions_jsonl(path) == records[:1]
+  eval_logs.write_predictions_jsonl(path, records[:1])
+  assert eval_logs.read_predictions_jsonl(path) == records[:1]
   assert os.listdir(os.path.dirname(path)) == ["predictions.jsonl"]
 
 
 def test_failed_write_keeps_the_old_file(tmp_path):
   path = str(tmp_path / "predictions.jsonl")
-  evaluation.write_predictions_jsonl(path, [{"a": 1}])
+  eval_logs.write_predictions_jsonl(path, [{"a": 1}])
 
   def records():
     yield {"a": 2}
     raise RuntimeError("model crashed")
 
   with pytest.raises(RuntimeError):
-    evaluation.write_predictions_jsonl(path, records())
-  assert evaluation.read_predictions_jsonl(path) == [{"a": 1}]
+    eval_logs.write_predictions_jsonl(path, records())
+  assert eval_logs.read_predictions_jsonl(path) == [{"a": 1}]
   assert os.listdir(tmp_path) == ["predictions.jsonl"]
 
 

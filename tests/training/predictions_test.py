@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from prompt_tuning.models import t5_config
+from prompt_tuning.training import eval_logs
 from prompt_tuning.training import evaluation
 from prompt_tuning.training import loop
 from prompt_tuning.training import records
@@ -38,7 +39,7 @@ def _half_right(batch):
 
 
 def _rows(path):
-  return evaluation.read_predictions_jsonl(path)
+  return eval_logs.read_predictions_jsonl(path)
 
 
 def _text_summaries(directory):
@@ -79,7 +80,7 @@ def test_jsonl_holds_what_the_metrics_saw(tmp_path):
   text = _text_summaries(str(tmp_path))[("tiny_copy/predictions", 3)]
   lines = text.splitlines()
   assert lines[0] == "| inputs | target | prediction |"
-  assert len(lines) == 2 + evaluation.TENSORBOARD_SAMPLE
+  assert len(lines) == 2 + eval_logs.TENSORBOARD_SAMPLE
   first = _rows(tmp_path / "predictions" / "tiny_copy" / "step_3.jsonl")[0]
   assert lines[2] == (f"| {first['inputs']} | {first['target']} | "
                       f"{first['prediction']} |")
