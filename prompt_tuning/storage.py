@@ -190,6 +190,19 @@ def move(source: str, target: str) -> None:
     shutil.move(source, target)
 
 
+def move_aside(source: str, target: str) -> str:
+  """Moves `source` to `target`, or to `target.1`, `target.2`, ... when that
+  is taken (something set aside earlier is never overwritten); returns where
+  it went."""
+  suffix = 0
+  while exists(target + (f".{suffix}" if suffix else "")):
+    suffix += 1
+  target += f".{suffix}" if suffix else ""
+  makedirs(dirname(target))
+  move(source, target)
+  return target
+
+
 # ---------------------------------------------------- generations (locking)
 
 

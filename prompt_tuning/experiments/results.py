@@ -14,12 +14,12 @@ a tie, NaN never; the same rule as `best.json`, which it is checked against.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from typing import Any, Dict, List, Mapping, Optional
 
 from prompt_tuning import storage
 from prompt_tuning.experiments import runner
+from prompt_tuning.training import best as best_lib
 from prompt_tuning.training import records
 
 
@@ -57,18 +57,8 @@ class RunResult:
             if k.startswith(prefix) and k != f"{task}/score"}
 
 
-def select_step(history: Mapping[int, Mapping[str, float]], metric: str,
-                mode: str = "max") -> Optional[int]:
-  """The evaluated step (> 0) with the best finite `metric`; ties: earliest."""
-  best_step, best_value = None, None
-  for step in sorted(history):
-    value = history[step].get(metric)
-    if step <= 0 or value is None or math.isnan(value):
-      continue
-    if best_value is None or (value > best_value if mode == "max"
-                              else value < best_value):
-      best_step, best_value = step, value
-  return best_step
+# The one rule, shared with training's best.json (tests call it here).
+select_step = best_lib.select_step
 
 
 def _gin_value(config_text: str, key: str) -> Optional[str]:
@@ -107,7 +97,7 @@ def read_run(path: str) -> RunResult:
   parameters = records.read_json(storage.join(path, records.PARAMETERS_FILE))
   status = runner.status(path)
   history = records.read_eval_history(path)
-  best = records.read_json(storage.join(path, "best.json")) or {}
+  best = records.read_json(storage.join(path, best_lib.BEST_FILE)) or {}
   mode = str(best.get("mode", "max")) if best.get(
       "metric") == best_metric else "max"
   step = select_step(history, best_metric, mode) if best_metric else None

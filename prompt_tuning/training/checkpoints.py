@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import logging
 import re
@@ -43,7 +42,10 @@ import orbax.checkpoint as ocp
 
 from prompt_tuning import partitioning
 from prompt_tuning import storage
+from prompt_tuning.training import best as best_lib
+from prompt_tuning.training import prompt_export
 from prompt_tuning.training import run_directory
+from prompt_tuning.training import state_trees
 from prompt_tuning.training import state as state_lib
 
 PyTree = Any
@@ -54,9 +56,8 @@ _DATA_POSITION = "data_position"
 _METRICS = "metrics"
 _ITEMS = (_STATE, _DATA_POSITION, _METRICS)
 # Read back by `prompt_files` (eval/infer runs).
-PROMPTS_DIR = "prompts"
-BEST_FILE = "best.json"
-_MODES = ("max", "min")
+PROMPTS_DIR = prompt_export.PROMPTS_DIR
+BEST_FILE = best_lib.BEST_FILE
 _DAMAGED_DIR = "damaged"
 # TensorStore's status codes, which start the ValueErrors it raises for
 # unreadable files; orbax's own ValueErrors (a tree that does not fit) don't.
@@ -157,62 +158,6 @@ def _to_json(value: Any, what: str) -> Any:
     raise ValueError(f"{what} must be JSON-serializable: {e}.") from None
 
 
-def _key_name(key: Any) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
-def _flat_paths(tree: PyTree) -> Dict[str, Any]:
-  """'/'-joined leaf paths -> leaves.
-
-  Dataclass fields, NamedTuple fields and dict keys all become names and
-  sequence positions become indices, which is how orbax stores them, so a
-  train state and the checkpoint's metadata tree line up.
-  """
-  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
-
-
-def _abstract_leaf(x: Any) -> jax.ShapeDtypeStruct:
-  """The restore target for one leaf: its shape, dtype and sharding."""
-  if isinstance(x, jax.ShapeDtypeStruct):
-    if x.sharding is not None:
-      return x
-    sharding = None
-  elif isinstance(x, jax.Array):
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-  else:
-    x = np.asarray(x)
-    sharding = None
-  # A leaf with no placement goes where an unplaced jnp.asarray would.
-  sharding = sharding or jax.sharding.SingleDeviceSharding(
-      jax.local_devices()[0])
-  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-
-
-def _stored_shape(abstract: jax.ShapeDtypeStruct) -> Tuple[int, ...]:
-  # Orbax stores typed PRNG keys as their uint32 key data.
-  if jax.dtypes.issubdtype(abstract.dtype, jax.dtypes.prng_key):
-    return tuple(jax.eval_shape(
-        jax.random.key_data,
-        jax.ShapeDtypeStruct(abstract.shape, abstract.dtype)).shape)
-  return tuple(abstract.shape)
-
-
-def _find_prompt(state: PyTree, path: Sequence[str]) -> Optional[Any]:
-  params = getattr(state, "params", None)
-  if params is None and isinstance(state, Mapping):
-    params = state.get("params")
-  node = params
-  for name in path:
-    if not isinstance(node, Mapping) or name not in node:
-      return None
-    node = node[name]
-  return node
-
-
 @dataclasses.dataclass
 class _KeepNewestAndBest(ocp.checkpoint_managers.PreservationPolicy):
   """Orbax preservation policy: the newest `keep` steps plus the best step.
@@ -273,15 +218,21 @@ class Checkpointer:
     """
     if keep < 1:
       raise ValueError(f"keep={keep} must be >= 1.")
-    if best_mode not in _MODES:
-      raise ValueError(f"best_mode={best_mode!r} must be one of {_MODES}.")
+    if best_mode not in best_lib.MODES:
+      raise ValueError(
+          f"best_mode={best_mode!r} must be one of {best_lib.MODES}.")
     self.model_dir = storage.absolute(os.fspath(model_dir))
     self.keep = keep
     self.best_metric = best_metric
     self.best_mode = best_mode
     self.prompt_path = tuple(prompt_path) if prompt_path is not None else None
     run_directory.check_writable(self.model_dir)
-    self._best = read_best(self.model_dir)
+    try:
+      self._best = best_lib.read(self.model_dir)
+    except ValueError as e:
+      # Derived data: `reconcile_best` rebuilds it from the evaluations.
+      logging.warning("%s Rebuilding it from the evaluations.", e)
+      self._best = None
     if self._best is not None and best_metric is not None and (
         self._best["metric"], self._best.get("mode", best_mode)) != (
             best_metric, best_mode):
@@ -402,19 +353,46 @@ class Checkpointer:
     if self.best_metric is None or self.best_metric not in metrics:
       return False
     value = float(np.asarray(metrics[self.best_metric]))
-    if math.isnan(value):
+    old = None if self._best is None else float(self._best["value"])
+    if not best_lib.is_better(value, old, self.best_mode):
       return False
-    if self._best is not None:
-      old = float(self._best["value"])
-      if not (value > old if self.best_mode == "max" else value < old):
-        return False
-    self._best = {"metric": self.best_metric, "mode": self.best_mode,
-                  "value": value, "step": int(step)}
-    if _is_writer():
-      text = json.dumps(self._best, indent=2, sort_keys=True) + "\n"
-      storage.atomic_write(storage.join(self.model_dir, BEST_FILE),
-                           lambda f: f.write(text.encode("utf-8")))
+    self._set_best(best_lib.record(self.best_metric, self.best_mode, value,
+                                   step))
     return True
+
+  def reconcile_best(self, history: Mapping[int, Mapping[str, float]],
+                     upto: int) -> None:
+    """Makes best.json what the one rule picks from the evaluations so far.
+
+    A resumed run calls this: best.json may be missing (deleted, or lost with
+    a crash) or name another step than `history` selects; then the best
+    checkpoint would go unprotected and a later step would win a tie.
+
+    Args:
+      history: step -> flat metrics of every recorded evaluation
+        (`records.read_eval_history`).
+      upto: the resumed step; later records belong to steps this run will
+        train (and evaluate) again.
+    """
+    if self.best_metric is None:
+      return
+    seen = {s: m for s, m in history.items() if s <= upto}
+    step = best_lib.select_step(seen, self.best_metric, self.best_mode)
+    if step is None or (self._best is not None and
+                        int(self._best["step"]) == step):
+      return
+    logging.warning(
+        "%s %s; the evaluations in eval/metrics.jsonl select step %d: "
+        "rewriting it.", storage.join(self.model_dir, BEST_FILE),
+        "is missing" if self._best is None else
+        f"names step {self._best['step']}", step)
+    self._set_best(best_lib.record(self.best_metric, self.best_mode,
+                                   seen[step][self.best_metric], step))
+
+  def _set_best(self, best: Dict[str, Any]) -> None:
+    self._best = best
+    if _is_writer():
+      best_lib.write(self.model_dir, best)
 
   def restore(self,
               abstract_state: PyTree,
@@ -446,7 +424,7 @@ class Checkpointer:
           f"{self.model_dir}: no checkpoint for step {step}; available "
           f"steps: {steps}.")
     step = int(step)
-    target = jax.tree_util.tree_map(_abstract_leaf, abstract_state)
+    target = jax.tree_util.tree_map(state_trees.abstract_leaf, abstract_state)
     # Installed before any read (the metadata read below is one), not after
     # one fails: the callbacks can fire before the failure reaches here.
     _silence_read_echoes()
@@ -531,12 +509,7 @@ class Checkpointer:
     target = storage.join(self.model_dir, _DAMAGED_DIR,
                           storage.basename(bad.path))
     if _is_writer():
-      suffix = 0
-      while storage.exists(target + (f".{suffix}" if suffix else "")):
-        suffix += 1
-      target += f".{suffix}" if suffix else ""
-      storage.makedirs(storage.dirname(target))
-      storage.move(bad.path, target)
+      target = storage.move_aside(bad.path, target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices(f"set_aside_{bad.step}")
@@ -564,8 +537,6 @@ class Checkpointer:
           f"restore first, or use a new model_dir.")
 
   def _check_matches(self, step: int, target: PyTree) -> None:
-    """Compares the checkpoint's tree and shapes with the run's, so the error
-    names the parameter (orbax's own error names neither path nor run)."""
     try:
       metadata = self._manager.item_metadata(step)[_STATE]
     except Exception as e:  # pylint: disable=broad-except
@@ -576,56 +547,29 @@ class Checkpointer:
           step, self._ckpt_dir(step),
           f"no readable `{_STATE}` item (not a checkpoint written by this "
           f"Checkpointer, or its {_STATE}/ is gone)")
-    stored = _flat_paths(metadata)
-    wanted = _flat_paths(target)
-    where = self._ckpt_dir(step)
-    missing = sorted(set(wanted) - set(stored))
-    if missing:
-      raise ValueError(
-          f"{where} lacks {len(missing)} leaf/leaves of the run's state, e.g. "
-          f"{missing[0]!r}; the run's optimizer or trainable params differ "
-          f"from the checkpoint's.")
-    extra = sorted(set(stored) - set(wanted))
-    if extra:
-      raise ValueError(
-          f"{where} has {len(extra)} leaf/leaves the run's state lacks, e.g. "
-          f"{extra[0]!r}; the run's optimizer or trainable params differ "
-          f"from the checkpoint's.")
-    for path, abstract in wanted.items():
-      have = tuple(stored[path].shape)
-      want = _stored_shape(abstract)
-      if have != want:
-        raise ValueError(
-            f"{where}: {path} has shape {have} in the checkpoint but "
-            f"{want} in the run's state (e.g. a different prompt length).")
+    state_trees.check_fits(metadata, target, self._ckpt_dir(step))
+
+  def _host_prompt(self, state: PyTree) -> Optional[np.ndarray]:
+    """[P, H] the state's prompt on every process, or None (nothing to
+    export). A collective where the prompt is spread over processes: every
+    process calls it (orbax's save and restore require all of them anyway)."""
+    if self.prompt_path is None:
+      return None
+    prompt = prompt_export.find(state, self.prompt_path)
+    if prompt is None:
+      return None
+    return partitioning.to_host(prompt).astype(np.float32)
 
   def _export_prompt(self, step: int, state: PyTree) -> None:
-    if self.prompt_path is None:
-      return
-    prompt = _find_prompt(state, self.prompt_path)
-    if prompt is None:
-      return
-    # A collective where the prompt is spread over processes: every process
-    # gets here (orbax's save requires all of them anyway).
-    prompt = partitioning.to_host(prompt).astype(np.float32)  # [P, H]
-    if not _is_writer():
-      return
-    prompts_dir = storage.join(self.model_dir, PROMPTS_DIR)
-    storage.makedirs(prompts_dir)
-    storage.atomic_write(storage.join(prompts_dir, f"step_{step}.npy"),
-                         lambda f: np.save(f, prompt, allow_pickle=False))
+    prompt = self._host_prompt(state)
+    if prompt is not None and _is_writer():
+      prompt_export.write(self.model_dir, step, prompt)
 
-
-def read_best(model_dir: str) -> Optional[Dict[str, Any]]:
-  """best.json of a run directory, or None before its first eval."""
-  path = storage.join(model_dir, BEST_FILE)
-  if not storage.exists(path):
-    return None
-  try:
-    best = json.loads(storage.read_text(path))
-    best["step"], best["value"] = int(best["step"]), float(best["value"])
-    best["metric"] = str(best["metric"])
-  except (ValueError, KeyError, TypeError) as e:
-    raise ValueError(f"{path} is not a valid best.json ({e!r}); expected "
-                     f"{{'metric', 'value', 'step'}}.") from None
-  return best
+  def repair_prompt_export(self, step: int, state: PyTree) -> None:
+    """After a resume: rewrites the restored step's prompt export from the
+    checkpoint if it is missing or damaged (a crash between the checkpoint
+    and its export, a truncated copy): once keep-N deletes the checkpoint,
+    the export is the only copy of that prompt."""
+    prompt = self._host_prompt(state)
+    if prompt is not None and _is_writer():
+      prompt_export.repair(self.model_dir, step, prompt)

@@ -295,6 +295,11 @@ def _start(*, model_dir: str, initial_checkpoint_path: str,
             f"TRAIN_STEPS={schedule.train_steps}; nothing was trained or "
             f"overwritten. Set TRAIN_STEPS >= {step} to continue this run, or "
             f"use a new MODEL_DIR to train {schedule.train_steps} steps.")
+      # What a crash or a damaged file may have left behind: the export is
+      # the prompt's only copy once keep-N deletes this checkpoint, and
+      # best.json decides which checkpoint garbage collection keeps.
+      ckpt.repair_prompt_export(step, state)
+      ckpt.reconcile_best(records.read_eval_history(model_dir), upto=step)
       if step == schedule.train_steps and records.is_finished(model_dir):
         logging.info("The run in %s already finished at step %d "
                      "(TRAIN_STEPS=%d): nothing to do, nothing changed. Raise "

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from prompt_tuning import storage
+from prompt_tuning.training import best as best_lib
 from prompt_tuning.training import checkpoints
 
 _PROMPT_FILE_RE = re.compile(r"^step_(\d+)\.npy$")
@@ -46,7 +47,7 @@ def load_prompt(path: str | os.PathLike) -> np.ndarray:
   path = os.fspath(path)
   if storage.isdir(path):
     prompts_dir = storage.join(path, checkpoints.PROMPTS_DIR)
-    best = checkpoints.read_best(path)
+    best = best_lib.read(path)
     if best is not None:
       file = storage.join(prompts_dir, f"step_{int(best['step'])}.npy")
       if not storage.exists(file):

@@ -15,6 +15,7 @@ import pytest
 
 from prompt_tuning import partitioning
 from prompt_tuning.training import checkpoints
+from prompt_tuning.training import state_trees
 from prompt_tuning.training.checkpoints import Checkpointer
 from prompt_tuning.training.prompt_files import load_prompt
 
@@ -503,12 +504,12 @@ def test_read_echo_hooks_drop_only_echoes_and_install_once(monkeypatch):
 
 
 def test_leaf_paths_and_restore_targets():
-  paths = checkpoints._flat_paths(  # pylint: disable=protected-access
+  paths = state_trees.flat_paths(
       {"opt": (1, [2, 3]), "state": make_state(step=1)})
   assert {"opt/0", "opt/1/0", "opt/1/1", "state/step", "state/rng",
           "state/params/encoder/prompt/prompt"} <= set(paths)
-  assert checkpoints._key_name("plain") == "plain"  # pylint: disable=protected-access
-  leaf = checkpoints._abstract_leaf  # pylint: disable=protected-access
+  assert state_trees._key_name("plain") == "plain"  # pylint: disable=protected-access
+  leaf = state_trees.abstract_leaf
   host = leaf(np.zeros((2, 3), np.int8))
   assert (host.shape, host.dtype) == ((2, 3), np.int8)
   assert host.sharding == jax.sharding.SingleDeviceSharding(

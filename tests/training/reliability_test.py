@@ -473,3 +473,60 @@ def test_a_torn_record_line_is_set_aside_never_appended_to(run_copy):
   assert [r["step"] for r in records][-1] == 4
   with open(history + ".torn") as f:
     assert f.read() == lines[-1][:17] + "\n"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing", "other_values"])
+def test_a_damaged_newest_prompt_export_is_rewritten_from_its_checkpoint(
+    finished, run_copy, damage):
+  export = os.path.join(run_copy, "prompts", "step_4.npy")
+  with open(export, "rb") as f:
+    good = f.read()
+  if damage == "truncated":
+    os.truncate(export, len(good) // 2)
+  elif damage == "missing":
+    os.remove(export)
+  else:
+    np.save(export, np.load(export) + 1.0)
+  damaged = b""
+  if damage != "missing":
+    with open(export, "rb") as f:
+      damaged = f.read()
+  log = _ok(_run(run_copy, *FAST))
+  assert f"Rewrote {export} from checkpoint step 4: " in log, log[-2000:]
+  with open(export, "rb") as f:
+    assert f.read() == good  # bit for bit what the run exported
+  aside = os.path.join(run_copy, "damaged", "prompts", "step_4.npy")
+  if damage == "missing":
+    assert not os.path.exists(aside)
+  else:  # set aside, unchanged, never deleted
+    with open(aside, "rb") as f:
+      assert f.read() == damaged
+  # Repaired once: the next start finds nothing to do.
+  assert "Rewrote" not in _ok(_run(run_copy, *FAST))
+
+
+@pytest.mark.parametrize("damage", ["deleted", "stale", "unreadable"])
+def test_best_json_is_rebuilt_by_the_one_rule(run_copy, damage):
+  """Step 2 ties step 4 in the history: the rule (and the report) picks the
+  earlier step; a rebuilt best.json must say the same."""
+  from prompt_tuning.experiments import results  # pylint: disable=g-import-not-at-top
+  history = os.path.join(run_copy, "eval", "metrics.jsonl")
+  with open(history) as f:
+    last = json.loads(f.read().splitlines()[-1])
+  assert last["step"] == 4
+  with open(history, "a") as f:  # an evaluation of step 2 with step 4's value
+    f.write(json.dumps({"step": 2, "metrics": last["metrics"]}) + "\n")
+  best_file = os.path.join(run_copy, "best.json")
+  if damage == "deleted":
+    os.remove(best_file)
+  elif damage == "unreadable":
+    with open(best_file, "w") as f:
+      f.write("{not json")
+  log = _ok(_run(run_copy, *FAST))  # "stale": best.json still names step 4
+  assert "select step 2: rewriting it" in log, log[-2000:]
+  with open(best_file) as f:
+    best = json.load(f)
+  assert best["step"] == 2
+  assert best["value"] == last["metrics"][best["metric"]]
+  run = results.read_run(run_copy)
+  assert run.selected_step == 2 and not run.problem, run
