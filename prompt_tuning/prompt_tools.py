@@ -10,7 +10,8 @@ Commands (each calls one function of `prompt_tuning.serving`):
               or --json)
   similarity  rank source prompts for a target prompt (SPoT measures)
   export-peft a prompt as a Hugging Face PEFT prompt-tuning adapter
-  import-peft a PEFT prompt-tuning adapter as a .npy prompt
+  import-peft a PEFT prompt-tuning adapter as a .npy prompt (--checkpoint:
+              checked against the frozen model first)
   throughput  time a batch mixing 8 prompts against one prompt, same shapes
 
 Prompts are NAME=PATH (or NAME:TASK=PATH); PATH is a .npy file, a run
@@ -68,6 +69,10 @@ def _decode_flags(parser: argparse.ArgumentParser) -> None:
                       choices=["prefix", "suffix"])
   parser.add_argument("--frozen_dtype", default=None,
                       help="e.g. bfloat16 for the frozen weights.")
+  parser.add_argument("--dtype", default="bfloat16",
+                      choices=["bfloat16", "float32"],
+                      help="Compute dtype: bfloat16 (T5X's) or float32, to "
+                      "match a float32 evaluation's scores.")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -123,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
   _common(p, prompts=False, checkpoint=False)
   p.add_argument("--adapter", required=True)
   p.add_argument("--output", required=True, help="The .npy file.")
+  p.add_argument("--checkpoint", default="",
+                 help="The frozen T5 the prompt is for (T5X or Hugging Face): "
+                 "the adapter's width is checked against it before writing.")
+  p.add_argument("--model", default="",
+                 help="With a T5X --checkpoint: its preset, to also check "
+                 "heads and layers.")
 
   p = commands.add_parser("throughput", help="Mixed vs single prompt speed.")
   p.add_argument("--preset", default="t5_1_1_small")
@@ -177,7 +188,7 @@ def _run(args) -> int:
                               "targets": args.targets_length},
         batch_size=args.batch_size, decode=_decode(args),
         placement=args.placement, mesh_shape=_mesh(args.mesh_shape),
-        fsdp=args.fsdp, frozen_dtype=args.frozen_dtype)
+        fsdp=args.fsdp, frozen_dtype=args.frozen_dtype, dtype=args.dtype)
     print(f"wrote {n} predictions to {args.output}")
   elif args.command == "ensemble":
     report = ensemble.evaluate_ensemble(
@@ -187,7 +198,7 @@ def _run(args) -> int:
                               "targets": args.targets_length},
         split=args.split, batch_size=args.batch_size, decode=_decode(args),
         placement=args.placement, mesh_shape=_mesh(args.mesh_shape),
-        fsdp=args.fsdp, frozen_dtype=args.frozen_dtype,
+        fsdp=args.fsdp, frozen_dtype=args.frozen_dtype, dtype=args.dtype,
         output_dir=args.output_dir)
     print(json.dumps(report, indent=2, sort_keys=True))
   elif args.command == "nearest":
@@ -223,14 +234,18 @@ def _run(args) -> int:
         args.targets, args.rounds, args.dtype), indent=1))
   elif args.command == "import-peft":
     shape = analysis.import_peft(adapter_dir=args.adapter,
-                                 output_path=args.output)
+                                 output_path=args.output,
+                                 checkpoint=args.checkpoint,
+                                 model_config=_model_config(args))
     print(f"wrote prompt {list(shape)} to {args.output}")
   return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = _parser().parse_args(argv)
-  logging.basicConfig(level=logging.WARNING)
+  # Announcements (casts, unchecked widths) are one `WARNING: ...` line each.
+  logging.basicConfig(level=logging.WARNING,
+                      format="%(levelname)s: %(message)s")
   try:
     return _run(args)
   except _USER_ERRORS as e:

@@ -5,7 +5,9 @@ from T5X's unscanned parameter names (`encoder/layers_0/mlp/wo/kernel`, ...)
 to loaders. This module checks that map against the tree the model expects
 for a config, loads one array at a time (an XXL checkpoint is 44 GB: never all
 at once), stacks per-layer arrays when the model scans its layers, casts to
-the param dtype and places each array straight into its sharding. A missing,
+the param dtype (announcing, in one log line, a checkpoint stored in a
+narrower float than that, e.g. bfloat16 weights in a float32 run) and places
+each array straight into its sharding. A missing,
 unexpected or mis-shaped weight is an error: a frozen weight is never silently
 random-initialised.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -65,11 +68,14 @@ class LoadStats:
   arrays: int = 0
   bytes_read: int = 0  # in the stored dtype, every block this process read
   bytes_total: int = 0  # the stored size of every array it read from
+  # The dtypes the checkpoint stores what was read in (before any cast).
+  stored_dtypes: set = dataclasses.field(default_factory=set)
   _sized: set = dataclasses.field(default_factory=set, repr=False)
 
   def count(self, name: str, block: np.ndarray,
             shape: Tuple[int, ...]) -> None:
     self.bytes_read += block.nbytes
+    self.stored_dtypes.add(np.dtype(block.dtype))
     if name not in self._sized:
       self._sized.add(name)
       self.bytes_total += block.dtype.itemsize * math.prod(shape)
@@ -204,6 +210,21 @@ def _assemble_one(name: str, shape: Tuple[int, ...], axes: Tuple[str, ...],
                 rules)
 
 
+def announce_upcast(config: T5Config, stored_dtypes, source: str) -> None:
+  """One log line when the checkpoint stores narrower floats than the run
+  holds its weights in (a bfloat16 checkpoint in a float32 run): the values
+  are upcast exactly but keep the stored precision, which no one asked for."""
+  held = np.dtype(jnp.dtype(config.param_dtype))
+  narrower = sorted(str(d) for d in stored_dtypes
+                    if jnp.issubdtype(d, jnp.floating)
+                    and d.itemsize < held.itemsize)
+  if narrower:
+    logging.warning(
+        "%s stores its weights in %s; this run holds them in %s (upcast "
+        "exactly, so their precision is %s's) and computes in %s.", source,
+        " and ".join(narrower), held, " and ".join(narrower), config.dtype)
+
+
 def assemble_params(config: T5Config, loaders: Mapping[str, Loader],
                     source: str, mesh: Optional[jax.sharding.Mesh] = None,
                     rules: Optional[partitioning.Rules] = None,
@@ -250,4 +271,5 @@ def assemble_params(config: T5Config, loaders: Mapping[str, Loader],
                                config, loaders, expected, source, mesh, rules,
                                stats)
     stats.arrays += 1
+  announce_upcast(config, stats.stored_dtypes, source)
   return traverse_util.unflatten_dict(flat, sep="/")

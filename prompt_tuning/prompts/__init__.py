@@ -2,13 +2,15 @@
 
 `layer` (the `Prompt` parameter and how it joins the embedded input),
 `initializers` (random uniform, sampled vocabulary, class labels, text, file),
+`npy` (the one reader of prompt `.npy` files: float32, bfloat16 as T5X saves
+it, float16, float64; casts announced),
 `model` (`PromptedT5`: T5 with the prompt injected after the embedding).
 Many prompts on one frozen model: `library` (named prompts read from every
 format they are saved in), `mixed` (ragged batches with a prompt per
 example), `ensemble` (replication and majority vote), `nearest` (nearest
 vocabulary tokens on a sharded table), `similarity` (SPoT measures), `peft`
-(PEFT prompt-tuning adapters). May import `models/`, jax, flax and numpy
-only; `peft` also uses the `safetensors` file format (numpy API).
+(PEFT prompt-tuning adapters). May import `models/`, jax, flax, numpy and
+ml_dtypes only; `peft` also uses the `safetensors` file format (numpy API).
 """
 
 from prompt_tuning.prompts.initializers import INITIALIZERS

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning.prompts import npy
+
 Array = jax.Array
 Shape = Tuple[int, ...]
 # (rng, shape, dtype) -> array of `shape`: what `nn.Module.param` calls.
@@ -219,34 +221,19 @@ def from_text(embedding: np.ndarray, text: str, vocabulary: Vocabulary,
 
 
 def _load_prompt_file(path: str) -> np.ndarray:
-  if not os.path.exists(path):
+  if not os.path.isfile(path):
     raise FileNotFoundError(
         f"Prompt file {path} does not exist; from_file expects a [P, H] "
         f"float array written with np.save.")
-  try:
-    # Never unpickle: a prompt file may come from anywhere, and a pickle can
-    # run arbitrary code on load.
-    array = np.load(path, allow_pickle=False)
-  except ValueError as e:
-    raise ValueError(
-        f"Prompt file {path} is not a plain numeric .npy array ({e}); save "
-        f"the prompt with np.save(path, np.asarray(prompt, np.float32))."
-    ) from e
-  if not isinstance(array, np.ndarray):
-    raise ValueError(f"Prompt file {path} holds {type(array).__name__}, not a "
-                     f"single .npy array; save it with np.save.")
-  if not np.issubdtype(array.dtype, np.floating):
-    raise ValueError(f"Prompt file {path} holds dtype {array.dtype}; a prompt "
-                     f"must be a float array [P, H].")
-  if not np.all(np.isfinite(array)):
-    raise ValueError(f"Prompt file {path} contains NaN or inf values.")
-  return array
+  return npy.read(path)
 
 
 def from_file(path: str, fallback: Optional[Initializer] = None) -> Initializer:
   """A prompt saved as a `.npy` [P, H] float array.
 
-  The file is read (and checked) once, when the factory is called.
+  The file is read (and checked) once, when the factory is called, by
+  `prompts.npy.read`: float32, bfloat16 (as T5X's `np.save` writes it),
+  float16 or float64, the last three cast to float32 with one log line.
 
   Args:
     path: path of a `.npy` file, loaded without pickle.

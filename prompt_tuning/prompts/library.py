@@ -12,7 +12,8 @@ Formats `read_prompt` recognises:
   each prompt parameter under its '.'-joined tree path). The file itself, its
   `checkpoint_<N>` directory, or the model directory (newest step) work. A
   prompt saved with `save_dtype='bfloat16'` comes out of `np.save` as
-  2-byte void data and is read as bfloat16;
+  2-byte void data and is read as bfloat16 (`prompts.npy`, the reader
+  `from_file` uses too);
 - a Hugging Face PEFT prompt-tuning adapter directory (`prompts.peft`).
 
 Our run directories (best or newest prompt) belong to the training layer's
@@ -29,16 +30,15 @@ import re
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 from typing import Tuple, Union
 
-import ml_dtypes
 import numpy as np
 
 from prompt_tuning.prompts import mixed
+from prompt_tuning.prompts import npy
 from prompt_tuning.prompts import peft
 
 # The official repo's file name for an encoder-decoder model's prompt.
 OFFICIAL_FILE = "encoder.prompt.prompt.prompt"
 OFFICIAL_DIR = "numpy_checkpoints"
-_NPY_MAGIC = b"\x93NUMPY"
 
 # path -> [P, H] float32; for run directories.
 RunReader = Callable[[str], np.ndarray]
@@ -69,37 +69,9 @@ class LibraryPrompt:
     return int(self.value.shape[0])
 
 
-def _as_prompt(array: np.ndarray, where: str) -> np.ndarray:
-  if array.dtype == np.dtype("V2"):
-    # np.save of an ml_dtypes.bfloat16 array stores raw 2-byte records.
-    array = array.view(ml_dtypes.bfloat16)
-  if array.ndim != 2 or not (np.issubdtype(array.dtype, np.floating) or
-                             array.dtype == ml_dtypes.bfloat16):
-    raise ValueError(f"{where} holds a {array.dtype} array of shape "
-                     f"{array.shape}; a prompt is a floating [P, H] array.")
-  array = np.asarray(array, np.float32)
-  if not np.all(np.isfinite(array)):
-    raise ValueError(f"{where} contains NaN or inf values.")
-  return array
-
-
 def read_npy(path: str) -> np.ndarray:
   """A prompt from an `np.save` file (any name, extension or not)."""
-  try:
-    with open(path, "rb") as f:
-      if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
-        raise ValueError(f"{path} is not a .npy file (no NUMPY magic); save "
-                         "prompts with np.save.")
-      f.seek(0)
-      array = np.load(f, allow_pickle=False)
-  except (OSError, EOFError) as e:
-    raise ValueError(f"{path} is not a readable .npy array: {e}.") from None
-  except ValueError as e:
-    if "NUMPY magic" in str(e):
-      raise
-    raise ValueError(f"{path} is not a plain numeric .npy array ({e}).") \
-        from None
-  return _as_prompt(array, path)
+  return npy.read(path)
 
 
 def _step(name: str) -> Optional[int]:
@@ -153,7 +125,7 @@ def read_prompt(path: str, read_run: Optional[RunReader] = None
   if official is not None:
     return read_npy(official), official
   if read_run is not None and os.path.isdir(os.path.join(path, "prompts")):
-    return _as_prompt(np.asarray(read_run(path)), path), path
+    return npy.as_float32_prompt(read_run(path), path), path
   raise ValueError(
       f"{path}: no prompt found; expected a .npy file, a run directory "
       f"(prompts/step_<N>.npy), a PEFT adapter ({peft.CONFIG_FILE}) or an "

@@ -24,6 +24,7 @@ import safetensors
 import safetensors.numpy
 
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.prompts import npy
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -111,13 +112,27 @@ def export_adapter(prompt: np.ndarray, config: T5Config, directory: str,
   return directory
 
 
-def import_adapter(directory: str,
-                   embed_dim: Optional[int] = None) -> np.ndarray:
+def _check_model(config_file: str, adapter: Dict[str, Any],
+                 model: T5Config) -> None:
+  """Heads and layers PEFT recorded (its T5 encoder's) against the model's."""
+  for key, want, what in (
+      ("num_attention_heads", model.num_heads, "attention heads"),
+      ("num_layers", model.num_encoder_layers, "encoder layers")):
+    if adapter.get(key) is not None and adapter[key] != want:
+      raise ValueError(
+          f"{config_file}: {key}={adapter[key]} but the frozen model has "
+          f"{want} {what}: the adapter was trained for another model.")
+
+
+def import_adapter(directory: str, embed_dim: Optional[int] = None,
+                   model: Optional[T5Config] = None) -> np.ndarray:
   """Reads a PEFT prompt-tuning adapter as a prompt.
 
   Args:
     directory: holds adapter_config.json and adapter_model.safetensors.
     embed_dim: if given, the frozen model's width the prompt must have.
+    model: if given, the frozen model's config: the heads and layers the
+      adapter config records must be its encoder's.
 
   Returns:
     float32 [P, H].
@@ -172,4 +187,6 @@ def import_adapter(directory: str,
     raise ValueError(
         f"{directory}: the adapter's token_dim {prompt.shape[1]} differs from "
         f"the frozen model's width {embed_dim}.")
-  return np.asarray(prompt, np.float32)
+  if model is not None:
+    _check_model(config_file, config, model)
+  return npy.as_float32_prompt(prompt, weights)

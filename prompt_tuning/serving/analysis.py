@@ -9,6 +9,7 @@ model's vocabulary, and label words from the task catalogue.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -17,6 +18,8 @@ import numpy as np
 from prompt_tuning.data import registry
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.pretrained import hf
+from prompt_tuning.pretrained import t5x
+from prompt_tuning.pretrained.assemble import BlockLoader
 from prompt_tuning.prompts import library as library_lib
 from prompt_tuning.prompts import nearest as nearest_lib
 from prompt_tuning.prompts import peft
@@ -24,6 +27,9 @@ from prompt_tuning.prompts import similarity as similarity_lib
 from prompt_tuning.serving import frozen as frozen_lib
 from prompt_tuning.serving import mixed
 from prompt_tuning.training import prompt_files
+
+# The token embedding table's name in every reader's map: [V, H].
+_EMBEDDING = "token_embedder/embedding"
 
 
 def read_prompt(path: str) -> np.ndarray:
@@ -101,10 +107,60 @@ def export_peft(*, prompt_path: str, initial_checkpoint_path: str,
                              os.path.abspath(initial_checkpoint_path))
 
 
-def import_peft(*, adapter_dir: str, output_path: str,
-                embed_dim: Optional[int] = None) -> Tuple[int, int]:
-  """Saves a PEFT prompt-tuning adapter as a `.npy` prompt; returns (P, H)."""
-  prompt = peft.import_adapter(adapter_dir, embed_dim)
+def frozen_shape(checkpoint: str, model_config: Optional[T5Config] = None
+                 ) -> Tuple[Tuple[int, int], Optional[T5Config]]:
+  """The frozen model's token embedding shape [V, H], read without loading
+  the model, and its config where known (Hugging Face's config.json, else
+  `model_config`, which must then agree with the table).
+
+  A T5X checkpoint's table is learnt from its TensorStore metadata; an inline
+  (msgpack) or orbax table is read whole, once.
+  """
+  if hf.is_hf_checkpoint(checkpoint):
+    config = hf.read_hf(checkpoint)[0]  # headers only; shapes checked
+    return (config.vocab_size, config.emb_dim), config
+  ckpt_dir = t5x.find_t5x_checkpoint(checkpoint)
+  loaders = (t5x.read_t5x_legacy(ckpt_dir) if t5x.is_t5x_legacy(ckpt_dir)
+             else t5x.read_t5x_orbax(ckpt_dir))
+  loader = loaders.get(_EMBEDDING)
+  if loader is None:
+    raise ValueError(f"{ckpt_dir} has no {_EMBEDDING}: not a T5 checkpoint.")
+  shape = tuple(loader.shape() if isinstance(loader, BlockLoader)
+                else np.shape(loader()))
+  if len(shape) != 2:
+    raise ValueError(f"{ckpt_dir}: {_EMBEDDING} has shape {shape}, not "
+                     "[V, H].")
+  if model_config is not None and model_config.emb_dim != shape[1]:
+    raise ValueError(
+        f"{ckpt_dir}: the token embedding is {shape[1]} wide but --model "
+        f"has emb_dim {model_config.emb_dim}; pass the checkpoint's preset.")
+  return (int(shape[0]), int(shape[1])), model_config
+
+
+def import_peft(*, adapter_dir: str, output_path: str, checkpoint: str = "",
+                model_config: Optional[T5Config] = None) -> Tuple[int, int]:
+  """Saves a PEFT prompt-tuning adapter as a `.npy` prompt; returns (P, H).
+
+  Args:
+    adapter_dir: the adapter (`peft.import_adapter`).
+    output_path: the `.npy` file written.
+    checkpoint: the frozen model the prompt is for (T5X or Hugging Face):
+      the adapter's width, and its heads and layers where the model's config
+      is known, must match it, checked before anything is written. '' skips
+      the check and says so in one log line.
+    model_config: a T5X checkpoint's config, if known.
+  """
+  if checkpoint:
+    (vocab, width), config = frozen_shape(checkpoint, model_config)
+    prompt = peft.import_adapter(adapter_dir, width, config)
+    logging.info("%s: width %d matches %s (V=%d, H=%d).", adapter_dir,
+                 prompt.shape[1], checkpoint, vocab, width)
+  else:
+    prompt = peft.import_adapter(adapter_dir)
+    logging.warning(
+        "%s: the prompt's width %d was not checked against a frozen model; "
+        "pass --checkpoint PATH (the model it is for) to check it.",
+        adapter_dir, prompt.shape[1])
   directory = os.path.dirname(os.path.abspath(output_path))
   os.makedirs(directory, exist_ok=True)
   np.save(output_path, prompt)

@@ -161,12 +161,13 @@ def evaluate_ensemble(*, prompts: Sequence[str], initial_checkpoint_path: str,
                       placement: str = "prefix",
                       mesh_shape: Tuple[int, int] = (-1, 1),
                       fsdp: bool = False, frozen_dtype: Optional[str] = None,
+                      dtype: Optional[str] = None,
                       output_dir: str = "") -> Dict[str, Any]:
   """Loads the frozen model and K prompts, evaluates them as an ensemble;
   writes `ensemble.json` to `output_dir` if set. Returns
-  `evaluate_prompts`'s report."""
+  `evaluate_prompts`'s report. `dtype`: compute dtype, as `load_frozen`."""
   model = frozen_lib.load_frozen(initial_checkpoint_path, model_config,
-                                 mesh_shape, fsdp, frozen_dtype)
+                                 mesh_shape, fsdp, frozen_dtype, dtype)
   library = frozen_lib.load_library(prompts, model.config.emb_dim)
   runner = frozen_lib.MixedRunner(model, library, decode, placement,
                                   task_feature_lengths["targets"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import jax
@@ -28,6 +29,9 @@ from prompt_tuning.training import prompt_files
 from prompt_tuning.training.inference import DecodeConfig
 
 PyTree = Any
+# Compute dtypes serving offers: T5X's bfloat16, or float32 to match a
+# float32 evaluation's scores.
+SERVING_DTYPES = ("bfloat16", "float32")
 
 
 @dataclasses.dataclass
@@ -49,7 +53,8 @@ class FrozenModel:
 def load_frozen(initial_checkpoint_path: str,
                 model_config: Optional[T5Config] = None,
                 mesh_shape: Tuple[int, int] = (-1, 1), fsdp: bool = False,
-                frozen_dtype: Optional[str] = None) -> FrozenModel:
+                frozen_dtype: Optional[str] = None,
+                dtype: Optional[str] = None) -> FrozenModel:
   """Loads the frozen T5 into its shardings.
 
   Args:
@@ -58,6 +63,8 @@ def load_frozen(initial_checkpoint_path: str,
     mesh_shape: (data, model).
     fsdp: also shard the weights' embed axis over `data`.
     frozen_dtype: store the weights in this dtype (e.g. 'bfloat16').
+    dtype: compute (activation) dtype, 'bfloat16' or 'float32'; None keeps
+      the config's (bfloat16 for presets and Hugging Face checkpoints).
   """
   if not initial_checkpoint_path:
     raise ValueError("INITIAL_CHECKPOINT_PATH is not set: serving prompts "
@@ -69,6 +76,14 @@ def load_frozen(initial_checkpoint_path: str,
   if frozen_dtype is not None:
     config = config.replace(param_dtype=(model_config.param_dtype
                                          if model_config else "float32"))
+  if dtype is not None:
+    if dtype not in SERVING_DTYPES:
+      raise ValueError(f"dtype={dtype!r}: serving computes in one of "
+                       f"{', '.join(SERVING_DTYPES)}.")
+    config = config.replace(dtype=dtype)
+  logging.info("Serving %s: weights in %s, computing in %s.",
+               initial_checkpoint_path, jax.tree_util.tree_leaves(params)[0]
+               .dtype, config.dtype)
   return FrozenModel(T5(config), config, params, mesh, rules)
 
 

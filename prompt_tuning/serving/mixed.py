@@ -194,7 +194,8 @@ def infer_mixed(*, input_path: str, prompts: Sequence[str],
                 batch_size: int = 32, decode: DecodeConfig = DecodeConfig(),
                 placement: str = "prefix",
                 mesh_shape: Tuple[int, int] = (-1, 1), fsdp: bool = False,
-                frozen_dtype: Optional[str] = None) -> int:
+                frozen_dtype: Optional[str] = None,
+                dtype: Optional[str] = None) -> int:
   """Runs a file of rows, each with its own prompt, through one frozen model.
 
   Args:
@@ -211,13 +212,14 @@ def infer_mixed(*, input_path: str, prompts: Sequence[str],
     decode: decoding method, or rank classification.
     placement: 'prefix' or 'suffix', as the prompts were trained.
     mesh_shape, fsdp, frozen_dtype: as in training.
+    dtype: compute dtype, 'bfloat16' or 'float32' (None: the config's).
 
   Returns:
     The number of rows written.
   """
   rows = read_rows(input_path)
   model = frozen_lib.load_frozen(initial_checkpoint_path, model_config,
-                                 mesh_shape, fsdp, frozen_dtype)
+                                 mesh_shape, fsdp, frozen_dtype, dtype)
   library = frozen_lib.load_library(prompts, model.config.emb_dim)
   vocab = resolve_vocabulary(vocabulary, rows, library)
   runner = frozen_lib.MixedRunner(model, library, decode, placement,
