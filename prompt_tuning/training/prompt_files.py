@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from prompt_tuning import storage
+from prompt_tuning.prompts import npy
 from prompt_tuning.training import best as best_lib
 from prompt_tuning.training import checkpoints
 
@@ -66,13 +67,6 @@ def load_prompt(path: str | os.PathLike) -> np.ndarray:
     raise FileNotFoundError(
         f"prompt path {path} does not exist; pass a .npy file or a run "
         f"directory.")
-  try:
-    with storage.open_file(file, "rb") as f:
-      prompt = np.load(f, allow_pickle=False)
-  except (ValueError, OSError) as e:
-    raise ValueError(f"{file} is not a readable .npy array: {e}.") from None
-  if prompt.ndim != 2 or not np.issubdtype(prompt.dtype, np.floating):
-    raise ValueError(
-        f"{file} holds a {prompt.dtype} array of shape {prompt.shape}; a "
-        f"prompt is a floating [P, H] array.")
-  return prompt.astype(np.float32, copy=False)
+  # The one prompt reader (bfloat16 as T5X saves it; casts announced).
+  with storage.open_file(file, "rb") as f:
+    return npy.read(f, file)
