@@ -15,16 +15,18 @@ sweep command check through this one code path.
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import inspect
 import logging
 import os
 import re
 import tokenize
-from typing import Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import gin
 
+from prompt_tuning import gin_types
 from prompt_tuning.models.config import PRESETS
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.data import registry
@@ -151,28 +153,47 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
   except (ValueError, SyntaxError, TypeError) as e:
     raise ConfigError(_explain(e, bindings)) from None
   gin.finalize()
+  try:
+    gin_types.check(gin_types.dataclass_configs(_CONFIGURABLES), gin_files,
+                    bindings, list(search_paths) + [DEFAULT_SEARCH_PATH])
+  except TypeError as e:
+    raise ConfigError(str(e)) from None
   if entry is not None:
     check_read(gin.config_str(), bindings, entry, also_read)
 
 
 def check_bindings(gin_files: Sequence[str], bindings: Sequence[str],
                    search_paths: Sequence[str] = (),
-                   entry: str = "train") -> str:
+                   entry: str = "train",
+                   read: Sequence[str] = ()) -> Dict[str, Any]:
   """Parses a run's config as the CLI would (`parse` with `entry`), then
   forgets it. Used by the sweep command to check every run before the first
   one starts.
 
+  Args:
+    gin_files, bindings, search_paths, entry: as `parse`.
+    read: parameters to return, e.g. 'train.initial_checkpoint_path'.
+
   Returns:
-    The parsed config (`gin.config_str()`).
+    {parameter: the value it is bound to, macros resolved; None if unbound}
+    for each parameter in `read`.
 
   Raises:
     ConfigError: as `parse`.
   """
   try:
     parse(gin_files, bindings, search_paths, entry=entry)
-    return gin.config_str()
+    return {key: _bound_value(key) for key in read}
   finally:
     gin.clear_config()
+
+
+def _bound_value(key: str) -> Any:
+  try:
+    # A deep copy evaluates a %MACRO reference to the macro's value.
+    return copy.deepcopy(gin.query_parameter(key))
+  except ValueError:
+    return None
 
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -237,15 +258,23 @@ def _bad_value(bindings: Sequence[str], token: Optional[str]) -> str:
           f"(tuple) or {{dict}}, @configurable() or %MACRO.")
 
 
+def _file_line(message: str) -> str:
+  """' (in FILE:LINE)' when gin's message says a gin file's line, else ''
+  (a command-line binding names itself)."""
+  match = re.search(r'In file "([^"]+)", line (\d+)', message)
+  return f" (in {match.group(1)}:{match.group(2)})" if match else ""
+
+
 def _explain(error: Exception, bindings: Sequence[str] = ()) -> str:
   message = _one_line(error)
+  where = _file_line(message)
   match = re.search(r"No configurable matching '([^']+)'", message)
   if match:
     known = [c.split(".")[-1] for c in _configurable_names()]
     close = difflib.get_close_matches(match.group(1).split(".")[-1], known,
                                       n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return f"Unknown gin configurable {match.group(1)!r}.{hint}"
+    return f"Unknown gin configurable {match.group(1)!r}{where}.{hint}"
   match = re.search(r"Configurable '([^']+)' doesn't have a parameter named "
                     r"'([^']+)'", message)
   if match:
@@ -254,7 +283,7 @@ def _explain(error: Exception, bindings: Sequence[str] = ()) -> str:
     close = difflib.get_close_matches(parameter, fields, n=3)
     hint = (f" Did you mean {', '.join(f'{name}.{c}' for c in close)}?"
             if close else f" Its parameters: {', '.join(fields)}.")
-    return f"Unknown parameter {name}.{parameter}.{hint}"
+    return f"Unknown parameter {name}.{parameter}{where}.{hint}"
   match = re.search(r"Failed to parse token '([^']*)'", message)
   if match:
     return _bad_value(bindings, match.group(1))

@@ -34,6 +34,7 @@ from prompt_tuning import storage
 from prompt_tuning.experiments import emit
 from prompt_tuning.experiments import runner
 from prompt_tuning.experiments import sweeps
+from prompt_tuning.training import preflight
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,9 +53,15 @@ def _tasks_of(name: str) -> List[str]:
   return names
 
 
+# The train parameters naming what a run reads from outside its config.
+_INPUTS = ("train.initial_checkpoint_path", "train.mixture_or_task_name")
+
+
 def validate(sweep: sweeps.Sweep, runs: Sequence[sweeps.Run],
-             root: str) -> None:
-  """Checks every run's config; raises ValueError naming the first bad run."""
+             root: str, check_inputs: bool = True) -> None:
+  """Checks every run's config and (with `check_inputs`) that its
+  vocabulary, frozen checkpoint and TFDS data are there; raises ValueError
+  naming the first bad run."""
   for module in sweep.task_modules:
     try:
       importlib.import_module(module)
@@ -62,6 +69,7 @@ def validate(sweep: sweeps.Sweep, runs: Sequence[sweeps.Run],
       raise ValueError(f"{sweep.path}: task module {module!r} cannot be "
                        f"imported ({e}).") from None
   checked_tasks = {}
+  inputs = preflight.Checker()
   for i, run in enumerate(runs, 1):
     where = f"{sweep.path}: run {i}/{len(runs)} ({run.name})"
     if run.task not in checked_tasks:
@@ -79,8 +87,12 @@ def validate(sweep: sweeps.Sweep, runs: Sequence[sweeps.Run],
     bindings = list(run.bindings) + [
         f"MODEL_DIR = {sweeps.run_dir(root, run)!r}"]
     try:
-      configurables.check_bindings(run.gin_files, bindings)
-    except configurables.ConfigError as e:
+      bound = configurables.check_bindings(run.gin_files, bindings,
+                                           read=_INPUTS)
+      if check_inputs:
+        # What the run reads besides its config, each distinct one once.
+        inputs.check_run(*(bound[key] or "" for key in _INPUTS))
+    except ValueError as e:  # ConfigError, PreflightError
       raise ValueError(f"{where}: {e}") from None
 
 

@@ -47,6 +47,7 @@ from prompt_tuning.models.config import T5Config
 from prompt_tuning.training import losses
 from prompt_tuning.training import optimizers
 from prompt_tuning.training import preemption
+from prompt_tuning.training import preflight
 from prompt_tuning.training import records
 from prompt_tuning.training import run_directory
 from prompt_tuning.training import setup
@@ -221,6 +222,10 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
+  # Seconds, before the lock, the model or the data pipeline: a missing
+  # vocabulary, checkpoint or TFDS dataset is one line, not a traceback
+  # after minutes of retries.
+  preflight.check_run(initial_checkpoint_path, mixture_or_task_name)
   run_directory.check_writable(model_dir)
   # Held from here to the end: a second run on this directory stops now,
   # before it loads anything or writes a byte. Signals (preemption, Ctrl-C)

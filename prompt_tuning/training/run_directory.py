@@ -105,6 +105,14 @@ def _describe(holder: Dict[str, Any]) -> str:
           f"{holder.get('started', '?')}")
 
 
+def _damage(holder: Dict[str, Any]) -> str:
+  """What makes a parsed lock name no process ('' when it names one)."""
+  pid = holder.get("pid")
+  if isinstance(pid, bool) or not isinstance(pid, int) or pid < 1:
+    return f"its pid {pid!r} is not a process id"
+  return ""
+
+
 def _read(path: str) -> Optional[Dict[str, Any]]:
   try:
     holder = json.loads(storage.read_text(path))
@@ -207,16 +215,21 @@ def hold(model_dir: str, writer: bool = True) -> Iterator[None]:
           f"{_describe(holder)}, per {path}); this host cannot check that "
           f"run: if it is dead, remove {path} and rerun, else use another "
           f"MODEL_DIR.")
-    if holder and _alive(int(holder.get("pid", -1)),
-                         holder.get("start_time")):
+    damaged = holder and _damage(holder)
+    if holder and not damaged and _alive(holder["pid"],
+                                         holder.get("start_time")):
       raise RuntimeError(
           f"MODEL_DIR {model_dir} is in use by another run ("
           f"{_describe(holder)}); wait for it to finish or stop it, or use "
           f"another MODEL_DIR.")
     if _take_over(path, seen, me):
-      logging.warning("Took over the stale lock %s of a run that is no "
-                      "longer running (%s).", path,
-                      _describe(holder) if holder else "unreadable")
+      if damaged:
+        # No run of this host can hold a lock that names no process.
+        logging.warning("Took over the damaged lock %s: %s.", path, damaged)
+      else:
+        logging.warning("Took over the stale lock %s of a run that is no "
+                        "longer running (%s).", path,
+                        _describe(holder) if holder else "unreadable")
       break
   else:
     raise RuntimeError(f"Could not take {path}: other runs keep taking it; "

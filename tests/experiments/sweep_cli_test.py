@@ -56,6 +56,12 @@ def _cli(module, *args):
 
 
 def _sweep_file(tmp_path, frozen, text=SWEEP):
+  # The "missing" model is a damaged one: it passes the sweep's up-front
+  # checks (a T5X `checkpoint` file is there) and fails when a run reads it.
+  damaged = os.path.join(str(tmp_path), "no_model")
+  os.makedirs(damaged, exist_ok=True)
+  with open(os.path.join(damaged, "checkpoint"), "wb") as f:
+    f.write(b"\x93not msgpack")
   path = os.path.join(str(tmp_path), "tiny.toml")
   with open(path, "w", encoding="utf-8") as f:
     f.write(textwrap.dedent(text.format(
