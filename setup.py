@@ -17,6 +17,9 @@ INSTALL_REQUIRES = [
     "tensorflow>=2.21.0,<2.22",
     "tensorflow-text>=2.21.1,<2.22",
     "tensorflow-datasets>=4.9.10,<5",
+    # TFDS imports it to prepare a dataset (`python -m prompt_tuning.data
+    # prepare`) but declares it only for Python < 3.9.
+    "importlib_resources>=6,<8",
     "sentencepiece>=0.2.3,<0.3",
     "tensorstore>=0.1.86,<0.2",
     # gs:// run directories and checkpoints (`prompt_tuning/storage.py`):
