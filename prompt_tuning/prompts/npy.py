@@ -56,21 +56,19 @@ def as_float32_prompt(array: np.ndarray, where: str) -> np.ndarray:
     raise ValueError(
         f"{where} holds a {array.dtype} array of shape {array.shape}; a "
         f"prompt is a floating [P, H] array ({_ACCEPTED}).")
-  if array.dtype == np.float32:
-    prompt = array
-  else:
-    with np.errstate(over="ignore"):
-      prompt = array.astype(np.float32)
-    if np.all(np.isfinite(array.astype(np.float64))) and not np.all(
-        np.isfinite(prompt)):
-      raise ValueError(f"{where} holds {array.dtype} values beyond float32's "
-                       "range; a prompt is stored as float32.")
-    exact = array.dtype in _EXACT_IN_FLOAT32
-    logging.warning("Prompt file %s is %s %s: cast to float32 (%s).", where,
-                    array.dtype, list(array.shape),
-                    "exact" if exact else "rounded to float32's precision")
-  if not np.all(np.isfinite(prompt)):
+  if not np.all(np.isfinite(array.astype(np.float64))):
     raise ValueError(f"{where} contains NaN or inf values.")
+  if array.dtype == np.float32:
+    return array
+  with np.errstate(over="ignore"):
+    prompt = array.astype(np.float32)
+  if not np.all(np.isfinite(prompt)):
+    raise ValueError(f"{where} holds {array.dtype} values beyond float32's "
+                     "range; a prompt is stored as float32.")
+  exact = array.dtype in _EXACT_IN_FLOAT32
+  logging.warning("Prompt file %s is %s %s: cast to float32 (%s).", where,
+                  array.dtype, list(array.shape),
+                  "exact" if exact else "rounded to float32's precision")
   return prompt
 
 
@@ -81,14 +79,16 @@ def _load(f: BinaryIO, where: str) -> np.ndarray:
   f.seek(0)
   try:
     return np.load(f, allow_pickle=False)
-  except ValueError as e:  # object arrays (pickles), malformed headers
-    raise ValueError(
-        f"{where} is not a plain numeric .npy array ({' '.join(str(e).split())}"
-        "); save prompts with np.save(path, np.asarray(prompt, np.float32))."
-    ) from None
-  except (OSError, EOFError) as e:  # a file cut short
-    raise ValueError(f"{where} is not a readable .npy array ({e}); it may be "
-                     "truncated: save it again.") from None
+  except (ValueError, OSError, EOFError) as e:
+    reason = " ".join(str(e).split())
+    if "allow_pickle" in reason:  # an object array: a pickle
+      raise ValueError(
+          f"{where} is not a plain numeric .npy array ({reason}); save "
+          "prompts with np.save(path, np.asarray(prompt, np.float32))."
+      ) from None
+    # A file cut short, or a damaged header.
+    raise ValueError(f"{where} is not a readable .npy array ({reason}); it "
+                     "may be truncated: save it again.") from None
 
 
 def read(source: Union[str, os.PathLike, BinaryIO],

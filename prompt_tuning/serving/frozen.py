@@ -69,6 +69,9 @@ def load_frozen(initial_checkpoint_path: str,
   if not initial_checkpoint_path:
     raise ValueError("INITIAL_CHECKPOINT_PATH is not set: serving prompts "
                      "needs the frozen T5 they were trained for.")
+  if dtype is not None and dtype not in SERVING_DTYPES:
+    raise ValueError(f"dtype={dtype!r}: serving computes in one of "
+                     f"{', '.join(SERVING_DTYPES)}.")
   mesh = partitioning.create_mesh(mesh_shape)
   rules = partitioning.logical_axis_rules(fsdp)
   config, params = load_pretrained(initial_checkpoint_path, model_config,
@@ -77,9 +80,6 @@ def load_frozen(initial_checkpoint_path: str,
     config = config.replace(param_dtype=(model_config.param_dtype
                                          if model_config else "float32"))
   if dtype is not None:
-    if dtype not in SERVING_DTYPES:
-      raise ValueError(f"dtype={dtype!r}: serving computes in one of "
-                       f"{', '.join(SERVING_DTYPES)}.")
     config = config.replace(dtype=dtype)
   logging.info("Serving %s: weights in %s, computing in %s.",
                initial_checkpoint_path, jax.tree_util.tree_leaves(params)[0]
