@@ -19,6 +19,7 @@ still wins.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import json
 import os
@@ -157,7 +158,7 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     return
   tmp = f"{path}.tmp-{os.getpid()}"
   try:
-    with open(tmp, "wb") as f:
+    with naming(path), open(tmp, "wb") as f:
       write(f)
       f.flush()
       os.fsync(f.fileno())
@@ -165,6 +166,18 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+@contextlib.contextmanager
+def naming(path: str) -> Iterator[None]:
+  """Makes an OSError raised inside name `path`: a failed write() or
+  flush() (a full disk: a bare `[Errno 28]`) names no file by itself."""
+  try:
+    yield
+  except OSError as e:
+    if e.filename is not None and e.filename != f"{path}.tmp-{os.getpid()}":
+      raise
+    raise OSError(e.errno, e.strerror or str(e), path) from e
 
 
 def write_bytes(path: str, data: bytes) -> None:

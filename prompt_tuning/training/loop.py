@@ -314,13 +314,16 @@ def _start(*, model_dir: str, initial_checkpoint_path: str,
                 "started": False}
     if on_start is not None:
       on_start()
-    if jax.process_index() == 0:
-      records.write_parameters(
-          model_dir, counts, mode=mode,
-          prompt_parameters=counts["trainable"] if mode == "prompt" else 0)
-    result = _loop(ckpt, run, state, position, shardings, tx, counts,
-                   model_dir, mixture_or_task_name, task_feature_lengths,
-                   schedule, decode)
+    # The loop advances position["batches_consumed"]: one batch a step.
+    with run_directory.explain_write_errors(
+        model_dir, lambda: position["batches_consumed"]):
+      if jax.process_index() == 0:
+        records.write_parameters(
+            model_dir, counts, mode=mode,
+            prompt_parameters=counts["trainable"] if mode == "prompt" else 0)
+      result = _loop(ckpt, run, state, position, shardings, tx, counts,
+                     model_dir, mixture_or_task_name, task_feature_lengths,
+                     schedule, decode)
     return dict(result, started=True)
 
 

@@ -132,7 +132,7 @@ def append_line(path: str, line: str) -> None:
       with open(path, "rb") as f:
         whole = _without_torn_tail(path, f.read())
       storage.write_bytes(path, whole)
-    with open(path, "a", encoding="utf-8") as f:
+    with storage.naming(path), open(path, "a", encoding="utf-8") as f:
       f.write(line)
     return
   try:

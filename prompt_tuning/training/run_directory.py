@@ -22,13 +22,14 @@ runs taking over one lock, one wins.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import socket
 import time
 import uuid
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 from prompt_tuning import storage
 
@@ -75,6 +76,54 @@ def _blocker(model_dir: str, error: OSError) -> str:
             f"or fix its permissions")
   return (f"writing in {path} failed ({error.strerror or error}); choose "
           f"another MODEL_DIR")
+
+
+# Write failures that no retry fixes: the disk or the quota is full, the
+# file system went read-only.
+_FULL = {errno.ENOSPC: "no space left on device",
+         errno.EDQUOT: "disk quota exceeded",
+         errno.EROFS: "the file system is read-only"}
+
+
+def _write_failure(error: BaseException) -> Optional[OSError]:
+  """The OSError of a full or read-only disk behind `error` (orbax and
+  TensorStore wrap it), else None."""
+  seen = 0
+  while error is not None and seen < 16:
+    if isinstance(error, OSError) and error.errno in _FULL:
+      return error
+    for number, text in ((errno.ENOSPC, "No space left on device"),
+                         (errno.EDQUOT, "Disk quota exceeded")):
+      if text in str(error):
+        return OSError(number, text)
+    error, seen = error.__cause__ or error.__context__, seen + 1
+  return None
+
+
+@contextlib.contextmanager
+def explain_write_errors(model_dir: str, step: Callable[[], int]
+                         ) -> Iterator[None]:
+  """Turns a full (or read-only) disk during a run into one line naming the
+  file, the step and what to do; the raw error names neither.
+
+  Args:
+    model_dir: the run directory.
+    step: the step the run is at (called when a write fails).
+
+  Raises:
+    OSError: one line; other errors pass through unchanged.
+  """
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    failure = _write_failure(e)
+    if failure is None:
+      raise
+    raise OSError(
+        f"{_FULL[failure.errno]}: writing {failure.filename or model_dir} at "
+        f"step {step()} failed; free space there (or choose another "
+        f"MODEL_DIR, copying {model_dir} over) and rerun: the run resumes "
+        f"from its last checkpoint.") from None
 
 
 def _start_time(pid: int) -> Optional[str]:
