@@ -6,9 +6,11 @@ back against the run directories, and the cluster files."""
 import csv
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -178,3 +180,117 @@ def test_a_typo_anywhere_fails_before_any_run(frozen, tmp_path):
                           "(frozen-missing__task-tiny_classify__seed-0)")
   assert "TRAIN_STEPZ" in error and "TRAIN_STEPS" in error
   assert not os.path.exists(root)
+
+
+def test_progress_lines_show_the_early_stopped_value(swept):
+  _, root, first, _ = swept
+  for seed in (0, 1):
+    name = f"frozen-tiny__task-tiny_classify__seed-{seed}"
+    with open(os.path.join(root, name, "best.json")) as f:
+      best = json.load(f)
+    with open(os.path.join(root, name, "eval", "metrics.jsonl")) as f:
+      evals = {e["step"]: e["metrics"] for e in map(json.loads, f)}
+    value = evals[best["step"]]["tiny_classify/score"]
+    assert (f"{name}: tiny_classify/score {value:.2f} at step "
+            f"{best['step']} (early stopping's pick)") in first.stdout
+
+
+def test_report_names_the_frozen_model_the_runs_bound(swept, frozen):
+  _, root, _, _ = swept
+  assert _cli("report", root).returncode == 0
+  with open(os.path.join(root, "summary.md"), encoding="utf-8") as f:
+    summary = f.read()
+  assert f"- `t5_1_1_tiny from {frozen}` (74.4K parameters): 2 run(s), " \
+      "frozen=tiny" in summary
+
+
+# --- Inputs checked by `plan` (and run/emit) before anything starts. --------
+
+_INPUTS_SWEEP = """
+[sweep]
+name = "inputs"
+reproduces = "nothing: a test"
+gin_files = ["models/t5_1_1_tiny.gin", "runs/prompt_tune.gin"]
+bindings = ["TASK_FEATURE_LENGTHS = {{'inputs': 32, 'targets': 4}}",
+            "INITIAL_CHECKPOINT_PATH = '{checkpoint}'",
+            "CLASS_LABELS = ['yes', 'no']"]
+task_modules = ["{module}"]
+tasks = ["{task}"]
+seeds = [0, 1]
+"""
+
+
+def _plan_inputs(tmp_path, checkpoint, module, task, env_update=(),
+                 unset=()):
+  path = os.path.join(str(tmp_path), "inputs.toml")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(textwrap.dedent(_INPUTS_SWEEP.format(
+        checkpoint=checkpoint, module=module, task=task)))
+  root = os.path.join(str(tmp_path), "runs")
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+             TF_CPP_MIN_LOG_LEVEL="3", **dict(env_update))
+  for name in unset:
+    env.pop(name, None)
+  start = time.perf_counter()
+  result = subprocess.run(
+      [sys.executable, "-m", "prompt_tuning.sweep", "plan", path, "--root",
+       root], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  seconds = time.perf_counter() - start
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in result.stderr, (
+      result.stderr[-2000:])
+  assert errors[0].startswith(f"error: {path}: run 1/2 ("), errors[0]
+  assert seconds < 60 and not os.path.exists(root), seconds
+  return errors[0]
+
+
+def test_plan_refuses_a_missing_checkpoint(tmp_path):
+  missing = os.path.join(str(tmp_path), "no_such_checkpoint")
+  line = _plan_inputs(tmp_path, missing, "tests.tiny_tasks", "tiny_classify")
+  assert f"INITIAL_CHECKPOINT_PATH {missing}: no such file or directory" in (
+      line)
+
+
+def test_plan_refuses_an_unreachable_gs_checkpoint(tmp_path):
+  with socket.socket() as s:  # a port nothing listens on: "network down"
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  line = _plan_inputs(tmp_path, "gs://no-such-bucket/t5x", "tests.tiny_tasks",
+                      "tiny_classify",
+                      {"STORAGE_EMULATOR_HOST": f"127.0.0.1:{port}"})
+  assert "INITIAL_CHECKPOINT_PATH gs://no-such-bucket/t5x is unreachable" in (
+      line)
+
+
+def test_plan_refuses_unprepared_tfds_data(tmp_path, frozen):
+  data_dir = os.path.join(str(tmp_path), "tensorflow_datasets")
+  os.makedirs(data_dir)
+  line = _plan_inputs(tmp_path, frozen, "prompt_tuning.tasks.super_glue",
+                      "super_glue_rte_v102", {"TFDS_DATA_DIR": data_dir})
+  assert "TFDS dataset super_glue/rte:1.0.2 is not prepared" in line
+  assert data_dir in line
+  assert "`python -m prompt_tuning.data prepare super_glue_rte_v102`" in line
+
+
+def test_plan_refuses_a_missing_vocabulary(tmp_path, frozen):
+  missing = os.path.join(str(tmp_path), "sentencepiece.model")
+  line = _plan_inputs(tmp_path, frozen, "prompt_tuning.tasks.custom_example",
+                      "custom_example_sentiment",
+                      {"T5_VOCABULARY": missing})
+  assert f"Vocabulary T5_VOCABULARY={missing}: no such file" in line
+
+
+def test_plan_names_the_gin_file_and_line_of_a_wrong_type(tmp_path, frozen):
+  gin_file = os.path.join(str(tmp_path), "fast.gin")
+  with open(gin_file, "w", encoding="utf-8") as f:
+    f.write("include 'runs/prompt_tune.gin'\n"
+            "AdafactorConfig.learning_rate = 'fast'\n")
+  text = SWEEP.replace('"runs/prompt_tune.gin"', f'"{gin_file}"')
+  path = _sweep_file(tmp_path, frozen, text)
+  result = _cli("sweep", "plan", path, "--root",
+                os.path.join(str(tmp_path), "runs"))
+  assert result.returncode == 2
+  error = result.stderr.strip().splitlines()[-1]
+  assert (f"AdafactorConfig.learning_rate = 'fast': must be a number "
+          f"(float); set in {gin_file}:2.") in error, error
