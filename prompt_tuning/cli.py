@@ -30,6 +30,7 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
 import gin  # pylint: disable=g-import-not-at-top
 
+from prompt_tuning import compilation_cache  # pylint: disable=g-import-not-at-top
 from prompt_tuning import configurables  # pylint: disable=g-import-not-at-top
 from prompt_tuning.training import preemption  # pylint: disable=g-import-not-at-top
 
@@ -57,6 +58,10 @@ flags.DEFINE_integer("process_index", None,
                      "This process's index, 0..process_count-1 (with "
                      "--multihost).")
 flags.DEFINE_bool("debug", False, "Show full tracebacks for errors.")
+flags.DEFINE_string("compilation_cache", None,
+                    "Directory of JAX's persistent compilation cache, or "
+                    "'off' (default: $PROMPT_TUNING_COMPILATION_CACHE, else "
+                    "~/.cache/prompt_tuning/jax_compilation_cache).")
 
 # What a user can get wrong: bad config, paths, shapes, divisibility, data.
 _USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError,
@@ -154,6 +159,16 @@ def _main(fn_name: str, model_dir_macro: str) -> int:
                      "set without --multihost: add --multihost.")
   logging.info("jax %s, process %d/%d, devices: %s", jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
+  # Before the first compilation; its counters are logged however it ends.
+  cache = compilation_cache.enable(FLAGS.compilation_cache)
+  try:
+    return _configure_and_call(fn_name, model_dir_macro)
+  finally:
+    if cache is not None:
+      logging.info(cache.line())
+
+
+def _configure_and_call(fn_name: str, model_dir_macro: str) -> int:
   _import_task_modules(FLAGS.task_module)
   configurables.parse(FLAGS.gin_file, FLAGS.gin_bindings,
                       FLAGS.gin_search_paths, entry=fn_name,
