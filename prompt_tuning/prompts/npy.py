@@ -48,6 +48,8 @@ def as_float32_prompt(array: np.ndarray, where: str) -> np.ndarray:
       NaN / inf values (also float64 values beyond float32's range).
   """
   array = np.asarray(array)
+  if array.dtype.byteorder not in "=|":  # big-endian files: the same values
+    array = array.astype(array.dtype.newbyteorder("="))
   if array.dtype == _RAW_2_BYTES:
     array = array.view(_BFLOAT16)
   floating = (np.issubdtype(array.dtype, np.floating)
