@@ -1,19 +1,28 @@
 """`python -m prompt_tuning.report ROOT`: tables and figures of a sweep.
 
 Reads every run directory under ROOT (what `train` writes: parameters.json,
-eval/metrics.jsonl, summary.json, best.json; and what the sweep command adds:
-sweep.json, sweep_run.json) and writes, into ROOT (or `--out`):
+operative_config.gin, eval/metrics.jsonl, summary.json, best.json; and what
+the sweep command adds: sweep.json, sweep_run.json) and writes, into ROOT
+(or `--out`):
 
-- `results.csv`: one row per run: grid keys, task, seed, frozen-model and
-  trainable parameter counts, the step early stopping selected, every dev
-  metric there, and the run's status;
-- `summary.md`: per study, mean +- std over seeds per grid cell of each
-  task's score and of the mean over tasks (the SuperGLUE score when the
-  tasks are SuperGLUE's), and the runs that failed or did not finish (never
-  averaged in);
+- `results.csv`: one row per run: grid keys, task, seed, the frozen model
+  as the run bound it, frozen-model and trainable parameter counts, the step
+  early stopping selected, every dev metric there, and the run's status;
+- `summary.md`: the frozen models the runs bound (checkpoint and preset,
+  from each run's operative config); per study, mean +- std over seeds per
+  grid cell of each task's score and of the mean over tasks (the SuperGLUE
+  score only when the study evaluated all 8 SuperGLUE tasks; otherwise the
+  title names the tasks it did evaluate), the paper's Table 1 (MRQA, F1)
+  and Table 2 (QQP <-> MRPC) numbers beside ours where the study evaluated
+  those sets, and the runs that failed or did not finish (never averaged
+  in);
 - `<study>.png`: the study's figure (score vs frozen-model size on a log
   axis, or vs an axis; one line per value of its `lines` axis; error bars:
-  std over seeds; the paper's numbers dashed where the sweep names them).
+  std over seeds; the paper's numbers dashed where the sweep names them and
+  they measure what the study measured).
+
+A ROOT without run directories (empty, not a sweep's, or planned but not
+started) is refused in one line, and nothing is written.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import argparse
 import dataclasses
 import os
 import sys
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from prompt_tuning import storage
 from prompt_tuning.experiments import figures
@@ -70,10 +79,45 @@ def _order(study_cells: List[summary.Cell],
   return sorted(study_cells, key=key)
 
 
+def _title_and_overlay(study: Mapping[str, Any], evaluated: Sequence[str],
+                       superglue: bool) -> Tuple[str, Optional[Any],
+                                                 List[str]]:
+  """The study's title, its paper overlay and notes on them: "SuperGLUE"
+  (and the paper's SuperGLUE curve) only when the study evaluated all 8 of
+  its tasks, else the tasks it did evaluate."""
+  title = study.get("title") or ""
+  key = study.get("paper") or ""
+  overlay = paper.OVERLAYS.get(key)
+  if superglue or not evaluated:
+    return title, overlay, []
+  names = summary.task_names(evaluated)
+  notes = []
+  if "SuperGLUE" in title:
+    title = title.replace("SuperGLUE score", f"Mean score on {names}")
+    title = title.replace("SuperGLUE", names)
+  if key in paper.SUPERGLUE_OVERLAYS:
+    overlay = None
+    notes = [f"The paper's curve ({key}) is not drawn: it is the SuperGLUE "
+             f"score, the mean over its 8 tasks, and this study evaluated "
+             f"{names}.", ""]
+  return title, overlay, notes
+
+
 def write_report(root: str, out: Optional[str] = None) -> Dict[str, str]:
   """Writes results.csv, summary.md and one PNG per study; returns paths."""
   out = out or root
   runs = results_lib.read_root(root)
+  if not runs:
+    # Checked before anything is written: a report of nothing would read
+    # as "0 runs, all finished".
+    planned = records.read_json(storage.join(root, runner.SWEEP_FILE))
+    raise ValueError(
+        f"{root}: no run directories under it (none holds "
+        f"{runner.RUN_FILE} or {records.PARAMETERS_FILE})" +
+        ("; its sweep.json plans runs that have not started: `python -m "
+         "prompt_tuning.sweep run` them first" if planned else
+         ": not a sweep's root (give the --root of `sweep run`, or a "
+         "directory of train runs)") + "; nothing written.")
   described = _description(root, runs)
   planned = set(described.get("runs") or [])
   # A run directory left from an earlier plan of this root (e.g. an axis
@@ -86,7 +130,8 @@ def write_report(root: str, out: Optional[str] = None) -> Dict[str, str]:
   runs = runs + [results_lib.RunResult(
       name=n, path=storage.join(root, n), status="pending", point={},
       task="", seed=None, studies=(), best_metric="", model_parameters=None,
-      trainable_parameters=None, mode="", selected_step=None, metrics={},
+      trainable_parameters=None, mode="", frozen_model="",
+      selected_step=None, metrics={},
       problem="not started (no run directory)") for n in missing]
   axes = described.get("axes") or []
   axis_names = [a["name"] for a in axes]
@@ -107,14 +152,18 @@ def write_report(root: str, out: Optional[str] = None) -> Dict[str, str]:
     if not members:
       continue
     tasks = sorted({r.task for r in members if r.task})
-    superglue = summary.is_superglue(
-        [t for r in members if r.usable for t in summary.evaluated_tasks(r)])
+    evaluated = [t for r in members if r.usable
+                 for t in summary.evaluated_tasks(r)]
+    superglue = summary.is_superglue(evaluated)
     study_cells = _order(summary.cells(members, axis_names), axes)
     varied = [a for a in axis_names if a in (study.get("vary") or {})]
-    lines = summary.study_table(study_cells, varied, superglue)
-    heading = f"Study `{study['name']}`" + (
-        f": {study['title']}" if study.get("title") else "")
-    lines = [f"Tasks: {', '.join(tasks)}.", ""] + lines
+    title, overlay, notes = _title_and_overlay(study, evaluated, superglue)
+    heading = f"Study `{study['name']}`" + (f": {title}" if title else "")
+    lines = ([f"Tasks: {', '.join(tasks)}.", ""] + notes +
+             summary.study_table(study_cells, varied, superglue))
+    compared = summary.paper_table(study_cells, varied)
+    if compared:
+      lines += [""] + compared
     figure_path = os.path.join(local, f"{study['name']}.png")
     x = study.get("x") or "parameters"
     lines_axis = study.get("lines")
@@ -124,21 +173,25 @@ def write_report(root: str, out: Optional[str] = None) -> Dict[str, str]:
     drawn, numeric = figures.study_lines(study_cells, x, lines_axis,
                                          list(x_values), list(line_values))
     figures.draw(
-        figure_path, study.get("title") or f"{described['name']}: "
-        f"{study['name']}", drawn, x=x, numeric_x=numeric,
-        x_values=list(x_values),
+        figure_path, title or f"{described['name']}: {study['name']}",
+        drawn, x=x, numeric_x=numeric, x_values=list(x_values),
         y_label=("SuperGLUE score" if superglue else
                  "dev score (mean over tasks)"),
-        overlay=paper.OVERLAYS.get(study.get("paper") or ""))
+        overlay=overlay)
     paths[f"figure:{study['name']}"] = figure_path
     lines += ["", f"Figure: `{os.path.basename(figure_path)}`."]
     sections.append((heading, lines))
   header = []
   for key, label in (("reproduces", "Reproduces"),
-                     ("checkpoints", "Frozen models"),
+                     ("checkpoints", "The sweep file expects"),
                      ("description", "About")):
     if described.get(key):
       header.append(f"{label}: {described[key]}")
+  frozen = summary.frozen_model_lines(
+      [r for r in runs if r.name not in unplanned], axis_names)
+  if frozen:
+    header += ["", "Frozen models, as the runs bound them (their "
+               "operative_config.gin):", ""] + frozen
   with open(paths["summary"], "w", encoding="utf-8") as f:
     f.write(summary.markdown(f"Sweep `{described['name']}`", header,
                              sections, runs))

@@ -40,6 +40,10 @@ class RunResult:
   model_parameters: Optional[int]
   trainable_parameters: Optional[int]
   mode: str
+  # The frozen model as the run bound it (its operative config): the
+  # checkpoint path, after the model preset's name when one is bound ('' when
+  # the run wrote no config).
+  frozen_model: str
   # Early stopping's step and every dev metric there (None / {}: no eval).
   selected_step: Optional[int]
   metrics: Mapping[str, float]
@@ -62,8 +66,33 @@ select_step = best_lib.select_step
 
 
 def _gin_value(config_text: str, key: str) -> Optional[str]:
-  match = re.search(rf"^{re.escape(key)}\s*=\s*(.+)$", config_text, re.M)
-  return match.group(1).strip() if match else None
+  """`key`'s value in a gin file (a scoped binding `SCOPE/key` too), a
+  `%MACRO` reference resolved, quotes kept."""
+  match = re.search(rf"^(?:[\w.]+/)?{re.escape(key)}\s*=\s*(.+)$",
+                    config_text, re.M)
+  if not match:
+    return None
+  value = match.group(1).strip()
+  if re.fullmatch(r"%\w+", value) and value[1:] != key:
+    return _gin_value(config_text, value[1:])
+  return value
+
+
+def _frozen_model(path: str) -> str:
+  """What the run froze, from its operative config (else its config.gin)."""
+  for name in ("operative_config.gin", "config.gin"):
+    try:
+      text = storage.read_text(storage.join(path, name))
+    except (OSError, ValueError):
+      continue
+    checkpoint = (_gin_value(text, "train.initial_checkpoint_path") or
+                  _gin_value(text, "INITIAL_CHECKPOINT_PATH") or "")
+    preset = _gin_value(text, "model_config.name") or ""
+    checkpoint, preset = checkpoint.strip("'\""), preset.strip("'\"")
+    if checkpoint in ("", "None"):
+      checkpoint = "random initialisation"
+    return f"{preset} from {checkpoint}" if preset else checkpoint
+  return ""
 
 
 def _from_config(path: str) -> Dict[str, Any]:
@@ -124,6 +153,7 @@ def read_run(path: str) -> RunResult:
       trainable_parameters=(int(parameters["trainable"]) if parameters
                             else None),
       mode=str(parameters.get("mode", "")) if parameters else "",
+      frozen_model=_frozen_model(path),
       selected_step=step,
       metrics=dict(history.get(step, {})) if step is not None else {},
       problem=problem)

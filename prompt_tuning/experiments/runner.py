@@ -192,11 +192,7 @@ def _finish(root: str, item: _Active, code: int,
   finished = code == 0 and records.is_finished(directory)
   if finished:
     record = {"status": "finished", "returncode": code, "seconds": seconds}
-    summary = records.read_json(storage.join(directory,
-                                             records.SUMMARY_FILE)) or {}
-    value = (summary.get("eval") or {}).get(item.run.best_metric)
-    outcome = (f"{item.run.best_metric} {value:.2f}"
-               if isinstance(value, (int, float)) else "done")
+    outcome = _early_stopped(directory, item.run.best_metric)
   else:
     error = _last_error(os.path.join(item.mirror.path, LOG_FILE))
     if code == 0:
@@ -210,6 +206,19 @@ def _finish(root: str, item: _Active, code: int,
   echo(f"[{done}/{total}] {item.run.name}: {outcome} ({seconds:.0f}s; "
        f"ETA {eta / 60:.1f} min)")
   return "finished" if finished else "failed"
+
+
+def _early_stopped(directory: str, metric: str) -> str:
+  """The run's value at the step early stopping selected (what the report
+  averages), not its last evaluation's."""
+  # results reads run directories and imports this module for their status.
+  from prompt_tuning.experiments import results  # pylint: disable=g-import-not-at-top
+  run = results.read_run(directory)
+  value = run.metrics.get(metric)
+  if not isinstance(value, (int, float)):
+    return "done"
+  return (f"{metric} {value:.2f} at step {run.selected_step} (early "
+          f"stopping's pick)")
 
 
 def plan_lines(sweep: sweeps.Sweep, runs: Sequence[sweeps.Run],

@@ -5,7 +5,8 @@ a cell, each evaluated task's score is read at that run's selected step (the
 mean of the task's metrics, `invalid_prediction_rate` left out: the
 leaderboard's rule) and, when every task of the cell was evaluated once, the
 cell's score is the mean over its tasks (`metrics.superglue_average`: the
-SuperGLUE score when the tasks are SuperGLUE's). Means and sample standard
+SuperGLUE score when the tasks are SuperGLUE's; for SQuAD and MRQA the F1
+alone, as the paper's Table 1). Means and sample standard
 deviations (ddof=1) are over the seeds that have every task of the cell;
 runs that failed or did not finish are listed and never averaged in.
 """
@@ -21,6 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from prompt_tuning import metrics as metrics_lib
+from prompt_tuning.experiments import paper
 from prompt_tuning.experiments.results import RunResult
 
 
@@ -55,6 +57,11 @@ class Cell:
   # Seeds with every task, and seeds with some task missing.
   seeds: Tuple[int, ...]
   incomplete_seeds: Tuple[int, ...]
+  # (run task, evaluated task, metric) -> Stat over the complete seeds.
+  metrics: Mapping[Tuple[str, str, str], Stat] = dataclasses.field(
+      default_factory=dict)
+  # 'prompt' or 'model' when every run of the cell trained that way.
+  mode: str = ""
 
 
 def evaluated_tasks(run: RunResult) -> List[str]:
@@ -64,9 +71,17 @@ def evaluated_tasks(run: RunResult) -> List[str]:
 
 
 def _column(run: RunResult, evaluated: str, single_task: bool) -> str:
-  if single_task or evaluated == run.task:
-    return evaluated
-  return f"{run.task} -> {evaluated}"
+  """A task's column; where the paper reports one metric of the task (F1
+  for MRQA), that metric, named."""
+  name = evaluated if single_task or evaluated == run.task else (
+      f"{run.task} -> {evaluated}")
+  metric = paper.TABLE_METRIC.get(evaluated)
+  return f"{name} ({metric})" if metric else name
+
+
+def _column_value(run: RunResult, evaluated: str) -> Optional[float]:
+  return run.metrics.get(
+      f"{evaluated}/{paper.TABLE_METRIC.get(evaluated, 'score')}")
 
 
 def cells(study_runs: Sequence[RunResult], axes: Sequence[str]
@@ -93,26 +108,40 @@ def cells(study_runs: Sequence[RunResult], axes: Sequence[str]
                       if {r.task for r in rs} >= expected[key])
     incomplete = sorted(set(per_seed) - set(complete))
     columns: Dict[str, List[float]] = {}
+    detail: Dict[Tuple[str, str, str], List[float]] = {}
     scores: List[float] = []
     for seed in complete:
       by_task: Dict[str, Dict[str, float]] = {}
       duplicate = False
       for run in per_seed[seed]:
         for evaluated in evaluated_tasks(run):
-          columns.setdefault(_column(run, evaluated, single_task),
-                             []).append(run.metrics[f"{evaluated}/score"])
+          value = _column_value(run, evaluated)
+          if value is not None:
+            columns.setdefault(_column(run, evaluated, single_task),
+                               []).append(value)
           duplicate |= evaluated in by_task
-          by_task[evaluated] = run.task_metrics(evaluated)
+          task_metrics = run.task_metrics(evaluated)
+          for metric, value in task_metrics.items():
+            detail.setdefault((run.task, evaluated, metric),
+                              []).append(value)
+          # The paper's one metric of the task where it names one (F1 for
+          # MRQA), as in the task's column.
+          metric = paper.TABLE_METRIC.get(evaluated)
+          by_task[evaluated] = ({metric: task_metrics[metric]}
+                                if metric in task_metrics else task_metrics)
       if by_task and not duplicate:
         scores.append(metrics_lib.superglue_average(by_task))
     sizes = [r.model_parameters for r in runs if r.model_parameters]
+    modes = {r.mode for r in runs}
     out.append(Cell(
         point=dict(zip(axes, key)),
         tasks={c: stat(v) for c, v in sorted(columns.items())},
         score=stat(scores) if scores and len(scores) == len(complete)
         else None,
         model_parameters=float(np.mean(sizes)) if sizes else None,
-        seeds=tuple(complete), incomplete_seeds=tuple(incomplete)))
+        seeds=tuple(complete), incomplete_seeds=tuple(incomplete),
+        metrics={k: stat(v) for k, v in detail.items()},
+        mode=modes.pop() if len(modes) == 1 else ""))
   return out
 
 
@@ -127,13 +156,33 @@ def is_superglue(tasks: Sequence[str]) -> bool:
   return names == set(metrics_lib.SUPERGLUE_TASKS)
 
 
+def task_names(tasks: Sequence[str]) -> str:
+  """The tasks as a reader names them ('BoolQ, CB and RTE' for SuperGLUE's,
+  else as registered)."""
+  names = []
+  for task in sorted(set(tasks)):
+    try:
+      short = metrics_lib.superglue_task_name(task)
+    except ValueError:
+      short = None
+    names.append(_SUPERGLUE_NAMES.get(short, task))
+  names = sorted(set(names))
+  return (", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1
+          else "".join(names))
+
+
+_SUPERGLUE_NAMES = {"boolq": "BoolQ", "cb": "CB", "copa": "COPA",
+                    "multirc": "MultiRC", "record": "ReCoRD", "rte": "RTE",
+                    "wic": "WiC", "wsc": "WSC"}
+
+
 # --- results.csv ------------------------------------------------------------
 
 def csv_text(runs: Sequence[RunResult], axes: Sequence[str]) -> str:
   """One row per run: grid keys, seed, counts, selected step, every metric."""
   metric_names = sorted({k for r in runs for k in r.metrics})
   header = (["run", "status", "studies"] + list(axes) +
-            ["task", "seed", "mode", "model_parameters",
+            ["task", "seed", "mode", "frozen_model", "model_parameters",
              "trainable_parameters", "best_metric", "selected_step",
              "problem"] + metric_names)
   out = io.StringIO()
@@ -144,7 +193,7 @@ def csv_text(runs: Sequence[RunResult], axes: Sequence[str]) -> str:
         [run.name, run.status, " ".join(run.studies)] +
         [run.point.get(a, "") for a in axes] +
         [run.task, "" if run.seed is None else run.seed, run.mode,
-         _blank(run.model_parameters), _blank(run.trainable_parameters),
+         run.frozen_model, _blank(run.model_parameters), _blank(run.trainable_parameters),
          run.best_metric, _blank(run.selected_step), run.problem] +
         [_number(run.metrics.get(m)) for m in metric_names])
   return out.getvalue()
@@ -191,6 +240,71 @@ def study_table(study_cells: Sequence[Cell], varied: Sequence[str],
   return lines
 
 
+def _paper_stat(cell: Cell, row: paper.TableRow) -> Optional[Stat]:
+  """Our number for one of the paper's table rows (None: not evaluated)."""
+  for (trained, evaluated, metric), value in sorted(cell.metrics.items()):
+    if (evaluated == row.evaluated and metric == row.metric and
+        row.trained_on in (None, trained)):
+      return value
+  return None
+
+
+def paper_table(study_cells: Sequence[Cell],
+                varied: Sequence[str]) -> List[str]:
+  """The paper's domain-shift numbers (Tables 1 and 2) beside ours, one row
+  per number of the paper this study evaluated; [] when none."""
+  rows = [row for row in paper.DOMAIN_SHIFT
+          if any(_paper_stat(c, row) for c in study_cells)]
+  if not rows:
+    return []
+  header = ["paper row", "metric"]
+  for cell in study_cells:
+    label = ", ".join(f"{a}={cell.point.get(a, '')}" for a in varied)
+    header += [f"ours: {label or 'runs'}", "paper: " + (
+        f"{cell.mode} tuning" if cell.mode in ("model", "prompt")
+        else "model / prompt tuning")]
+  tables = sorted({row.table for row in rows})
+  lines = [f"The paper's {' and '.join(tables)} ({paper.PAPER_MODEL}, mean "
+           f"of 3 runs) beside ours, in the paper's metric (F1 for MRQA, "
+           f"not the mean of EM and F1): each of our cells is the mean ± std "
+           f"over seeds at the step early stopping selected, on the frozen "
+           f"models named above.", "",
+           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for row in rows:
+    cells = [f"{row.table}: {row.label}", row.metric]
+    for cell in study_cells:
+      ours = _paper_stat(cell, row)
+      theirs = row.paper(cell.mode)
+      cells += [ours.text() if ours else "-",
+                f"{theirs:.1f}" if theirs is not None else
+                f"{row.model_tuning:.1f} / {row.prompt_tuning:.1f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
+def frozen_model_lines(runs: Sequence[RunResult],
+                       axes: Sequence[str]) -> List[str]:
+  """The frozen models the runs bound (their operative config), each with
+  its size and the grid values of the runs that used it."""
+  groups: Dict[str, List[RunResult]] = {}
+  for run in runs:
+    if run.frozen_model:
+      groups.setdefault(run.frozen_model, []).append(run)
+  lines = []
+  for frozen, members in sorted(groups.items()):
+    sizes = [r.model_parameters for r in members if r.model_parameters]
+    where = []
+    for axis in axes:
+      values = sorted({r.point.get(axis) for r in members} - {None})
+      everywhere = {r.point.get(axis) for r in runs} - {None}
+      if values and len(values) < len(everywhere):
+        where.append(f"{axis}={'/'.join(values)}")
+    lines.append(f"- `{frozen}` ({_size(max(sizes) if sizes else None)} "
+                 f"parameters): {len(members)} run(s)" +
+                 (f", {', '.join(where)}" if where else ""))
+  return lines
+
+
 def problem_lines(runs: Sequence[RunResult]) -> List[str]:
   bad = [r for r in runs if not r.usable]
   if not bad:
@@ -204,11 +318,14 @@ def markdown(title: str, header_lines: Sequence[str],
              sections: Sequence[Tuple[str, List[str]]],
              runs: Sequence[RunResult]) -> str:
   finished = sum(r.usable for r in runs)
-  parts = [f"# {title}", ""] + list(header_lines) + [
-      "", f"{len(runs)} runs: {finished} finished and evaluated, "
+  parts = [f"# {title}", ""] + (list(header_lines) + [""] if header_lines
+                               else []) + [
+      f"{len(runs)} runs: {finished} finished and evaluated, "
       f"{len(runs) - finished} not. Each cell: mean ± sample std (ddof=1) "
       f"over seeds of the dev score at the step early stopping selected "
-      f"(a task's score is the mean of its metrics, in percent).", ""]
+      f"(a task's score is the mean of its metrics, in percent; a column "
+      f"that names a metric, e.g. `(f1)`, is that metric alone, the one the "
+      f"paper reports).", ""]
   for heading, lines in sections:
     parts += [f"## {heading}", ""] + lines + [""]
   parts += ["## Not averaged in", ""] + problem_lines(runs) + [""]
