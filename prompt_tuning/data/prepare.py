@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import logging
 import os
 import re
 import socket
@@ -237,28 +238,47 @@ def _proxied() -> bool:
   return any(os.environ.get(v) for v in _PROXY_VARIABLES)
 
 
+def _config_urls(built: tfds.core.DatasetBuilder) -> List[str]:
+  """URLs in the builder config's `*_url(s)` attributes (str, dict, list).
+
+  Where TFDS's builders keep what one config downloads (super_glue's
+  `data_url`, mrqa's `data_urls`); a plain `url` is a homepage.
+  """
+  urls = []
+  config = built.builder_config
+  for name, value in (vars(config) if config is not None else {}).items():
+    if name == "url" or not name.endswith(("url", "urls")):
+      continue
+    values = (value.values() if isinstance(value, dict) else
+              value if isinstance(value, (list, tuple)) else [value])
+    urls.extend(v for v in values
+                if isinstance(v, str) and re.match(r"https?://", v))
+  return urls
+
+
 def _unreachable(built: tfds.core.DatasetBuilder,
                  seen: Dict[str, Optional[str]]) -> Optional[str]:
-  """Why none of the builder's download hosts answers, or None.
+  """Why the builder's download hosts do not answer, or None.
 
   A download from an unreachable host takes TFDS ~200 s of retries to give
-  up; a TCP connection says the same in milliseconds. Only the URLs of the
-  builder's checksums file are known before it runs; without them (or
-  behind a proxy) nothing is checked.
+  up; a TCP connection says the same in milliseconds. The URLs come from the
+  builder config (all of them needed: one unreachable host fails), else from
+  the builder's checksums file (every config's: fails only if none
+  answers). Without either, or behind a proxy, nothing is checked.
 
   Args:
     built: the builder.
     seen: host:port -> the reason it failed, None if it answered; a cache
       across datasets of one command.
   """
-  urls = list(built.url_infos or ())
+  urls = _config_urls(built)
+  all_needed = bool(urls)
+  urls = urls or list(built.url_infos or ())
   if not urls or _proxied():
     return None
   reasons = []
   for url in urls:
     parsed = urllib.parse.urlsplit(url)
-    if not parsed.hostname:
-      continue
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     address = f"{parsed.hostname}:{port}"
     if address not in seen:
@@ -268,12 +288,14 @@ def _unreachable(built: tfds.core.DatasetBuilder,
         seen[address] = None
       except OSError as e:
         seen[address] = getattr(e, "strerror", None) or _first_line(e)
-    if seen[address] is None:
+    if seen[address] is not None:
+      reasons.append(f"{address}: {seen[address]}")
+    elif not all_needed:
       return None
-    reasons.append(f"{address}: {seen[address]}")
   if not reasons:
     return None
-  return f"cannot reach its download host(s) ({'; '.join(sorted(set(reasons)))})"
+  return ("cannot reach its download host(s) "
+          f"({'; '.join(sorted(set(reasons)))})")
 
 
 def prepare(dataset: TfdsDataset, data_dir: Optional[str] = None,
@@ -396,6 +418,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub.add_argument("--task_module", action="append", default=[],
                      dest="sub_task_module", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  # TFDS warns, for every dataset not yet prepared, that its folder "has no
+  # dataset_info.json": noise around the one line per dataset said here.
+  logging.getLogger("absl").setLevel(logging.ERROR)
   registry.import_builtin()
   for module in args.task_module + args.sub_task_module:
     try:

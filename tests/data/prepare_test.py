@@ -7,9 +7,12 @@ builders and SeqIO tasks over them: one that generates its examples in code
 download host is unreachable (127.0.0.1:1, refused at once), one whose
 preparation fails inside TFDS (a simulated connection error). The paper's
 real tasks are checked for what they read (names, versions, splits) and for
-the one-line messages of an empty data directory, never downloaded.
+the one-line messages of an empty data directory; their real builders
+(SuperGLUE RTE, SQuAD) are prepared with apache_beam made unimportable, from
+files written here in their download formats in place of the download.
 """
 
+import json
 import os
 import pathlib
 import subprocess
@@ -246,3 +249,73 @@ def test_cli_failed_downloads_name_dataset_and_dir(tmp_path):
       f"prepare_test_{n}:1.0.0 (read by prepare_test_{n}) is not prepared in "
       f"{tmp_path}: python -m prompt_tuning.data prepare prepare_test_{n} "
       f"--data_dir {tmp_path}" for n in ("broken", "offline")]
+
+
+def _fake_downloads(tmp_path, request):
+  """What TFDS's download_and_extract returns for RTE and SQuAD, made here."""
+  if isinstance(request, str):  # super_glue: one zip, one folder per task
+    folder = tmp_path / "fake_downloads" / "rte"
+    (folder / "RTE").mkdir(parents=True, exist_ok=True)
+    for split, label in (("train", "entailment"), ("val", "not_entailment"),
+                         ("test", None)):
+      row = {"premise": f"A {split} premise.", "hypothesis": "A hypothesis.",
+             "idx": 0, **({"label": label} if label else {})}
+      (folder / "RTE" / f"{split}.jsonl").write_text(json.dumps(row) + "\n")
+    return str(folder)
+  files = {}
+  for key in request:  # squad: {"train": url, "dev": url}
+    path = tmp_path / "fake_downloads" / f"squad_{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"data": [{"title": "T", "paragraphs": [{
+        "context": "The U.S. capital is Washington.",
+        "qas": [{"id": f"{key}0", "question": "What is the capital?",
+                 "answers": [{"text": "Washington", "answer_start": 21}]}]}]}]}))
+    files[key] = str(path)
+  return files
+
+
+def test_paper_builders_prepare_without_beam_and_tasks_read_them(
+    tmp_path, monkeypatch):
+  registry.import_builtin()
+  monkeypatch.setitem(sys.modules, "apache_beam", None)  # import fails
+  monkeypatch.setattr(
+      tfds.download.DownloadManager, "download_and_extract",
+      lambda self, request: _fake_downloads(tmp_path, request))
+  names = ["super_glue_rte_v102", "squad_v010_allanswers"]
+  data_dir = str(tmp_path / "tfds")
+  # The hosts answered (cache given): the check is not the subject here.
+  hosts = {"dl.fbaipublicfiles.com:443": None,
+           "rajpurkar.github.io:443": None}
+  for dataset in prepare.tfds_datasets(names):
+    assert prepare.prepare(dataset, data_dir, say=lambda _: None, hosts=hosts)
+  assert prepare.unprepared(names, data_dir) == []
+  # Read through each task's own preprocessors, from that data dir.
+  got = {}
+  for name in names:
+    task = seqio.get_mixture_or_task(name)
+    copy = seqio.Task(f"prepare_test_copy_{name}", source=seqio.TfdsDataSource(
+        task.source.tfds_dataset.name, splits=("train", "validation"),
+        tfds_data_dir=data_dir), preprocessors=task.preprocessors,
+                      output_features=task.output_features)
+    (example,) = copy.get_dataset(None, split="validation", shuffle=False
+                                  ).as_numpy_iterator()
+    got[name] = (example["inputs_pretokenized"].decode(),
+                 example["targets_pretokenized"].decode())
+  assert got == {
+      "super_glue_rte_v102": ("rte hypothesis: A hypothesis. premise: A val "
+                              "premise.", "not_entailment"),
+      "squad_v010_allanswers": ("question: What is the capital ? context: The "
+                                "U . S . capital is Washington . ",
+                                "Washington")}
+
+
+def test_download_hosts_come_from_the_config_else_the_checksums(tmp_path):
+  def urls(name):
+    return prepare._config_urls(tfds.builder(name, data_dir=str(tmp_path)))
+  # super_glue's config also has a homepage `url`: not a download.
+  assert urls("super_glue/rte:1.0.2") == [
+      "https://dl.fbaipublicfiles.com/glue/superglue/data/v2/RTE.zip"]
+  # TFDS 4.9.10 points MRQA's BioASQ at a page behind a registration.
+  assert urls("mrqa/bio_asq:1.0.0") == [
+      "http://participants-area.bioasq.org/MRQA2019/"]
+  assert urls("prepare_test_offline:1.0.0") == []  # its checksums then
