@@ -45,6 +45,14 @@ def _train_test_vocabulary() -> str:
 
 os.environ["T5_VOCABULARY"] = _train_test_vocabulary()
 
+# The entry points cache compiled steps (prompt_tuning/compilation_cache.py);
+# the tests' subprocesses use one cache per test session, shared by its xdist
+# workers (JAX's cache writes are safe with several processes), never the
+# user's ~/.cache.
+os.environ.setdefault("PROMPT_TUNING_COMPILATION_CACHE", os.path.join(
+    tempfile.gettempdir(), "prompt_tuning_test_compilation_cache_" + (
+        os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid()))))
+
 import pytest  # pylint: disable=g-import-not-at-top
 
 
