@@ -156,9 +156,13 @@ def check(configs: Mapping[str, type], gin_files: Sequence[str],
   """
   where: Optional[Locations] = None
   for name, cls in configs.items():
-    hints = typing.get_type_hints(cls)
+    try:
+      hints = typing.get_type_hints(cls)
+    except Exception:  # pylint: disable=broad-except
+      continue  # an annotation that does not resolve here: not checked
+    bound = _bound(name)
     for field in dataclasses.fields(cls):
-      raw = _bound(name).get(field.name, _UNBOUND)
+      raw = bound.get(field.name, _UNBOUND)
       if raw is _UNBOUND or field.name not in hints:
         continue
       macro = _macro_name(raw)

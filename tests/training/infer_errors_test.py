@@ -138,13 +138,15 @@ def test_evaluator_refuses_an_empty_split_before_any_metric():
     evaluation.Evaluator(EMPTY_TASK, LENGTHS, batch_size=8)
 
 
-def test_train_refuses_an_empty_eval_split_before_building(tmp_path):
+def test_train_refuses_an_empty_eval_split_before_building(tmp_path, frozen):
   model_dir = tmp_path / "run"
   model_dir.mkdir()
   (model_dir / "config.gin").write_text("kept\n")
+  # A checkpoint that passes the input checks but could not be built
+  # (model_config=None for a T5X checkpoint): the split is refused first.
   with pytest.raises(ValueError, match=f"'{EMPTY_TASK}' has an empty "
                      r"'validation' split.*TrainConfig\.eval_split"):
     loop.train(model_dir=str(model_dir),
-               initial_checkpoint_path=MISSING_CHECKPOINT, model_config=None,
+               initial_checkpoint_path=frozen, model_config=None,
                mixture_or_task_name=EMPTY_TASK, task_feature_lengths=LENGTHS)
   assert _snapshot(str(model_dir)) == {"config.gin": b"kept\n"}
