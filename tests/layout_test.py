@@ -3,7 +3,8 @@
 Every module of `prompt_tuning/` (and `tasks/`, installed as
 `prompt_tuning.tasks`) belongs to a level; it may import its own folder and
 anything on a lower level, never a folder beside it on its own level or one
-above. gin is imported only by the entry points' `cli` and `configurables`.
+above. gin is imported only by the entry points' `cli`, `configurables` and
+`gin_types`.
 Reads the source with `ast`, so it imports nothing.
 """
 
@@ -20,9 +21,10 @@ LEVELS = {
     "bench": 3, "experiments": 3, "serving": 3,
     "configurables": 4, "cli": 4, "train": 4, "eval": 4, "infer": 4,
     "smoke": 4, "sweep": 4, "report": 4, "prompt_tools": 4,
+    "gin_types": 4, "compilation_cache": 4,
 }
 ENTRY_LEVEL = 4
-GIN_IMPORTERS = {"cli", "configurables"}
+GIN_IMPORTERS = {"cli", "configurables", "gin_types"}
 # Gone in the layout step; nothing may bring them back at the top level.
 REMOVED = ("checkpointing.py", "evaluation.py", "data.py", "task_registry.py",
            "custom_tasks.py", "vocabularies.py", "postprocessors.py",
