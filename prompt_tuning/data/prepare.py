@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import logging
 import os
 import re
@@ -422,13 +421,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   # dataset_info.json": noise around the one line per dataset said here.
   logging.getLogger("absl").setLevel(logging.ERROR)
   registry.import_builtin()
-  for module in args.task_module + args.sub_task_module:
-    try:
-      importlib.import_module(module)
-    except ImportError as e:
-      print(f"error: cannot import task module {module!r}: {e}",
-            file=sys.stderr)
-      return 2
+  try:
+    registry.import_modules(args.task_module + args.sub_task_module)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   try:
     datasets = tfds_datasets(args.tasks)
     for name in args.tasks:

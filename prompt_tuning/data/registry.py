@@ -86,6 +86,20 @@ def add_mixture(name: str, tasks: Sequence, *, family: str,
                                    description))
 
 
+def import_modules(modules: Sequence[str]) -> None:
+  """Imports task modules (which register their tasks).
+
+  Raises:
+    ValueError: one line naming a module that cannot be imported.
+  """
+  for module in modules:
+    try:
+      importlib.import_module(module)
+    except ImportError as e:
+      raise ValueError(
+          f"cannot import task module {module!r}: {e}") from None
+
+
 def import_builtin(modules: Iterable[str] = BUILTIN_MODULES) -> None:
   """Imports (so registers) the project's task modules."""
   for module in modules:
@@ -178,13 +192,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   labels.add_argument("name")
   args = parser.parse_args(argv)
   import_builtin()
-  for module in args.task_module:
-    try:
-      importlib.import_module(module)
-    except ImportError as e:
-      print(f"error: cannot import task module {module!r}: {e}",
-            file=sys.stderr)
-      return 2
+  try:
+    import_modules(args.task_module)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   if args.command == "list":
     return _print_list(args.family)
   try:
