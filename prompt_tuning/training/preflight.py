@@ -25,11 +25,12 @@ import os
 import socket
 import threading
 import urllib.parse
-from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 import seqio
 
 from prompt_tuning import storage
+from prompt_tuning.data import prepare
 from prompt_tuning.data import registry
 from prompt_tuning.data import vocabularies
 from prompt_tuning.pretrained import hf
@@ -222,43 +223,28 @@ def check_checkpoint(path: str) -> None:
                          )
 
 
-def _tfds_datasets(task: seqio.Task) -> Iterator[Tuple[str, Optional[str]]]:
-  """(TFDS name, data_dir or None) of each dataset a TFDS-backed task
-  reads (one, or one per split with a custom split map)."""
-  source = task.source
-  if not isinstance(source, seqio.TfdsDataSource):
-    return
-  loader = source.tfds_dataset
-  splits = loader.tfds_splits
-  if splits:
-    for split in splits.values():
-      yield split.dataset, split.data_dir
-  else:
-    yield loader.name, loader.data_dir
-
-
 def _without_missing_info(record: logging.LogRecord) -> bool:
   return "dataset_info.json" not in record.getMessage()
 
 
-def check_tfds(name: str, data_dir: Optional[str], task: str) -> None:
+def check_tfds(dataset: prepare.TfdsDataset, task: str) -> None:
   """Refuses a TFDS dataset that is not prepared (nothing is downloaded).
 
   Args:
-    name: the TFDS name, e.g. 'super_glue/boolq:1.0.2'.
-    data_dir: its data directory (None: TFDS's default, $TFDS_DATA_DIR or
-      ~/tensorflow_datasets).
+    dataset: what the task reads (`prepare.tfds_datasets`): the TFDS name,
+      e.g. 'super_glue/boolq:1.0.2', its data directory (None: TFDS's
+      default, $TFDS_DATA_DIR or ~/tensorflow_datasets) and splits.
     task: the SeqIO task that reads it, for the message.
 
   Raises:
     PreflightError: naming the dataset, the directory and the command that
       prepares it.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  name, data_dir = dataset.name, dataset.data_dir
 
-  def prepared(root: Optional[str]) -> Tuple[bool, str]:
-    builder = tfds.builder(name, data_dir=root)
-    return builder.is_prepared(), os.fspath(builder.data_dir)
+  def prepared(root: Optional[str]) -> Tuple[str, str]:
+    built = prepare.builder(dataset, root)
+    return prepare.state(dataset, built), os.fspath(built.data_dir)
 
   shown = data_dir or "TFDS's default data_dir ($TFDS_DATA_DIR or " \
       "~/tensorflow_datasets)"
@@ -267,7 +253,7 @@ def check_tfds(name: str, data_dir: Optional[str], task: str) -> None:
   absl_logger = logging.getLogger("absl")
   absl_logger.addFilter(_without_missing_info)
   try:
-    is_prepared, version_dir = _ask(data_dir, prepared) if data_dir else (
+    state, version_dir = _ask(data_dir, prepared) if data_dir else (
         prepared(None))
   except _Unreachable as e:
     raise PreflightError(
@@ -281,11 +267,15 @@ def check_tfds(name: str, data_dir: Optional[str], task: str) -> None:
         f"({' '.join(str(e).split())[:300]}).") from None
   finally:
     absl_logger.removeFilter(_without_missing_info)
-  if not is_prepared:
+  if state == "not prepared":
     raise PreflightError(
         f"Task {task}: TFDS dataset {name} is not prepared (no "
         f"{version_dir}/dataset_info.json; data_dir: {shown}); prepare it "
         f"with `{_PREPARE} {task}`.")
+  if state != "prepared":
+    raise PreflightError(
+        f"Task {task}: TFDS dataset {name} in {version_dir} is {state}; "
+        f"delete that folder and prepare it again with `{_PREPARE} {task}`.")
 
 
 class Checker:
@@ -312,9 +302,9 @@ class Checker:
           path = vocabulary.sentencepiece_model_file
           if self._once("vocabulary", path):
             check_vocabulary(path)
-      for name, data_dir in _tfds_datasets(task):
-        if self._once("tfds", name, data_dir or ""):
-          check_tfds(name, data_dir, task.name)
+      for dataset in prepare.tfds_datasets([task.name]):
+        if self._once("tfds", dataset.name, dataset.data_dir or ""):
+          check_tfds(dataset, task.name)
 
   def check_run(self, initial_checkpoint_path: str,
                 mixture_or_task_name: str) -> None:

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -231,17 +230,15 @@ def _plan_inputs(tmp_path, checkpoint, module, task, env_update=(),
              TF_CPP_MIN_LOG_LEVEL="3", **dict(env_update))
   for name in unset:
     env.pop(name, None)
-  start = time.perf_counter()
   result = subprocess.run(
       [sys.executable, "-m", "prompt_tuning.sweep", "plan", path, "--root",
        root], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  seconds = time.perf_counter() - start
   assert result.returncode == 2, result.stderr[-2000:]
   errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "Traceback" not in result.stderr, (
       result.stderr[-2000:])
   assert errors[0].startswith(f"error: {path}: run 1/2 ("), errors[0]
-  assert seconds < 60 and not os.path.exists(root), seconds
+  assert not os.path.exists(root)
   return errors[0]
 
 

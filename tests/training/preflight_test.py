@@ -3,9 +3,9 @@ point (`python -m prompt_tuning.train`), in a subprocess, as the reliability
 catalogue does.
 
 Each case asserts the exit code, exactly one `error:` line naming the path
-(no traceback), that nothing was written (no MODEL_DIR, or no checkpoint in
-it) and how long it took: seconds, against ~90 s of storage retries and a
-120-line traceback before. "The network is down" is a storage endpoint that
+(no traceback) and that nothing was written (no MODEL_DIR, or no checkpoint
+in it): before, the same cases ended in ~90 s of storage retries and a
+120-line traceback. "The network is down" is a storage endpoint that
 refuses connections (STORAGE_EMULATOR_HOST on a closed port), so the cases
 behave the same on machines with and without network. The disk-full cases
 point writes of one file at /dev/full (a real ENOSPC from the kernel),
@@ -18,18 +18,12 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 from prompt_tuning.training import preflight
 from tests.training.reliability_test import FAST, ROOT, _command, _env
 from tests.training.reliability_test import _error, _ok
-
-# What a failed start may cost, process start (JAX, TensorFlow, seqio
-# imports: ~10 s here, more on a loaded machine) included.
-FAST_FAILURE_S = 60
-
 
 def _closed_port() -> int:
   """A local port nothing listens on (bound, then released)."""
@@ -43,17 +37,15 @@ def _train(model_dir, *args, env_update=None, unset=(), extra_path=None):
   env.update(env_update or {})
   for name in unset:
     env.pop(name, None)
-  start = time.perf_counter()
-  result = subprocess.run(_command(model_dir, *FAST, *args), cwd=ROOT,
-                          env=env, capture_output=True, text=True,
-                          timeout=600)
-  return result, time.perf_counter() - start
+  return subprocess.run(_command(model_dir, *FAST, *args), cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=600)
 
 
-def _failed_fast(result, seconds, model_dir, code=1):
-  """The one error line of a start refused before anything was written."""
+def _failed_fast(result, model_dir, code=1):
+  """The one error line of a start refused before anything was written
+  (how fast, seconds instead of minutes of storage retries, is measured,
+  not asserted: see the in-process test that no storage call is made)."""
   line = _error(result, code)
-  assert seconds < FAST_FAILURE_S, (seconds, line)
   assert not os.path.exists(model_dir), os.listdir(model_dir)
   return line
 
@@ -70,18 +62,18 @@ _SPM_TASK = ["--task_module=prompt_tuning.tasks.custom_example",
 def test_missing_vocabulary_file(tmp_path):
   model_dir = str(tmp_path / "run")
   missing = str(tmp_path / "no_such" / "sentencepiece.model")
-  result, seconds = _train(model_dir, *_SPM_TASK,
+  result = _train(model_dir, *_SPM_TASK,
                            env_update={"T5_VOCABULARY": missing})
-  line = _failed_fast(result, seconds, model_dir)
+  line = _failed_fast(result, model_dir)
   assert f"Vocabulary T5_VOCABULARY={missing}: no such file" in line, line
 
 
 def test_unreachable_default_vocabulary_fails_in_seconds(tmp_path):
   model_dir = str(tmp_path / "run")
-  result, seconds = _train(
+  result = _train(
       model_dir, *_SPM_TASK, unset=("T5_VOCABULARY",),
       env_update={"STORAGE_EMULATOR_HOST": f"127.0.0.1:{_closed_port()}"})
-  line = _failed_fast(result, seconds, model_dir)
+  line = _failed_fast(result, model_dir)
   assert "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model" in (
       line), line
   assert "is unreachable (cannot connect to 127.0.0.1:" in line, line
@@ -89,13 +81,18 @@ def test_unreachable_default_vocabulary_fails_in_seconds(tmp_path):
           "local copy of sentencepiece.model") in line, line
 
 
-def test_unreachable_gs_check_itself_takes_under_a_second(monkeypatch):
+def test_unreachable_gs_never_reaches_the_storage_client(monkeypatch):
+  """Its retries are what took ~50 s: a refused connection must end the
+  check before any storage call is made."""
   monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"127.0.0.1:{_closed_port()}")
   monkeypatch.setattr(preflight, "_REACHED", {})
-  start = time.perf_counter()
+  asked = []
+  for name in ("exists", "isfile", "isdir", "listdir", "read_bytes"):
+    monkeypatch.setattr(preflight.storage, name,
+                        lambda *a, _n=name: asked.append(_n))
   with pytest.raises(preflight.PreflightError, match="unreachable"):
     preflight.check_vocabulary("gs://t5-data/vocabs/x/sentencepiece.model")
-  assert time.perf_counter() - start < 1.0
+  assert not asked
 
 
 # --- The frozen checkpoint. -------------------------------------------------
@@ -109,9 +106,9 @@ def test_local_checkpoint(tmp_path, kind):
     os.makedirs(path)
     with open(os.path.join(path, "notes.txt"), "w") as f:
       f.write("not a model")
-  result, seconds = _train(model_dir,
+  result = _train(model_dir,
                            f"--gin.INITIAL_CHECKPOINT_PATH='{path}'")
-  line = _failed_fast(result, seconds, model_dir)
+  line = _failed_fast(result, model_dir)
   expected = ("no such file or directory" if kind == "missing" else
               "not a checkpoint")
   assert f"INITIAL_CHECKPOINT_PATH {path}: {expected}" in line, line
@@ -121,10 +118,10 @@ def test_local_checkpoint(tmp_path, kind):
 def test_unreachable_gs_checkpoint_fails_in_seconds(tmp_path):
   model_dir = str(tmp_path / "run")
   path = "gs://no-such-bucket-here/t5x/checkpoint_1100000"
-  result, seconds = _train(
+  result = _train(
       model_dir, f"--gin.INITIAL_CHECKPOINT_PATH='{path}'",
       env_update={"STORAGE_EMULATOR_HOST": f"127.0.0.1:{_closed_port()}"})
-  line = _failed_fast(result, seconds, model_dir)
+  line = _failed_fast(result, model_dir)
   assert f"INITIAL_CHECKPOINT_PATH {path} is unreachable (cannot connect" in (
       line), line
 
@@ -136,12 +133,12 @@ def test_unprepared_tfds_data(tmp_path):
   model_dir = str(tmp_path / "run")
   data_dir = str(tmp_path / "tensorflow_datasets")
   os.makedirs(data_dir)
-  result, seconds = _train(
+  result = _train(
       model_dir, "--task_module=prompt_tuning.tasks.super_glue",
       "--gin.MIXTURE_OR_TASK_NAME='super_glue_boolq_v102'",
       "--gin.TrainConfig.best_metric=''",
       env_update={"TFDS_DATA_DIR": data_dir})
-  line = _failed_fast(result, seconds, model_dir)
+  line = _failed_fast(result, model_dir)
   assert ("Task super_glue_boolq_v102: TFDS dataset super_glue/boolq:1.0.2 "
           "is not prepared") in line, line
   assert data_dir in line, line
@@ -154,9 +151,9 @@ def test_unprepared_tfds_data(tmp_path):
 
 def test_wrong_type_on_the_command_line(tmp_path):
   model_dir = str(tmp_path / "run")
-  result, seconds = _train(model_dir,
+  result = _train(model_dir,
                            "--gin.AdafactorConfig.learning_rate='fast'")
-  line = _failed_fast(result, seconds, model_dir, code=2)
+  line = _failed_fast(result, model_dir, code=2)
   assert ("AdafactorConfig.learning_rate = 'fast': must be a number (float); "
           "set by --gin.AdafactorConfig.learning_rate='fast'.") in line, line
 
@@ -169,8 +166,8 @@ def test_wrong_type_in_a_gin_file_names_file_and_line(tmp_path):
       LEARNING_RATE = 'fast'
       AdafactorConfig.learning_rate = %LEARNING_RATE
       """))
-  result, seconds = _train(model_dir, f"--gin_file={gin_file}")
-  line = _failed_fast(result, seconds, model_dir, code=2)
+  result = _train(model_dir, f"--gin_file={gin_file}")
+  line = _failed_fast(result, model_dir, code=2)
   assert (f"LEARNING_RATE (AdafactorConfig.learning_rate) = 'fast': must be a "
           f"number (float); set in {gin_file}:2 (through %LEARNING_RATE, "
           f"bound in {gin_file}:3)") in line, line
@@ -181,8 +178,8 @@ def test_misspelt_parameter_in_a_gin_file_names_file_and_line(tmp_path):
   gin_file = tmp_path / "typo.gin"
   gin_file.write_text("include 'runs/quickstart.gin'\n\n"
                       "AdafactorConfig.learning_rat = 0.1\n")
-  result, seconds = _train(model_dir, f"--gin_file={gin_file}")
-  line = _failed_fast(result, seconds, model_dir, code=2)
+  result = _train(model_dir, f"--gin_file={gin_file}")
+  line = _failed_fast(result, model_dir, code=2)
   assert (f"Unknown parameter AdafactorConfig.learning_rat (in {gin_file}:3)."
           f" Did you mean AdafactorConfig.learning_rate?") in line, line
 
