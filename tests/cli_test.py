@@ -75,6 +75,23 @@ def test_train_resume_eval_infer(tmp_path, frozen):
   assert 0.0 <= metrics["tiny_classify/accuracy"] <= 1.0
   assert "eval/loss" in metrics
 
+  # DTYPE='float32' computes as the training did (model_config.dtype =
+  # 'float32'; the preset computes in bfloat16): the evaluation of the
+  # prompt best.json names is reproduced.
+  out32 = str(tmp_path / "eval_float32")
+  _cli("eval", "--gin_file=runs/eval.gin", f"--gin.EVAL_OUTPUT_DIR='{out32}'",
+       "--gin.DTYPE='float32'", *common)
+  with open(os.path.join(out32, "metrics.json")) as f:
+    metrics32 = json.load(f)
+  with open(os.path.join(model_dir, "best.json")) as f:
+    best_step = json.load(f)["step"]
+  with open(os.path.join(model_dir, "eval", "metrics.jsonl")) as f:
+    trained = {r["step"]: r["metrics"] for r in map(json.loads, f)}[best_step]
+  assert abs(metrics32["eval/loss"] - trained["eval/loss"]) <= 1e-5 * abs(
+      trained["eval/loss"]), (metrics32, trained)
+  assert metrics32["tiny_classify/accuracy"] == trained[
+      "tiny_classify/accuracy"]
+
   predictions = str(tmp_path / "predictions.jsonl")
   _cli("infer", "--gin_file=runs/infer.gin",
        f"--gin.OUTPUT_PATH='{predictions}'",

@@ -29,7 +29,8 @@ from prompt_tuning.training.inference import RunEvaluator
 def _build(prompt_path: str, initial_checkpoint_path: str,
            model_config: Optional[T5Config], mixture_or_task_name: str,
            placement: str, mesh_shape: Tuple[int, int],
-           fsdp: bool, frozen_dtype: Optional[str] = None) -> setup.RunModel:
+           fsdp: bool, frozen_dtype: Optional[str] = None,
+           dtype: Optional[str] = None) -> setup.RunModel:
   """The frozen model with the saved prompt (file or run directory) in place."""
   prompt = prompt_files.load_prompt(prompt_path)  # [P, H]
   provider = pipeline.get_task_or_mixture(mixture_or_task_name)
@@ -42,7 +43,7 @@ def _build(prompt_path: str, initial_checkpoint_path: str,
                                 placement=placement, init="random_uniform"),
       mesh=mesh, rules=partitioning.logical_axis_rules(fsdp),
       vocabulary=provider.output_features["inputs"].vocabulary,
-      rng=jax.random.PRNGKey(0), frozen_dtype=frozen_dtype)
+      rng=jax.random.PRNGKey(0), frozen_dtype=frozen_dtype, dtype=dtype)
   slot = run.trainable["encoder"]["prompt"]
   if tuple(prompt.shape) != tuple(slot["prompt"].shape):
     raise ValueError(
@@ -58,13 +59,14 @@ def evaluate(*, prompt_path: str, initial_checkpoint_path: str,
              split: str = "validation", batch_size: int = 32,
              decode: DecodeConfig = DecodeConfig(), placement: str = "prefix",
              output_dir: str = "", mesh_shape: Tuple[int, int] = (-1, 1),
-             fsdp: bool = False,
-             frozen_dtype: Optional[str] = None) -> Dict[str, Any]:
+             fsdp: bool = False, frozen_dtype: Optional[str] = None,
+             dtype: Optional[str] = None) -> Dict[str, Any]:
   """Evaluates a saved prompt; writes `metrics.json` and the predictions
   (`predictions/<task>/eval.jsonl`, TensorBoard text) to `output_dir` if set.
 
   `frozen_dtype` stores the frozen weights in that dtype (e.g. 'bfloat16'),
-  as in training.
+  as in training; `dtype` is the compute dtype ('float32' for full
+  precision; None keeps the model config's, bfloat16 in T5X's presets).
 
   Returns:
     {'<task>/<metric>': value, 'eval/loss': ..., 'eval/token_accuracy': ...}.
@@ -73,7 +75,7 @@ def evaluate(*, prompt_path: str, initial_checkpoint_path: str,
   evaluation.check_split(mixture_or_task_name, split, task_feature_lengths)
   run = _build(prompt_path, initial_checkpoint_path, model_config,
                mixture_or_task_name, placement, mesh_shape, fsdp,
-               frozen_dtype)
+               frozen_dtype, dtype)
   evaluator = RunEvaluator(run, mixture_or_task_name, task_feature_lengths,
                            split, batch_size, decode,
                            log_dir=output_dir or None)
@@ -92,7 +94,8 @@ def infer(*, prompt_path: str, initial_checkpoint_path: str,
           split: str = "validation", batch_size: int = 32,
           decode: DecodeConfig = DecodeConfig(), placement: str = "prefix",
           mesh_shape: Tuple[int, int] = (-1, 1),
-          fsdp: bool = False, frozen_dtype: Optional[str] = None) -> int:
+          fsdp: bool = False, frozen_dtype: Optional[str] = None,
+          dtype: Optional[str] = None) -> int:
   """Writes one JSONL record {'task', 'inputs', 'prediction', 'target'} per
   example of `split` to `output_path`; returns the number written."""
   # Both checks are cheap and come before the model loads and runs.
@@ -101,7 +104,7 @@ def infer(*, prompt_path: str, initial_checkpoint_path: str,
   evaluation.check_split(mixture_or_task_name, split, task_feature_lengths)
   run = _build(prompt_path, initial_checkpoint_path, model_config,
                mixture_or_task_name, placement, mesh_shape, fsdp,
-               frozen_dtype)
+               frozen_dtype, dtype)
   evaluator = RunEvaluator(run, mixture_or_task_name, task_feature_lengths,
                            split, batch_size, decode)
   if not evaluator.task_names:

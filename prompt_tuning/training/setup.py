@@ -110,7 +110,8 @@ def build_model(*, initial_checkpoint_path: str,
                 prompt: PromptConfig, mesh: jax.sharding.Mesh,
                 rules: partitioning.Rules, vocabulary: Any,
                 rng: jax.Array, dropout_rate: Optional[float] = None,
-                frozen_dtype: Optional[str] = None) -> RunModel:
+                frozen_dtype: Optional[str] = None,
+                dtype: Optional[str] = None) -> RunModel:
   """Loads the frozen checkpoint and builds the trainable part.
 
   Args:
@@ -127,7 +128,12 @@ def build_model(*, initial_checkpoint_path: str,
       'bfloat16' to halve their memory (the prompt stays float32); None
       keeps the config's `param_dtype`. Each weight is cast on the host as
       it is read, so no float32 copy of the model reaches a device.
+    dtype: the compute dtype ('bfloat16' or 'float32'); None keeps the
+      config's (bfloat16 in the T5X presets and from HF config.json).
   """
+  if dtype not in (None, "bfloat16", "float32"):
+    raise ValueError(f"dtype={dtype!r}: the model computes in 'bfloat16' or "
+                     f"'float32' (None keeps the model config's).")
   if not initial_checkpoint_path:
     raise ValueError("INITIAL_CHECKPOINT_PATH is not set: prompt tuning needs "
                      "a pretrained T5 to freeze (a T5X or Hugging Face "
@@ -145,6 +151,8 @@ def build_model(*, initial_checkpoint_path: str,
                                          if model_config else "float32"))
   if dropout_rate is not None:
     config = config.replace(dropout_rate=dropout_rate)
+  if dtype is not None:
+    config = config.replace(dtype=dtype)
   if mode == "model":
     trainable, frozen = split_trainable(params, "model")
     return RunModel(T5(config), config, trainable, frozen, mesh, rules)
