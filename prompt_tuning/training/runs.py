@@ -20,6 +20,7 @@ from prompt_tuning.training import evaluation
 from prompt_tuning import partitioning
 from prompt_tuning import storage
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.training import preflight
 from prompt_tuning.training import prompt_files
 from prompt_tuning.training import setup
 from prompt_tuning.training.inference import DecodeConfig
@@ -71,7 +72,10 @@ def evaluate(*, prompt_path: str, initial_checkpoint_path: str,
   Returns:
     {'<task>/<metric>': value, 'eval/loss': ..., 'eval/token_accuracy': ...}.
   """
-  # Before the model loads: a missing or empty split is a config mistake.
+  # Before the model loads: the inputs are there (in seconds, not after
+  # minutes of storage retries), and a missing or empty split is a config
+  # mistake.
+  preflight.check_run(initial_checkpoint_path, mixture_or_task_name)
   evaluation.check_split(mixture_or_task_name, split, task_feature_lengths)
   run = _build(prompt_path, initial_checkpoint_path, model_config,
                mixture_or_task_name, placement, mesh_shape, fsdp,
@@ -98,7 +102,9 @@ def infer(*, prompt_path: str, initial_checkpoint_path: str,
           dtype: Optional[str] = None) -> int:
   """Writes one JSONL record {'task', 'inputs', 'prediction', 'target'} per
   example of `split` to `output_path`; returns the number written."""
-  # Both checks are cheap and come before the model loads and runs.
+  # The checks are cheap and come before the model loads and runs; the
+  # inputs first, so a refused start creates no output directory.
+  preflight.check_run(initial_checkpoint_path, mixture_or_task_name)
   if jax.process_index() == 0:
     evaluation.check_output_path(output_path)
   evaluation.check_split(mixture_or_task_name, split, task_feature_lengths)

@@ -106,8 +106,7 @@ def test_local_checkpoint(tmp_path, kind):
     os.makedirs(path)
     with open(os.path.join(path, "notes.txt"), "w") as f:
       f.write("not a model")
-  result = _train(model_dir,
-                           f"--gin.INITIAL_CHECKPOINT_PATH='{path}'")
+  result = _train(model_dir, f"--gin.INITIAL_CHECKPOINT_PATH='{path}'")
   line = _failed_fast(result, model_dir)
   expected = ("no such file or directory" if kind == "missing" else
               "not a checkpoint")
@@ -146,13 +145,46 @@ def test_unprepared_tfds_data(tmp_path):
           "super_glue_boolq_v102`") in line, line
 
 
+@pytest.mark.parametrize("command", ["eval", "infer"])
+def test_eval_and_infer_check_their_inputs_too(tmp_path, command):
+  """The same checks before an evaluation or inference loads anything:
+  unprepared data, then (data there) an unreachable gs:// checkpoint."""
+  out = str(tmp_path / "out")
+  gin = {"eval": ["--gin_file=runs/eval.gin",
+                  f"--gin.EVAL_OUTPUT_DIR='{out}'"],
+         "infer": ["--gin_file=runs/infer.gin",
+                   f"--gin.OUTPUT_PATH='{out}/predictions.jsonl'"]}[command]
+  data_dir = str(tmp_path / "tensorflow_datasets")
+  os.makedirs(data_dir)
+  common = [sys.executable, "-m", f"prompt_tuning.{command}",
+            "--gin_file=models/from_checkpoint.gin", *gin,
+            f"--gin.PROMPT_PATH='{tmp_path / 'prompt.npy'}'"]
+  env = dict(_env(), TFDS_DATA_DIR=data_dir,
+             STORAGE_EMULATOR_HOST=f"127.0.0.1:{_closed_port()}")
+  unprepared = subprocess.run(
+      common + ["--task_module=prompt_tuning.tasks.super_glue",
+                "--gin.MIXTURE_OR_TASK_NAME='super_glue_boolq_v102'",
+                "--gin.INITIAL_CHECKPOINT_PATH='tasks/quickstart_checkpoint'"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  line = _error(unprepared, 1)
+  assert "TFDS dataset super_glue/boolq:1.0.2 is not prepared" in line, line
+  path = "gs://no-such-bucket-here/hf_t5"
+  unreachable = subprocess.run(
+      common + ["--task_module=prompt_tuning.tasks.quickstart",
+                "--gin.MIXTURE_OR_TASK_NAME='quickstart_sentiment_taskless'",
+                f"--gin.INITIAL_CHECKPOINT_PATH='{path}'"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  line = _error(unreachable, 1)
+  assert f"INITIAL_CHECKPOINT_PATH {path} is unreachable" in line, line
+  assert not os.path.exists(out)
+
+
 # --- Gin values: checked where they are bound. ------------------------------
 
 
 def test_wrong_type_on_the_command_line(tmp_path):
   model_dir = str(tmp_path / "run")
-  result = _train(model_dir,
-                           "--gin.AdafactorConfig.learning_rate='fast'")
+  result = _train(model_dir, "--gin.AdafactorConfig.learning_rate='fast'")
   line = _failed_fast(result, model_dir, code=2)
   assert ("AdafactorConfig.learning_rate = 'fast': must be a number (float); "
           "set by --gin.AdafactorConfig.learning_rate='fast'.") in line, line
