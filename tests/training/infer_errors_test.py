@@ -2,8 +2,9 @@
 are one `error:` line before any model loads, and leave the run untouched.
 
 The entry points run for real in subprocesses; every one is given a frozen
-checkpoint path that does not exist, so an error about anything else proves
-the check ran before the model was loaded. This module doubles as a
+checkpoint that passes the quick checks (a T5X `checkpoint` file) but cannot
+be loaded, so an error about anything else proves the check ran before the
+model was loaded. This module doubles as a
 `--task_module`: importing it registers `tiny_empty_validation`, the tiny
 classify task with an empty validation split.
 """
@@ -26,7 +27,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 EMPTY_TASK = "tiny_empty_validation"
 LENGTHS = {"inputs": 32, "targets": 4}
-MISSING_CHECKPOINT = "/no_such_dir/frozen_t5"
 
 
 def _empty_validation(split):
@@ -63,6 +63,15 @@ def _snapshot(directory):
 
 
 @pytest.fixture
+def unloadable(tmp_path):
+  """A T5X-looking checkpoint directory whose `checkpoint` file is garbage."""
+  path = tmp_path / "frozen_t5" / "checkpoint_1"
+  path.mkdir(parents=True)
+  (path / "checkpoint").write_bytes(b"not a msgpack checkpoint")
+  return str(path)
+
+
+@pytest.fixture
 def run_dir(tmp_path):
   """A run directory with a saved prompt (t5_1_1_tiny width) and a config."""
   path = tmp_path / "run"
@@ -73,7 +82,7 @@ def run_dir(tmp_path):
   return str(path)
 
 
-def _error_line(command, *args):
+def _error_line(command, checkpoint, *args):
   """Runs `python -m prompt_tuning.<command>`; its one `error:` line."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
              TF_CPP_MIN_LOG_LEVEL="3")
@@ -83,21 +92,21 @@ def _error_line(command, *args):
        "--task_module=tests.tiny_tasks",
        "--task_module=tests.training.infer_errors_test",
        "--gin_file=models/t5_1_1_tiny.gin", f"--gin_file=runs/{command}.gin",
-       f"--gin.INITIAL_CHECKPOINT_PATH='{MISSING_CHECKPOINT}'",
+       f"--gin.INITIAL_CHECKPOINT_PATH='{checkpoint}'",
        f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.BATCH_SIZE=8", *args],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0, result.stderr[-2000:]
   lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
   assert len(lines) == 1, result.stderr[-2000:]
   assert "Traceback" not in result.stderr
-  assert MISSING_CHECKPOINT not in lines[0]
+  assert checkpoint not in lines[0]
   return lines[0]
 
 
-def test_infer_on_a_missing_split(tmp_path, run_dir):
+def test_infer_on_a_missing_split(tmp_path, run_dir, unloadable):
   before = _snapshot(run_dir)
   output = str(tmp_path / "predictions.jsonl")
-  line = _error_line("infer", f"--gin.PROMPT_PATH='{run_dir}'",
+  line = _error_line("infer", unloadable, f"--gin.PROMPT_PATH='{run_dir}'",
                      "--gin.MIXTURE_OR_TASK_NAME='tiny_classify'",
                      "--gin.SPLIT='test'", f"--gin.OUTPUT_PATH='{output}'")
   assert "'tiny_classify'" in line and "'test'" in line
@@ -106,13 +115,13 @@ def test_infer_on_a_missing_split(tmp_path, run_dir):
   assert _snapshot(run_dir) == before
 
 
-def test_infer_to_an_unwritable_output_path(tmp_path, run_dir):
+def test_infer_to_an_unwritable_output_path(tmp_path, run_dir, unloadable):
   before = _snapshot(run_dir)
   # A path under a regular file: unwritable even for root.
   blocker = tmp_path / "a_file"
   blocker.write_text("keep me\n")
   output = str(blocker / "out" / "predictions.jsonl")
-  line = _error_line("infer", f"--gin.PROMPT_PATH='{run_dir}'",
+  line = _error_line("infer", unloadable, f"--gin.PROMPT_PATH='{run_dir}'",
                      "--gin.MIXTURE_OR_TASK_NAME='tiny_classify'",
                      f"--gin.OUTPUT_PATH='{output}'")
   assert f"OUTPUT_PATH {output} cannot be written" in line
@@ -121,10 +130,10 @@ def test_infer_to_an_unwritable_output_path(tmp_path, run_dir):
   assert _snapshot(run_dir) == before
 
 
-def test_eval_on_an_empty_split(tmp_path, run_dir):
+def test_eval_on_an_empty_split(tmp_path, run_dir, unloadable):
   before = _snapshot(run_dir)
   out = tmp_path / "dev"
-  line = _error_line("eval", f"--gin.PROMPT_PATH='{run_dir}'",
+  line = _error_line("eval", unloadable, f"--gin.PROMPT_PATH='{run_dir}'",
                      f"--gin.MIXTURE_OR_TASK_NAME='{EMPTY_TASK}'",
                      f"--gin.EVAL_OUTPUT_DIR='{out}'")
   assert f"'{EMPTY_TASK}' has an empty 'validation' split" in line

@@ -226,7 +226,7 @@ def test_lock_with_a_pid_that_is_no_number_is_taken_over(tmp_path):
   with open(lock, "w") as f:
     json.dump({"host": socket.gethostname(), "pid": "abc",
                "started": "2024-01-01 00:00:00"}, f)
-  result, _ = _train(model_dir, "--gin.TRAIN_STEPS=0")
+  result = _train(model_dir, "--gin.TRAIN_STEPS=0")
   log = _ok(result)
   assert f"Took over the damaged lock {lock}: its pid 'abc' is not a " \
       "process id" in log, log[-2000:]
@@ -262,7 +262,7 @@ def test_disk_full_names_the_file_and_the_step(tmp_path, target, name):
   hook.mkdir()
   (hook / "sitecustomize.py").write_text(_FULL_DISK)
   model_dir = str(tmp_path / "run")
-  result, _ = _train(model_dir, "--gin.TRAIN_STEPS=2",
+  result = _train(model_dir, "--gin.TRAIN_STEPS=2",
                      env_update={"PROMPT_TUNING_TEST_FULL": target},
                      extra_path=str(hook))
   line = _error(result, 1)
