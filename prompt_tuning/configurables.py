@@ -154,7 +154,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
     raise ConfigError(_explain(e, bindings)) from None
   gin.finalize()
   try:
-    gin_types.check(gin_types.dataclass_configs(_CONFIGURABLES), gin_files,
+    gin_types.check(gin_types.typed_configurables(_CONFIGURABLES), gin_files,
                     bindings, list(search_paths) + [DEFAULT_SEARCH_PATH])
   except TypeError as e:
     raise ConfigError(str(e)) from None

@@ -1,10 +1,11 @@
-"""The types of values gin binds to the config dataclasses, checked at parse.
+"""The types of values gin binds, checked at parse.
 
 gin hands a frozen config dataclass whatever a binding says:
 `AdafactorConfig.learning_rate = 'fast'` builds an optimizer that fails
 inside the jitted train step, after the first evaluation has written files.
-`check` compares every value bound to a field of a config dataclass with the
-field's annotation as soon as the config is parsed (the CLI's and the sweep
+`check` compares every value bound to a field of a config dataclass, or to
+an annotated parameter of a configurable function (`train.dropout_rate`),
+with its annotation as soon as the config is parsed (the CLI's and the sweep
 command's one code path, `configurables.parse`) and refuses a mismatch in one
 line that names the binding, the macro it came through, and the gin file and
 line (or the command-line binding) that set it.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import os
 import types
 import typing
@@ -141,12 +143,20 @@ def _bound(name: str) -> Dict[str, Any]:
     return {}
 
 
-def check(configs: Mapping[str, type], gin_files: Sequence[str],
+def _parameter_names(target: Any) -> Sequence[str]:
+  """A dataclass's fields, or a function's parameters."""
+  if dataclasses.is_dataclass(target):
+    return [f.name for f in dataclasses.fields(target)]
+  return list(inspect.signature(target).parameters)
+
+
+def check(configs: Mapping[str, Any], gin_files: Sequence[str],
           bindings: Sequence[str], search_paths: Sequence[str]) -> None:
-  """Refuses a value of the wrong type bound to a config dataclass field.
+  """Refuses a value of the wrong type bound to a config field or parameter.
 
   Args:
-    configs: gin name -> dataclass, e.g. {'AdafactorConfig': ...}.
+    configs: gin name -> a dataclass or function, e.g.
+      {'AdafactorConfig': ..., 'train': ...}.
     gin_files, bindings, search_paths: what was parsed (for the locations).
 
   Raises:
@@ -161,34 +171,36 @@ def check(configs: Mapping[str, type], gin_files: Sequence[str],
     except Exception:  # pylint: disable=broad-except
       continue  # an annotation that does not resolve here: not checked
     bound = _bound(name)
-    for field in dataclasses.fields(cls):
-      raw = bound.get(field.name, _UNBOUND)
-      if raw is _UNBOUND or field.name not in hints:
+    for field_name in _parameter_names(cls):
+      raw = bound.get(field_name, _UNBOUND)
+      if raw is _UNBOUND or field_name not in hints:
         continue
       macro = _macro_name(raw)
       try:
         value = copy.deepcopy(raw)  # evaluates %MACRO (and @refs())
       except Exception:  # pylint: disable=broad-except
         continue  # a reference that fails says so itself when called
-      if isinstance(value, gin.config.ConfigurableReference):
-        continue
-      if _accepts(hints[field.name], value):
+      if isinstance(value, gin.config.ConfigurableReference) or (
+          value is gin.config.REQUIRED):
+        continue  # computed when called; or missing, said by the caller
+      if _accepts(hints[field_name], value):
         continue
       if where is None:
         where = locations(gin_files, bindings, search_paths)
-      key = f"{name}.{field.name}"
+      key = f"{name}.{field_name}"
       label, origin = (f"{macro} ({key})", where.get(macro, "")) if macro \
           else (key, where.get(key, ""))
       via = (f" (through %{macro}, bound {where[key]})"
              if macro and where.get(key) else "")
       raise TypeError(
-          f"{label} = {value!r}: must be {_describe(hints[field.name])}"
+          f"{label} = {value!r}: must be {_describe(hints[field_name])}"
           + (f"; set {origin}" if origin else "") + via + ".")
 
 
-def dataclass_configs(configurables: Mapping[str, Any]) -> Dict[str, type]:
-  """The dataclasses among registered configurables."""
+def typed_configurables(configurables: Mapping[str, Any]) -> Dict[str, Any]:
+  """The dataclasses and functions among registered configurables."""
   return {n: c for n, c in configurables.items()
-          if isinstance(c, type) and dataclasses.is_dataclass(c)}
+          if (isinstance(c, type) and dataclasses.is_dataclass(c)) or
+          inspect.isfunction(c)}
 
 

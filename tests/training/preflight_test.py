@@ -182,6 +182,20 @@ def test_eval_and_infer_check_their_inputs_too(tmp_path, command):
 # --- Gin values: checked where they are bound. ------------------------------
 
 
+@pytest.mark.parametrize("binding, expected", [
+    ("--gin.train.dropout_rate='high'", "train.dropout_rate = 'high': must "
+     "be a number (float) or None; set by --gin.train.dropout_rate='high'."),
+    ("--gin.train.fsdp=1", "train.fsdp = 1: must be True or False"),
+    ("--gin.MESH_SHAPE=(1, 'a')", "MESH_SHAPE (train.mesh_shape) = (1, 'a'): "
+     "must be a list of (a whole number (int), a whole number (int)); set by "
+     "--gin.MESH_SHAPE=(1, 'a') (through %MESH_SHAPE, bound in "),
+])
+def test_wrong_type_of_a_function_parameter(tmp_path, binding, expected):
+  model_dir = str(tmp_path / "run")
+  line = _failed_fast(_train(model_dir, binding), model_dir, code=2)
+  assert expected in line, line
+
+
 def test_wrong_type_on_the_command_line(tmp_path):
   model_dir = str(tmp_path / "run")
   result = _train(model_dir, "--gin.AdafactorConfig.learning_rate='fast'")
