@@ -7,7 +7,10 @@ i.e. the encoder only, as in our model) and `adapter_model.safetensors`
 holding `prompt_embeddings` [P, H]. PEFT's seq2seq prompt tuning prepends
 the virtual tokens to the encoder's input embeddings and ones to its
 attention mask: our `prefix` placement exactly. `import_adapter` reads such
-a directory back as a [P, H] prompt. Neither needs torch: the tensor file
+a directory back as a [P, H] prompt, and also PEFT's own seq2seq default,
+`num_transformer_submodules=2`: its table is [2P, H], of which PEFT (since
+0.4.0) only ever uses the first P rows, prepended to the encoder input (the
+other P are never read, so never trained). Neither needs torch: the tensor file
 goes through the `safetensors` package's numpy API (a file-format library;
 the one import here beyond jax/flax/numpy, since PEFT's format is that
 file), and `adapter_model.bin` (a pickle) is refused, never loaded.
@@ -16,6 +19,7 @@ file), and `adapter_model.bin` (a pickle) is refused, never loaded.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Dict, Optional
 
@@ -51,7 +55,8 @@ def adapter_config(prompt_length: int, config: T5Config,
       "task_type": "SEQ_2_SEQ_LM",
       "num_virtual_tokens": int(prompt_length),
       "token_dim": int(config.emb_dim),
-      # 1 = encoder only; PEFT's seq2seq default 2 also prompts the decoder.
+      # 1: a [P, H] table. PEFT's seq2seq default, 2, stores [2P, H] and
+      # uses only its first P rows (the encoder's); 1 stores just those.
       "num_transformer_submodules": 1,
       "num_attention_heads": int(config.num_heads),
       "num_layers": int(config.num_encoder_layers),
@@ -139,8 +144,8 @@ def import_adapter(directory: str, embed_dim: Optional[int] = None,
 
   Raises:
     ValueError / FileNotFoundError: one line naming the directory and what
-      is wrong (another PEFT method, a decoder-side prompt, a pickle-only
-      adapter, a shape that disagrees with the config).
+      is wrong (another PEFT method, a pickle-only adapter, a shape that
+      disagrees with the config).
   """
   config_file = os.path.join(directory, CONFIG_FILE)
   if not os.path.isfile(config_file):
@@ -156,11 +161,10 @@ def import_adapter(directory: str, embed_dim: Optional[int] = None,
         f"{config_file}: peft_type is {config.get('peft_type')!r}; only "
         "PROMPT_TUNING adapters are soft prompts this model can use.")
   submodules = config.get("num_transformer_submodules") or 1
-  if submodules != 1:
+  if submodules not in (1, 2):
     raise ValueError(
-        f"{config_file}: num_transformer_submodules={submodules} prompts the "
-        "decoder too, which this model has no place for; retrain with "
-        "num_transformer_submodules=1.")
+        f"{config_file}: num_transformer_submodules={submodules}; a T5 "
+        "prompt-tuning adapter has 1 or 2 (PEFT's seq2seq default).")
   weights = os.path.join(directory, WEIGHTS_FILE)
   if not os.path.isfile(weights):
     if os.path.isfile(os.path.join(directory, PICKLE_FILE)):
@@ -178,11 +182,24 @@ def import_adapter(directory: str, embed_dim: Optional[int] = None,
   except safetensors.SafetensorError as e:
     raise ValueError(f"{weights} is not a readable safetensors file "
                      f"({' '.join(str(e).split())}).") from None
-  want = (config.get("num_virtual_tokens"), config.get("token_dim"))
+  virtual = config.get("num_virtual_tokens")
+  rows = virtual * submodules if isinstance(virtual, int) else virtual
+  want = (rows, config.get("token_dim"))
   if prompt.ndim != 2 or tuple(prompt.shape) != want:
     raise ValueError(
         f"{weights}: {TENSOR} has shape {tuple(prompt.shape)} but "
-        f"{CONFIG_FILE} says [num_virtual_tokens, token_dim] = {list(want)}.")
+        f"{CONFIG_FILE} says [num_virtual_tokens"
+        f"{' * num_transformer_submodules' if submodules > 1 else ''}, "
+        f"token_dim] = {list(want)}.")
+  if submodules == 2:
+    # PeftModelForSeq2SeqLM prepends prompts[:, :num_virtual_tokens] to the
+    # encoder's input embeddings, in forward and in generate; the rest of
+    # the table is never read.
+    logging.info("%s: num_transformer_submodules=2, PEFT's seq2seq default: "
+                 "using the first %d of its %d rows, the ones PEFT prepends "
+                 "to the encoder input (it never reads the others).",
+                 config_file, virtual, rows)
+    prompt = prompt[:virtual]
   if embed_dim is not None and prompt.shape[1] != embed_dim:
     raise ValueError(
         f"{directory}: the adapter's token_dim {prompt.shape[1]} differs from "

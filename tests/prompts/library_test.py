@@ -7,6 +7,7 @@ extension), float32 or bfloat16.
 """
 
 import json
+import logging
 import os
 import re
 
@@ -145,8 +146,9 @@ def test_adapter_errors(tmp_path):
   with open(os.path.join(directory, peft.CONFIG_FILE)) as f:
     adapter = json.load(f)
   for change, message in (({"peft_type": "LORA"}, "only PROMPT_TUNING"),
-                          ({"num_transformer_submodules": 2},
-                           "prompts the decoder too"),
+                          ({"num_transformer_submodules": 3},
+                           "has 1 or 2"),
+                          ({"num_transformer_submodules": 2}, "has shape"),
                           ({"num_virtual_tokens": 3}, "has shape")):
     with open(os.path.join(directory, peft.CONFIG_FILE), "w") as f:
       json.dump(dict(adapter, **change), f)
@@ -309,11 +311,10 @@ def test_import_adapter_messages_and_defaults(tmp_path):
       rf"^{re.escape(config_file)}: peft_type is 'LORA'; only PROMPT_TUNING "
       r"adapters are soft prompts this model can use\.$")):
     peft.import_adapter(directory)
-  write(num_transformer_submodules=2)
+  write(num_transformer_submodules=3)
   with pytest.raises(ValueError, match=(
-      rf"^{re.escape(config_file)}: num_transformer_submodules=2 prompts the "
-      r"decoder too, which this model has no place for; retrain with "
-      r"num_transformer_submodules=1\.$")):
+      rf"^{re.escape(config_file)}: num_transformer_submodules=3; a T5 "
+      r"prompt-tuning adapter has 1 or 2 \(PEFT's seq2seq default\)\.$")):
     peft.import_adapter(directory)
   write()
   with pytest.raises(FileNotFoundError, match=(
@@ -343,3 +344,30 @@ def test_import_adapter_messages_and_defaults(tmp_path):
   got = peft.import_adapter(directory, embed_dim=config.emb_dim)
   assert got.dtype == np.float32
   np.testing.assert_array_equal(got, prompt.astype(np.float16))
+
+
+def test_import_peft_seq2seq_default_two_submodules(tmp_path, caplog):
+  """PEFT's SEQ_2_SEQ_LM default saves a [2P, H] table and prepends only its
+  first P rows to the encoder input: those are the prompt."""
+  config = t5_config("t5_1_1_tiny")
+  directory = str(tmp_path / "adapter")
+  table = np.random.default_rng(1).normal(
+      size=(2 * 3, config.emb_dim)).astype(np.float32)  # [2P, H]
+  os.makedirs(directory)
+  adapter = dict(peft.adapter_config(3, config), num_transformer_submodules=2)
+  with open(os.path.join(directory, peft.CONFIG_FILE), "w") as f:
+    json.dump(adapter, f)
+  safetensors.numpy.save_file({peft.TENSOR: table},
+                              os.path.join(directory, peft.WEIGHTS_FILE))
+  with caplog.at_level(logging.INFO):
+    prompt = peft.import_adapter(directory, embed_dim=config.emb_dim,
+                                 model=config)
+  np.testing.assert_array_equal(prompt, table[:3])
+  assert "using the first 3 of its 6 rows" in caplog.text
+  # A [P, H] table under num_transformer_submodules=2 is not PEFT's layout.
+  safetensors.numpy.save_file({peft.TENSOR: table[:3]},
+                              os.path.join(directory, peft.WEIGHTS_FILE))
+  with pytest.raises(ValueError, match=(
+      r"has shape \(3, 32\) but adapter_config\.json says \[num_virtual_tokens"
+      r" \* num_transformer_submodules, token_dim\] = \[6, 32\]")):
+    peft.import_adapter(directory)
