@@ -2,8 +2,9 @@
 
 Library modules never import gin; the entry points import this module, which
 makes the run functions and config dataclasses configurable under short names
-(`train`, `evaluate`, `infer`, `model_config`, `PromptConfig`,
-`AdafactorConfig`, `TrainConfig`, `DecodeConfig`, `task_class_labels`) for
+(`train`, `evaluate`, `infer`, `model_config`, `PromptConfig`, the methods'
+`DeepPromptConfig`, `PrefixConfig`, `PTuningConfig`, `IA3Config`,
+`LoraConfig`, `AdafactorConfig`, `TrainConfig`, `DecodeConfig`, `task_class_labels`) for
 the files in `gin_configs/`. It also parses T5X-style command lines: `--gin_file`,
 `--gin.KEY=VALUE`, `--gin_bindings`, `--gin_search_paths`, and refuses what
 gin itself would accept silently: a command-line macro nothing reads
@@ -27,6 +28,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import gin
 
 from prompt_tuning import gin_types
+from prompt_tuning import methods
 from prompt_tuning.models.config import PRESETS
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.data import registry
@@ -71,6 +73,11 @@ _CONFIGURABLES = {
     "evaluate": runs.evaluate,
     "infer": runs.infer,
     "PromptConfig": setup.PromptConfig,
+    "DeepPromptConfig": methods.DeepPromptConfig,
+    "PrefixConfig": methods.PrefixConfig,
+    "PTuningConfig": methods.PTuningConfig,
+    "IA3Config": methods.IA3Config,
+    "LoraConfig": methods.LoraConfig,
     "AdafactorConfig": optimizers.AdafactorConfig,
     "TrainConfig": loop.TrainConfig,
     "DecodeConfig": inference.DecodeConfig,

@@ -42,6 +42,8 @@ _BASE_RULES: Rules = (
     ("layers", None),
     ("prompt", None),
     ("prompt_embed", None),
+    # LoRA's rank is a handful of columns: never split.
+    ("lora_rank", None),
 )
 
 

@@ -78,12 +78,12 @@ def test_prompt_tune_defaults_are_the_papers_recipe():
   assert q("TrainConfig.z_loss") == 1e-4
   assert q("TASK_FEATURE_LENGTHS/macro.value") == {"inputs": 512,
                                                    "targets": 8}
-  assert q("train.mode") == "prompt"
+  assert q("METHOD/macro.value") == "prompt"
 
 
 def test_model_tune_trains_everything():
   _parse(["models/t5_1_1_base.gin", "runs/model_tune.gin"])
-  assert gin.query_parameter("train.mode") == "model"
+  assert gin.query_parameter("METHOD/macro.value") == "model"
   assert gin.query_parameter("AdafactorConfig.learning_rate") == 1e-3
 
 

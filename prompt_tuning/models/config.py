@@ -13,6 +13,8 @@ from typing import Tuple
 
 import jax.numpy as jnp
 
+from prompt_tuning.models.adapters import AdapterConfig
+
 REMAT_POLICIES = ("none", "dots_saveable", "dots_with_no_batch_dims_saveable",
                   "full")
 ATTENTION_IMPLS = ("xla", "fused")
@@ -64,6 +66,10 @@ class T5Config:
   # same function up to bfloat16 rounding for right-padded rows (all that
   # seqio's converters produce; a 0 token inside a row would be attended).
   attention_impl: str = "xla"
+  # Hooks for parameter-efficient methods (LoRA, IA3, prefixes, per-layer
+  # prompts); all off is plain T5. Set by the method, never read from a
+  # checkpoint: the frozen weights load into the model without them.
+  adapters: AdapterConfig = AdapterConfig()
 
   def __post_init__(self):
     if self.remat_policy not in REMAT_POLICIES:

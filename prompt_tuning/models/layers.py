@@ -18,6 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning.models import adapters as adapters_lib
+from prompt_tuning.models.adapters import AdapterConfig
+
 Array = jax.Array
 Initializer = Callable[..., Array]
 
@@ -58,7 +61,11 @@ class RMSNorm(nn.Module):
 
 
 class Dense(nn.Module):
-  """Bias-free projection with a 2-D kernel `[in, out]` (T5X's stored layout)."""
+  """Bias-free projection with a 2-D kernel `[in, out]` (T5X's stored layout).
+
+  With `adapters`, a projection its targets name also gets LoRA (`lora_a`,
+  `lora_b`) and/or an IA3 scaling (`ia3_scaling`); see `models.adapters`.
+  """
 
   features: int
   kernel_axes: Tuple[str, str]
@@ -66,6 +73,9 @@ class Dense(nn.Module):
       1.0, "fan_in", "truncated_normal")
   dtype: str = "bfloat16"
   param_dtype: str = "float32"
+  adapters: Optional[AdapterConfig] = None
+  # LoRA dropout is on only in training.
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -73,7 +83,49 @@ class Dense(nn.Module):
     kernel = param_with_axes(self, "kernel", self.kernel_init,
                              (x.shape[-1], self.features), self.kernel_axes,
                              self.param_dtype)
-    return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    ad = self.adapters
+    path = tuple(self.scope.path) if ad is not None else ()
+    x = x.astype(self.dtype)
+    # IA3 on `wo` scales its input, the MLP's hidden units (PEFT's
+    # feed-forward case); on any other projection, its output.
+    ia3 = ad is not None and adapters_lib.matches(ad.ia3_targets, path)
+    scale_input = ia3 and path[-1] == "wo"
+    if ia3:
+      axis = self.kernel_axes[0] if scale_input else self.kernel_axes[1]
+      width = x.shape[-1] if scale_input else self.features
+      scaling = param_with_axes(self, "ia3_scaling", nn.initializers.ones,
+                                (width,), (axis,),
+                                self.param_dtype).astype(self.dtype)
+      if scale_input:
+        x = x * scaling
+    y = jnp.dot(x, kernel.astype(self.dtype))
+    if ia3 and not scale_input:
+      y = y * scaling
+    if ad is not None and ad.lora_rank and adapters_lib.matches(
+        ad.lora_targets, path):
+      y = y + self._lora(x, ad)
+    return y
+
+  def _lora(self, x: Array, ad: AdapterConfig) -> Array:
+    """The low-rank update (x @ lora_a) @ lora_b * scaling: [..., out]."""
+    rank = ad.lora_rank
+    # PEFT's default: A ~ kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(in)), B = 0,
+    # so training starts from the frozen model.
+    bound = 1.0 / np.sqrt(x.shape[-1])
+    init_a = lambda key, shape, dtype: jax.random.uniform(
+        key, shape, dtype, -bound, bound)
+    lora_a = param_with_axes(self, "lora_a", init_a, (x.shape[-1], rank),
+                             (self.kernel_axes[0], "lora_rank"),
+                             self.param_dtype)
+    lora_b = param_with_axes(self, "lora_b", nn.initializers.zeros,
+                             (rank, self.features),
+                             ("lora_rank", self.kernel_axes[1]),
+                             self.param_dtype)
+    if not self.deterministic and ad.lora_dropout > 0:
+      x = nn.Dropout(ad.lora_dropout)(x, deterministic=False)
+    h = jnp.dot(x, lora_a.astype(self.dtype))  # [..., in] -> [..., r]
+    return jnp.dot(h, lora_b.astype(self.dtype)) * jnp.asarray(
+        ad.lora_scaling, self.dtype)
 
 
 class Embed(nn.Module):
@@ -153,16 +205,23 @@ class RelativePositionBias(nn.Module):
 
   @nn.compact
   def __call__(self, query_length: int, key_length: int,
-               bidirectional: bool) -> Array:
-    """Returns the bias [1, heads, query_length, key_length] (float32)."""
+               bidirectional: bool, prefix: int = 0) -> Array:
+    """Returns the bias [1, heads, query_length, prefix + key_length] (float32).
+
+    With `prefix` P, P keys come first and are placed just before position 0
+    (prefix slot P - 1 is next to the first real position): a query at q sees
+    prefix slot j at distance q + P - j, the convention of HF T5 with a
+    key/value cache of P positions (what PEFT's prefixes use).
+    """
     table = param_with_axes(
         self, "rel_embedding",
         nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
         (self.num_heads, self.num_buckets), ("heads", "relpos_buckets"),
         self.param_dtype)
-    buckets = relative_position_buckets(query_length, key_length,
+    buckets = relative_position_buckets(query_length, prefix + key_length,
                                         bidirectional, self.num_buckets,
-                                        self.max_distance)
+                                        self.max_distance,
+                                        query_offset=prefix)
     bias = jnp.take(table.astype(jnp.float32), buckets, axis=1)  # [H, q, k]
     return bias[None]
 
@@ -297,6 +356,11 @@ class MultiHeadAttention(nn.Module):
   # Decoder self-attention: with `lengths`, the fused path masks keys after
   # the query itself (the reference reads causality from `mask`).
   causal: bool = False
+  # LoRA / IA3 on the projections (see `models.adapters`); None = plain T5.
+  adapters: Optional[AdapterConfig] = None
+  # P learned key/value positions in front of the keys (prefix tuning); the
+  # caller's `bias` must already cover them ([1, heads, q, P + k]).
+  prefix_length: int = 0
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Optional[Array],
@@ -327,7 +391,9 @@ class MultiHeadAttention(nn.Module):
     proj = functools.partial(Dense, features=joined,
                              kernel_axes=("embed", "joined_kv"),
                              kernel_init=base, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
+                             param_dtype=self.param_dtype,
+                             adapters=self.adapters,
+                             deterministic=self.deterministic)
     split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))
     query = split(proj(kernel_init=query_init, name="query")(inputs_q))
     key = split(proj(name="key")(inputs_kv))
@@ -338,6 +404,9 @@ class MultiHeadAttention(nn.Module):
 
     if decode_position is not None:
       key, value = self._update_cache(key, value, decode_position)
+    if self.prefix_length:
+      key, value, mask, lengths = self._prepend_prefix(key, value, mask,
+                                                       lengths)
 
     weight_dropout = not self.deterministic and self.dropout_rate > 0
     # `init` takes the reference path: same parameters, and no cuDNN checks
@@ -360,7 +429,35 @@ class MultiHeadAttention(nn.Module):
     out = out.reshape(out.shape[:2] + (joined,))  # [B, q, heads, kv] -> [B, q, heads*kv]
     return Dense(emb, ("joined_kv", "embed"), kernel_init=base,
                  dtype=self.dtype, param_dtype=self.param_dtype,
+                 adapters=self.adapters, deterministic=self.deterministic,
                  name="out")(out)
+
+  def _prepend_prefix(self, key: Array, value: Array, mask: Array,
+                      lengths: Optional[Tuple[Array, Array]]):
+    """Puts the learned prefix [P, heads, kv] in front of the keys/values.
+
+    Every query sees every prefix position (the mask gains P True columns).
+    Right-padded key lengths stay right-padded (+P); a causal attention's
+    lengths cannot say "the prefix, then causal", so it falls back to the
+    mask.
+    """
+    shape = (self.prefix_length, self.num_heads, self.head_dim)
+    axes = ("prompt", "heads", "kv")
+    init = nn.initializers.normal(stddev=1.0)  # PEFT's nn.Embedding init
+    batch = key.shape[0]
+    prefixes = []
+    for name in ("prefix_key", "prefix_value"):
+      p = param_with_axes(self, name, init, shape, axes, self.param_dtype)
+      prefixes.append(jnp.broadcast_to(p.astype(key.dtype)[None],
+                                       (batch,) + shape))
+    key = jnp.concatenate([prefixes[0], key], axis=1)  # [B, k, ...] -> [B, P + k, ...]
+    value = jnp.concatenate([prefixes[1], value], axis=1)
+    seen = jnp.ones(mask.shape[:3] + (self.prefix_length,), bool)
+    mask = jnp.concatenate([seen, mask], axis=-1)  # [., 1, q, k] -> [., 1, q, P + k]
+    if lengths is not None:
+      lengths = None if self.causal else (lengths[0],
+                                          lengths[1] + self.prefix_length)
+    return key, value, mask, lengths
 
   def _update_cache(self, key: Array, value: Array,
                     position: Array) -> Tuple[Array, Array]:
@@ -402,6 +499,8 @@ class MlpBlock(nn.Module):
   deterministic: bool = True
   dtype: str = "bfloat16"
   param_dtype: str = "float32"
+  # LoRA / IA3 on wi / wo (see `models.adapters`); None = plain T5.
+  adapters: Optional[AdapterConfig] = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -412,6 +511,7 @@ class MlpBlock(nn.Module):
       dense_name = "wi" if len(self.activations) == 1 else f"wi_{i}"
       h = Dense(self.mlp_dim, ("embed", "mlp"), kernel_init=init,
                 dtype=self.dtype, param_dtype=self.param_dtype,
+                adapters=self.adapters, deterministic=self.deterministic,
                 name=dense_name)(x)
       h = _activation(name)(h)
       hidden = h if hidden is None else hidden * h
@@ -422,4 +522,5 @@ class MlpBlock(nn.Module):
           hidden, deterministic=False)
     return Dense(x.shape[-1], ("mlp", "embed"), kernel_init=init,
                  dtype=self.dtype, param_dtype=self.param_dtype,
+                 adapters=self.adapters, deterministic=self.deterministic,
                  name="wo")(hidden)

@@ -32,6 +32,11 @@ _REMAT_POLICIES = {
 }
 
 
+def _uniform_half(key, shape, dtype):
+  """U[-0.5, 0.5]: the paper's random prompt init, for per-layer prompts."""
+  return jax.random.uniform(key, shape, dtype, -0.5, 0.5)
+
+
 def _dropout(rate: float, deterministic: bool, x: Array) -> Array:
   if deterministic or rate == 0:
     return x
@@ -62,19 +67,40 @@ class EncoderLayer(nn.Module):
       under nn.scan.
     """
     cfg = self.config
+    ad = cfg.adapters
+    if ad.layer_prompt_length:
+      x = self._layer_prompt(x, ad)
     norm = lambda name: layers.RMSNorm(cfg.dtype, cfg.param_dtype, name=name)
     y = norm("pre_attention_layer_norm")(x)
     y = layers.MultiHeadAttention(
         cfg.num_heads, cfg.head_dim, cfg.dropout_rate, self.deterministic,
-        cfg.dtype, cfg.param_dtype, cfg.attention_impl,
+        cfg.dtype, cfg.param_dtype, cfg.attention_impl, adapters=ad,
+        prefix_length=ad.prefix_for("encoder_self"),
         name="attention")(y, y, bias, mask, lengths=lengths)
     x = x + _dropout(cfg.dropout_rate, self.deterministic, y)
     y = norm("pre_mlp_layer_norm")(x)
     y = layers.MlpBlock(cfg.mlp_dim, tuple(cfg.mlp_activations),
                         cfg.dropout_rate, self.deterministic, cfg.dtype,
-                        cfg.param_dtype, name="mlp")(y)
+                        cfg.param_dtype, adapters=ad, name="mlp")(y)
     x = x + _dropout(cfg.dropout_rate, self.deterministic, y)
     return layers.constrain(x, ("batch", "length", "embed")), None
+
+  def _layer_prompt(self, x: Array, ad) -> Array:
+    """This layer's prompt [P, H] replaces, or is added to, positions [0, P).
+
+    Those are the input prompt's positions (prefix placement), so the
+    per-layer prompt needs an input prompt of the same length in front.
+    """
+    length = ad.layer_prompt_length
+    prompt = layers.param_with_axes(
+        self, "layer_prompt", _uniform_half,
+        (length, x.shape[-1]), ("prompt", "prompt_embed"),
+        self.config.param_dtype)
+    prompt = jnp.broadcast_to(prompt.astype(x.dtype)[None],
+                              (x.shape[0],) + prompt.shape)
+    if ad.layer_prompt_mode == "add":
+      prompt = prompt + x[:, :length]
+    return jnp.concatenate([prompt, x[:, length:]], axis=1)
 
 
 class DecoderLayer(nn.Module):
@@ -108,22 +134,24 @@ class DecoderLayer(nn.Module):
       ([B, L, H], None).
     """
     cfg = self.config
+    ad = cfg.adapters
     norm = lambda name: layers.RMSNorm(cfg.dtype, cfg.param_dtype, name=name)
-    attention = lambda name, causal=False: layers.MultiHeadAttention(
+    attention = lambda name, kind, causal=False: layers.MultiHeadAttention(
         cfg.num_heads, cfg.head_dim, cfg.dropout_rate, self.deterministic,
-        cfg.dtype, cfg.param_dtype, cfg.attention_impl, causal, name=name)
+        cfg.dtype, cfg.param_dtype, cfg.attention_impl, causal, adapters=ad,
+        prefix_length=ad.prefix_for(kind), name=name)
     y = norm("pre_self_attention_layer_norm")(x)
-    y = attention("self_attention", causal=True)(
+    y = attention("self_attention", "decoder_self", causal=True)(
         y, y, self_bias, self_mask, decode_position, lengths=self_lengths)
     x = x + _dropout(cfg.dropout_rate, self.deterministic, y)
     y = norm("pre_cross_attention_layer_norm")(x)
-    y = attention("encoder_decoder_attention")(y, encoded, None, cross_mask,
-                                               lengths=cross_lengths)
+    y = attention("encoder_decoder_attention", "cross")(
+        y, encoded, None, cross_mask, lengths=cross_lengths)
     x = x + _dropout(cfg.dropout_rate, self.deterministic, y)
     y = norm("pre_mlp_layer_norm")(x)
     y = layers.MlpBlock(cfg.mlp_dim, tuple(cfg.mlp_activations),
                         cfg.dropout_rate, self.deterministic, cfg.dtype,
-                        cfg.param_dtype, name="mlp")(y)
+                        cfg.param_dtype, adapters=ad, name="mlp")(y)
     x = x + _dropout(cfg.dropout_rate, self.deterministic, y)
     return layers.constrain(x, ("batch", "length", "embed")), None
 
@@ -211,7 +239,8 @@ class Encoder(nn.Module):
     relpos = layers.RelativePositionBias(
         cfg.num_heads, cfg.relative_attention_num_buckets,
         cfg.relative_attention_max_distance, cfg.dtype, cfg.param_dtype,
-        name="relpos_bias")(length, length, bidirectional=True)
+        name="relpos_bias")(length, length, bidirectional=True,
+                            prefix=cfg.adapters.prefix_for("encoder_self"))
     # Position bias and mask stay separate ([1, heads, T, T] and
     # [B, 1, T, T]): their sum would be a [B, heads, T, T] float32 array
     # that every layer re-reads.
@@ -260,6 +289,7 @@ class Decoder(nn.Module):
     cfg = self.config
     deterministic = not enable_dropout
     self_lengths = cross_lengths = None
+    prefix = cfg.adapters.prefix_for("decoder_self")
     relpos_module = layers.RelativePositionBias(
         cfg.num_heads, cfg.relative_attention_num_buckets,
         cfg.relative_attention_max_distance, cfg.dtype, cfg.param_dtype,
@@ -269,7 +299,8 @@ class Decoder(nn.Module):
         raise ValueError("Decoder needs decoder_target_tokens for teacher "
                          "forcing (its padding masks attention).")
       length = decoder_input_tokens.shape[1]
-      relpos = relpos_module(length, length, bidirectional=False)
+      relpos = relpos_module(length, length, bidirectional=False,
+                             prefix=prefix)
       real = decoder_target_tokens > 0
       causal = jnp.tril(jnp.ones((length, length), bool))
       self_mask = (causal[None, None] & real[:, None, :, None] &
@@ -283,7 +314,7 @@ class Decoder(nn.Module):
       if max_decode_length is None:
         raise ValueError("max_decode_length is required when decoding.")
       full = relpos_module(max_decode_length, max_decode_length,
-                           bidirectional=False)
+                           bidirectional=False, prefix=prefix)
       relpos = jax.lax.dynamic_slice_in_dim(full, decode_position, 1, axis=2)
       keys = jnp.arange(max_decode_length)
       self_mask = (keys <= decode_position)[None, None, None, :]

@@ -198,7 +198,8 @@ class Checkpointer:
                best_metric: Optional[str] = None,
                best_mode: Literal["max", "min"] = "max",
                prompt_path: Optional[Sequence[str]] = ("encoder", "prompt",
-                                                       "prompt")):
+                                                       "prompt"),
+               materialize: Optional[Callable[[PyTree], PyTree]] = None):
     """Opens (creating if needed) the run directory.
 
     Args:
@@ -211,6 +212,9 @@ class Checkpointer:
       prompt_path: where the prompt sits in `state.params`; it is exported
         as prompts/step_<N>.npy on every save. None, or a path absent from
         the params (model tuning), exports nothing.
+      materialize: trainable params -> model params (a method's
+        reparameterisation, e.g. P-tuning's prompt encoder), applied before
+        the prompt is looked up; None: the params hold the prompt itself.
 
     Raises:
       ValueError: bad `keep`/`best_mode`, or best.json tracks another metric.
@@ -226,6 +230,7 @@ class Checkpointer:
     self.best_metric = best_metric
     self.best_mode = best_mode
     self.prompt_path = tuple(prompt_path) if prompt_path is not None else None
+    self._materialize = materialize
     run_directory.check_writable(self.model_dir)
     try:
       self._best = best_lib.read(self.model_dir)
@@ -555,6 +560,8 @@ class Checkpointer:
     process calls it (orbax's save and restore require all of them anyway)."""
     if self.prompt_path is None:
       return None
+    if self._materialize is not None and getattr(state, "params", None):
+      state = {"params": self._materialize(state.params)}
     prompt = prompt_export.find(state, self.prompt_path)
     if prompt is None:
       return None

@@ -64,8 +64,9 @@ class DecodeConfig:
 
 
 def _predict(params: PyTree, frozen: PyTree, batch: Mapping[str, jax.Array],
-             *, model, decode: DecodeConfig, length: int) -> jax.Array:
-  full = merge_params(params, frozen)
+             *, model, decode: DecodeConfig, length: int,
+             method=None) -> jax.Array:
+  full = merge_params(_model_params(method, params), frozen)
   encoded, mask = model.apply({"params": full}, batch["encoder_input_tokens"],
                               method="encode_with_mask")
   if decode.method == "greedy":
@@ -77,10 +78,14 @@ def _predict(params: PyTree, frozen: PyTree, batch: Mapping[str, jax.Array],
   return tokens[:, 0]
 
 
+def _model_params(method, params: PyTree) -> PyTree:
+  return params if method is None else method.model_params(params)
+
+
 def _rank(params: PyTree, frozen: PyTree, batch: Mapping[str, jax.Array],
-          candidates: jax.Array, *, model) -> jax.Array:
+          candidates: jax.Array, *, model, method=None) -> jax.Array:
   """[B, C] log-likelihood of each candidate target row [C, L] per example."""
-  full = merge_params(params, frozen)
+  full = merge_params(_model_params(method, params), frozen)
   encoded, mask = model.apply({"params": full}, batch["encoder_input_tokens"],
                               method="encode_with_mask")
   batch_size = encoded.shape[0]
@@ -106,10 +111,13 @@ class RunEvaluator:
     self._batch_size = batch_size
     length = decode.max_decode_length or self._lengths["targets"]
     self._eval_step = jax.jit(functools.partial(
-        step_lib.eval_step, model=run.model, z_loss=z_loss))
+        step_lib.eval_step, model=run.model, z_loss=z_loss,
+        method=run.method))
     self._predict = jax.jit(functools.partial(
-        _predict, model=run.model, decode=decode, length=length))
-    self._rank = (jax.jit(functools.partial(_rank, model=run.model))
+        _predict, model=run.model, decode=decode, length=length,
+        method=run.method))
+    self._rank = (jax.jit(functools.partial(_rank, model=run.model,
+                                            method=run.method))
                   if decode.rank_classification else None)
     if log_dir and jax.process_index() == 0:
       # Through storage: os.makedirs would make a local `gs:` directory.

@@ -41,6 +41,7 @@ import seqio
 from prompt_tuning.training import checkpoints
 from prompt_tuning.training import evaluation
 from prompt_tuning.data import pipeline
+from prompt_tuning import methods
 from prompt_tuning import partitioning
 from prompt_tuning import storage
 from prompt_tuning.models.config import T5Config
@@ -176,6 +177,11 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
           task_feature_lengths: Mapping[str, int],
           mode: str = "prompt",
           prompt: setup.PromptConfig = setup.PromptConfig(),
+          deep_prompt: methods.DeepPromptConfig = methods.DeepPromptConfig(),
+          prefix: methods.PrefixConfig = methods.PrefixConfig(),
+          p_tuning: methods.PTuningConfig = methods.PTuningConfig(),
+          ia3: methods.IA3Config = methods.IA3Config(),
+          lora: methods.LoraConfig = methods.LoraConfig(),
           optimizer: optimizers.AdafactorConfig = optimizers.PROMPT_TUNING,
           schedule: TrainConfig = TrainConfig(),
           decode: DecodeConfig = DecodeConfig(),
@@ -192,8 +198,12 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
     model_config: its T5Config (required for T5X checkpoints).
     mixture_or_task_name: registered SeqIO task or mixture.
     task_feature_lengths: e.g. {'inputs': 512, 'targets': 8}.
-    mode: 'prompt' (only the prompt trains) or 'model' (everything trains).
-    prompt: the prompt (prompt mode).
+    mode: the method (gin's METHOD, `methods.METHODS`): 'prompt' (only
+      the prompt trains), 'model' (everything trains), 'deep_prompt',
+      'prefix', 'p_tuning', 'ia3' or 'lora'.
+    prompt: the input prompt (the methods that prepend one).
+    deep_prompt, prefix, p_tuning, ia3, lora: each method's own options
+      (only the chosen method's are used).
     optimizer: Adafactor hyper-parameters.
     schedule: steps, batch size, checkpoint/eval/log periods.
     decode: decoding for evaluation predictions.
@@ -225,6 +235,9 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
   # Seconds, before the lock, the model or the data pipeline: a missing
   # vocabulary, checkpoint or TFDS dataset is one line, not a traceback
   # after minutes of retries.
+  method = setup.make_method(mode, prompt, {
+      "deep_prompt": deep_prompt, "prefix": prefix, "p_tuning": p_tuning,
+      "ia3": ia3, "lora": lora})
   preflight.check_run(initial_checkpoint_path, mixture_or_task_name)
   run_directory.check_writable(model_dir)
   # Held from here to the end: a second run on this directory stops now,
@@ -236,7 +249,7 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
         model_dir=model_dir, initial_checkpoint_path=initial_checkpoint_path,
         model_config=model_config, mixture_or_task_name=mixture_or_task_name,
         task_feature_lengths=task_feature_lengths, mode=mode, prompt=prompt,
-        optimizer=optimizer, schedule=schedule, decode=decode,
+        method=method, optimizer=optimizer, schedule=schedule, decode=decode,
         dropout_rate=dropout_rate, mesh_shape=mesh_shape, fsdp=fsdp,
         frozen_dtype=frozen_dtype, on_start=on_start)
 
@@ -244,7 +257,8 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
 def _start(*, model_dir: str, initial_checkpoint_path: str,
            model_config: Optional[T5Config], mixture_or_task_name: str,
            task_feature_lengths: Mapping[str, int], mode: str,
-           prompt: setup.PromptConfig, optimizer: optimizers.AdafactorConfig,
+           prompt: setup.PromptConfig, method: methods.Method,
+           optimizer: optimizers.AdafactorConfig,
            schedule: TrainConfig, decode: DecodeConfig,
            dropout_rate: Optional[float], mesh_shape: Tuple[int, int],
            fsdp: bool, frozen_dtype: Optional[str],
@@ -272,7 +286,7 @@ def _start(*, model_dir: str, initial_checkpoint_path: str,
       initial_checkpoint_path=initial_checkpoint_path,
       model_config=model_config, mode=mode, prompt=prompt, mesh=mesh,
       rules=rules, vocabulary=_vocabulary(provider), rng=init_rng,
-      dropout_rate=dropout_rate, frozen_dtype=frozen_dtype)
+      dropout_rate=dropout_rate, frozen_dtype=frozen_dtype, method=method)
   counts = parameter_summary(run.trainable, run.frozen)
   logging.info("Parameters: %s total, %s trainable (%.4f%%).",
                f"{counts['total']:,}", f"{counts['trainable']:,}",
@@ -287,7 +301,7 @@ def _start(*, model_dir: str, initial_checkpoint_path: str,
   with checkpoints.Checkpointer(
       model_dir, keep=schedule.keep_checkpoints,
       best_metric=schedule.best_metric or None,
-      best_mode=schedule.best_mode) as ckpt:
+      best_mode=schedule.best_mode, materialize=run.model_params) as ckpt:
     position = {"batches_consumed": 0, "seed": schedule.seed}
     resumed = ckpt.restore_newest(state)
     if resumed is not None:
@@ -320,7 +334,8 @@ def _start(*, model_dir: str, initial_checkpoint_path: str,
       if jax.process_index() == 0:
         records.write_parameters(
             model_dir, counts, mode=mode,
-            prompt_parameters=counts["trainable"] if mode == "prompt" else 0)
+            prompt_parameters=(0 if run.method.trains_everything else
+                               counts["trainable"]))
       result = _loop(ckpt, run, state, position, shardings, tx, counts,
                      model_dir, mixture_or_task_name, task_feature_lengths,
                      schedule, decode)
@@ -414,7 +429,8 @@ def _loop(ckpt: checkpoints.Checkpointer, run: setup.RunModel,
       mesh, jax.sharding.PartitionSpec("data"))
   train_step = step_lib.jit_train_step(
       run.model, tx, shardings, run.frozen_shardings(), batch_sharding,
-      z_loss=schedule.z_loss, num_microbatches=schedule.num_microbatches)
+      z_loss=schedule.z_loss, num_microbatches=schedule.num_microbatches,
+      method=run.method)
   batches = pipeline.get_dataset(
       mixture_or_task_name, task_feature_lengths, split="train",
       global_batch_size=schedule.batch_size, shuffle=True,

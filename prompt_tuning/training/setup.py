@@ -1,23 +1,30 @@
-"""Building a run's model: frozen weights, the prompt, shardings.
+"""Building a run's model: frozen weights, the method's parameters, shardings.
 
 Shared by training, evaluation and inference runs: load the pretrained T5
-straight into its shardings, wrap it as a `PromptedT5` (prompt tuning) or keep
-the plain `T5` (model tuning), initialise the prompt with the configured
-initializer, and split the tree into (trainable, frozen).
+straight into its shardings, switch on the hooks the method needs
+(`methods`), wrap it as a `PromptedT5` when the method prepends a prompt,
+initialise what the checkpoint does not hold (the prompt with the configured
+initializer; LoRA, IA3, prefixes and reparameterisations with their own
+initializers, each straight into its sharding), and split the tree into
+(trainable, frozen).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning import methods
 from prompt_tuning import partitioning
+from prompt_tuning.methods import base as method_base
+from prompt_tuning.methods import wayward
 from prompt_tuning.pretrained import load_pretrained
 from prompt_tuning.models import T5
 from prompt_tuning.models.config import T5Config
@@ -25,7 +32,6 @@ from prompt_tuning.prompts import PromptedT5
 from prompt_tuning.prompts import initializers
 from prompt_tuning.training.state import PROMPT_PATH
 from prompt_tuning.training.state import TrainState
-from prompt_tuning.training.state import split_trainable
 
 PyTree = Any
 
@@ -54,6 +60,11 @@ class PromptConfig:
   uniform_scale: float = 0.5
   # Sampled-vocabulary inits draw from this many most common tokens.
   vocab_sample_size: int = 5000
+  # Wayward prompts: weight gamma of the penalty gamma * ||P - E(text)||^2 / P
+  # that keeps the prompt near the embedded `wayward_text` (0 = off).
+  wayward_gamma: float = 0.0
+  # The discrete prompt to stay near; empty means `text`.
+  wayward_text: str = ""
 
   def __post_init__(self):
     # Gin hands lists; a frozen config wants a hashable tuple.
@@ -87,6 +98,38 @@ def prompt_initializer(prompt: PromptConfig, embedding: np.ndarray,
   return initializers.from_file(prompt.file)
 
 
+def make_method(mode: str, prompt: PromptConfig,
+                options: Mapping[str, methods.Method] = ()) -> methods.Method:
+  """The method `mode` names, with its options and the shared prompt's.
+
+  Args:
+    mode: a key of `methods.METHODS` (gin's METHOD).
+    prompt: the input prompt of the prompt methods (length, placement,
+      wayward weight); ignored by the others.
+    options: method name -> its configured options (e.g. gin's
+      `LoraConfig()`); a method without an entry takes its defaults.
+  """
+  if mode not in methods.METHODS:
+    close = difflib.get_close_matches(str(mode), methods.METHODS, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"METHOD = {mode!r} is not a method.{hint} Known: "
+                     f"{', '.join(methods.METHODS)}.")
+  cls = methods.METHODS[mode]
+  method = dict(options or {}).get(mode) or cls()
+  if not isinstance(method, cls):
+    raise ValueError(f"The options given for METHOD = {mode!r} are a "
+                     f"{type(method).__name__}, not a {cls.__name__}.")
+  if mode in methods.PROMPT_METHODS:
+    method = dataclasses.replace(method, length=prompt.length,
+                                 placement=prompt.placement,
+                                 wayward_gamma=prompt.wayward_gamma)
+  elif prompt.wayward_gamma:
+    raise ValueError(f"PromptConfig.wayward_gamma = {prompt.wayward_gamma} "
+                     f"needs a method with an input prompt "
+                     f"({', '.join(methods.PROMPT_METHODS)}), not {mode!r}.")
+  return method
+
+
 @dataclasses.dataclass
 class RunModel:
   """Everything a run needs about its model, placed on the mesh."""
@@ -97,6 +140,14 @@ class RunModel:
   frozen: PyTree
   mesh: jax.sharding.Mesh
   rules: partitioning.Rules
+  # What trains and how it reaches the model (prompt tuning by default).
+  method: methods.Method = dataclasses.field(
+      default_factory=methods.PromptTuning)
+
+  def model_params(self, trainable: PyTree) -> PyTree:
+    """The model's parameters from trainable ones (reparameterisations
+    merged), for `merge_params` with the frozen tree."""
+    return self.method.model_params(trainable)
 
   def trainable_shardings(self) -> PyTree:
     return jax.tree_util.tree_map(lambda x: x.sharding, self.trainable)
@@ -111,15 +162,17 @@ def build_model(*, initial_checkpoint_path: str,
                 rules: partitioning.Rules, vocabulary: Any,
                 rng: jax.Array, dropout_rate: Optional[float] = None,
                 frozen_dtype: Optional[str] = None,
-                dtype: Optional[str] = None) -> RunModel:
+                dtype: Optional[str] = None,
+                method: Optional[methods.Method] = None) -> RunModel:
   """Loads the frozen checkpoint and builds the trainable part.
 
   Args:
     initial_checkpoint_path: the pretrained T5 (T5X or HF; see
       `load_pretrained`).
     model_config: its config (required for T5X checkpoints).
-    mode: 'prompt' (train the prompt only) or 'model' (train every weight).
-    prompt: the prompt's configuration (prompt mode).
+    mode: a method name (`methods.METHODS`): 'prompt' trains the prompt
+      only, 'model' every weight, the others their own parameters.
+    prompt: the input prompt's configuration (prompt methods).
     mesh, rules: where and how to shard.
     vocabulary: the task's input vocabulary (class-label / text inits).
     rng: initialises the prompt.
@@ -130,6 +183,8 @@ def build_model(*, initial_checkpoint_path: str,
       it is read, so no float32 copy of the model reaches a device.
     dtype: the compute dtype ('bfloat16' or 'float32'); None keeps the
       config's (bfloat16 in the T5X presets and from HF config.json).
+    method: the configured method (`make_method`); None builds `mode`'s
+      with its defaults.
   """
   if dtype not in (None, "bfloat16", "float32"):
     raise ValueError(f"dtype={dtype!r}: the model computes in 'bfloat16' or "
@@ -138,7 +193,9 @@ def build_model(*, initial_checkpoint_path: str,
     raise ValueError("INITIAL_CHECKPOINT_PATH is not set: prompt tuning needs "
                      "a pretrained T5 to freeze (a T5X or Hugging Face "
                      "checkpoint).")
-  if frozen_dtype is not None and mode == "model":
+  if method is None:
+    method = make_method(mode, prompt)
+  if frozen_dtype is not None and method.trains_everything:
     raise ValueError(
         f"frozen_dtype={frozen_dtype!r} is for prompt tuning: model tuning "
         f"freezes nothing (set the config's param_dtype instead).")
@@ -153,22 +210,76 @@ def build_model(*, initial_checkpoint_path: str,
     config = config.replace(dropout_rate=dropout_rate)
   if dtype is not None:
     config = config.replace(dtype=dtype)
-  if mode == "model":
-    trainable, frozen = split_trainable(params, "model")
-    return RunModel(T5(config), config, trainable, frozen, mesh, rules)
+  method = method.bind(config)
+  config = config.replace(adapters=method.adapters(config))
+  if method.trains_everything:
+    return RunModel(T5(config), config, params, {}, mesh, rules, method)
 
-  # to_host: with the model axis across processes the table spans them.
-  embedding = partitioning.to_host(params["token_embedder"]["embedding"])
-  init = prompt_initializer(prompt, embedding.astype(np.float32), vocabulary)
-  model = PromptedT5(config, prompt.length, init, prompt.placement)
-  shape = (prompt.length, config.emb_dim)
-  sharding = partitioning.sharding_for(("prompt", "prompt_embed"), mesh,
-                                       rules, shape, "/".join(PROMPT_PATH))
-  value = jax.jit(lambda key: init(key, shape, jnp.float32),
-                  out_shardings=sharding)(rng)
-  params["encoder"]["prompt"] = {"prompt": value}
-  trainable, frozen = split_trainable(params, "prompt")
-  return RunModel(model, config, trainable, frozen, mesh, rules)
+  length = method.prompt_length()
+  init = None
+  if length:
+    # to_host: with the model axis across processes the table spans them.
+    embedding = partitioning.to_host(
+        params["token_embedder"]["embedding"]).astype(np.float32)
+    init = prompt_initializer(prompt, embedding, vocabulary)
+    if getattr(method, "wayward_gamma", 0):
+      target = wayward.discrete_prompt(
+          embedding, vocabulary, prompt.wayward_text or prompt.text, length)
+      method = dataclasses.replace(method, wayward_target=target)
+    model = PromptedT5(config, length, init, prompt.placement)
+  else:
+    model = T5(config)
+  trainable = _init_trainable(model, config, method, params, init, length,
+                              mesh, rules, rng)
+  return RunModel(model, config, trainable, params, mesh, rules, method)
+
+
+def _init_trainable(model: nn.Module, config: T5Config,
+                    method: methods.Method, frozen: PyTree,
+                    prompt_init: Optional[initializers.Initializer],
+                    length: int, mesh: jax.sharding.Mesh,
+                    rules: partitioning.Rules, rng: jax.Array) -> PyTree:
+  """Creates, in their shardings, the parameters the checkpoint lacks.
+
+  The input prompt draws from `rng` exactly as it always has (same prompt
+  for the same seed); the method's other new parameters and its
+  reparameterisation from keys folded out of it. Only those arrays are
+  computed: the rest of `model.init` is dead code to XLA.
+  """
+  tokens = jnp.ones((1, 1), jnp.int32)
+  init_fn = lambda key: model.init(key, tokens, tokens, tokens)["params"]
+  boxed = method_base.flat(jax.eval_shape(init_fn, rng))
+  frozen_names = method_base.flat(frozen)
+  produced = set(method.produced(config))
+  prompt_name = "/".join(PROMPT_PATH)
+  new = sorted(n for n in boxed if n not in frozen_names and
+               n not in produced and n != prompt_name)
+  out: Dict[str, Any] = {}
+  if length and prompt_name not in produced:
+    shape = (length, config.emb_dim)
+    sharding = partitioning.sharding_for(("prompt", "prompt_embed"), mesh,
+                                         rules, shape, prompt_name)
+    out[prompt_name] = jax.jit(
+        lambda key: prompt_init(key, shape, jnp.float32),
+        out_shardings=sharding)(rng)
+  if new:
+    shardings = {n: partitioning.sharding_for(
+        boxed[n].names, mesh, rules, boxed[n].value.shape, n) for n in new}
+
+    def select(key):
+      values = method_base.flat(nn.unbox(init_fn(key)))
+      return {n: values[n] for n in new}
+    out.update(jax.jit(select, out_shardings=shardings)(
+        jax.random.fold_in(rng, 1)))
+  specs = method.reparameterisation(config)
+  for i, (name, (shape, axes, initializer)) in enumerate(sorted(specs.items())):
+    sharding = partitioning.sharding_for(axes, mesh, rules, shape, name)
+    out[name] = jax.jit(
+        lambda key, s=shape, f=initializer: f(key, s, jnp.float32),
+        out_shardings=sharding)(jax.random.fold_in(rng, 2 + i))
+  if not out:
+    raise ValueError(f"Method {method.name!r} adds no parameter to train.")
+  return method_base.nested(out)
 
 
 def state_shardings(state: TrainState, param_shardings: PyTree,

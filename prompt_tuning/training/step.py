@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from prompt_tuning.methods import Method
 from prompt_tuning.prompts import merge_params
 from prompt_tuning.training import losses
 from prompt_tuning.training import state as state_lib
@@ -65,8 +66,9 @@ def train_step(state: TrainState, frozen: PyTree, batch: Batch, *,
                z_loss: float = 1e-4,
                loss_normalizing_factor: Optional[float] = None,
                num_microbatches: int = 1,
-               enable_dropout: bool = True) -> Tuple[TrainState,
-                                                     Dict[str, jax.Array]]:
+               enable_dropout: bool = True,
+               method: Optional[Method] = None) -> Tuple[TrainState,
+                                                         Dict[str, jax.Array]]:
   """One optimizer step on the trainable params.
 
   Args:
@@ -80,6 +82,9 @@ def train_step(state: TrainState, frozen: PyTree, batch: Batch, *,
     loss_normalizing_factor: see `losses.cross_entropy_with_z_loss`.
     num_microbatches: gradient accumulation slices of the batch.
     enable_dropout: dropout on (training) or off.
+    method: turns the trainable tree into model parameters (a
+      reparameterisation) and may add a penalty to the loss that is
+      differentiated (not to the metrics); None: prompt or model tuning.
 
   Returns:
     (new state, metrics: the summed loss_sum, z_loss_sum, correct, tokens;
@@ -90,9 +95,15 @@ def train_step(state: TrainState, frozen: PyTree, batch: Batch, *,
 
   def grad_fn(trainable, micro, micro_rng):
     def loss_fn(p):
-      return _loss_and_metrics(model, merge_params(p, frozen), micro,
-                               micro_rng if enable_dropout else None, z_loss,
-                               loss_normalizing_factor)
+      loss, metrics = _loss_and_metrics(
+          model, merge_params(_model_params(method, p), frozen), micro,
+          micro_rng if enable_dropout else None, z_loss,
+          loss_normalizing_factor)
+      extra = None if method is None else method.penalty(p)
+      if extra is not None:
+        # Once per step: each of the k microbatches adds 1/k of it.
+        loss = loss + extra / num_microbatches
+      return loss, metrics
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     return grads, metrics
 
@@ -123,16 +134,23 @@ def train_step(state: TrainState, frozen: PyTree, batch: Batch, *,
 
 
 def eval_step(params: PyTree, frozen: PyTree, batch: Batch, *,
-              model: nn.Module, z_loss: float = 1e-4) -> Dict[str, jax.Array]:
+              model: nn.Module, z_loss: float = 1e-4,
+              method: Optional[Method] = None) -> Dict[str, jax.Array]:
   """Teacher-forced summed loss and token accuracy (no dropout)."""
-  _, metrics = _loss_and_metrics(model, merge_params(params, frozen), batch,
-                                 None, z_loss, None)
+  _, metrics = _loss_and_metrics(
+      model, merge_params(_model_params(method, params), frozen), batch,
+      None, z_loss, None)
   return metrics
+
+
+def _model_params(method: Optional[Method], trainable: PyTree) -> PyTree:
+  return trainable if method is None else method.model_params(trainable)
 
 
 def jit_train_step(model: nn.Module, tx: optax.GradientTransformation,
                    state_shardings: PyTree, frozen_shardings: PyTree,
                    batch_sharding: Any, **step_kwargs) -> Callable:
+  # step_kwargs may carry `method` (see train_step).
   """`train_step` jitted with explicit shardings; only the state is donated
   (the frozen weights are reused every step)."""
   step = functools.partial(train_step, model=model, tx=tx, **step_kwargs)
