@@ -57,6 +57,7 @@ _SAVED = "/jax/compilation_cache/compile_time_saved_sec"
 
 
 def default_directory(environ: Mapping[str, str] = os.environ) -> str:
+  """`$XDG_CACHE_HOME/prompt_tuning/jax_compilation_cache` (`~/.cache/...`)."""
   base = environ.get("XDG_CACHE_HOME") or os.path.join(
       os.path.expanduser("~"), ".cache")
   return os.path.join(base, "prompt_tuning", "jax_compilation_cache")
@@ -68,9 +69,14 @@ def resolve(flag: Optional[str],
   docstring for the order)."""
   for value in (flag, environ.get(ENV)):
     if value is not None and value.strip():
-      if value.strip().lower() in OFF:
+      value = value.strip()
+      if value.lower() in OFF:
         return None
-      return os.path.abspath(os.path.expanduser(value.strip()))
+      if "://" in value:
+        # Kept as given, for `enable` to refuse: abspath would turn
+        # gs://b/c into the local directory ./gs:/b/c.
+        return value
+      return os.path.abspath(os.path.expanduser(value))
   return (environ.get("JAX_COMPILATION_CACHE_DIR") or
           default_directory(environ))
 

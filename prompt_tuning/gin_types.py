@@ -12,8 +12,11 @@ line (or the command-line binding) that set it.
 
 Annotations checked: bool, int, float (an int is a float too; a bool is
 neither), str, Optional/`X | None`, tuples (`Tuple[str, ...]`, lists
-accepted: gin writes lists). Anything else, and values gin computes
-(`@configurable()`), is left to the dataclass itself.
+accepted: gin writes lists). Anything else is left to the dataclass itself.
+A value gin computes (`@configurable()`, also through a macro) is computed
+here once, as gin would, and what it returns is checked; one whose call
+fails, and an uncalled `@configurable`, are left to the real call. Scoped
+bindings (`scope/Config.field`) are not checked.
 """
 
 from __future__ import annotations

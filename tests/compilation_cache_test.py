@@ -5,6 +5,8 @@ tests/experiments/sweep_root_test.py.)"""
 
 import os
 
+import pytest
+
 from prompt_tuning import compilation_cache as cc
 
 
@@ -30,3 +32,15 @@ def test_default_without_xdg(monkeypatch):
   monkeypatch.setenv("HOME", "/home/v")
   assert cc.default_directory({}) == (
       "/home/v/.cache/prompt_tuning/jax_compilation_cache")
+
+
+def test_a_url_is_refused_not_made_a_local_directory(tmp_path, monkeypatch):
+  # abspath("gs://b/c") is "<cwd>/gs:/b/c": enable would have created that
+  # local directory instead of refusing the URL.
+  monkeypatch.chdir(tmp_path)
+  for flag, environ in (("gs://b/c", {}), (None, {cc.ENV: " gs://b/c "})):
+    assert cc.resolve(flag, environ) == "gs://b/c"
+  with pytest.raises(ValueError, match=r"^compilation cache gs://b/c: must "
+                     r"be a local or mounted directory"):
+    cc.enable("gs://b/c")
+  assert not os.listdir(tmp_path)

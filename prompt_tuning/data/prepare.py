@@ -135,20 +135,33 @@ def tfds_datasets(task_names: Sequence[str]) -> List[TfdsDataset]:
                                                                 k[1] or ""))]
 
 
+def default_data_dir() -> str:
+  """TFDS's default data directory: $TFDS_DATA_DIR as it was when TFDS was
+  imported, else ~/tensorflow_datasets (local, or a gs:// URL)."""
+  return os.fspath(tfds.core.constants.DATA_DIR)
+
+
 def builder(dataset: TfdsDataset, data_dir: Optional[str] = None
             ) -> tfds.core.DatasetBuilder:
   """The TFDS builder of `dataset` in `data_dir` (default: where tasks read).
 
   Raises:
-    PrepareError: TFDS knows no such dataset, config or version.
+    PrepareError: TFDS knows no such dataset, config or version, or cannot
+      read what is prepared (a damaged dataset_info.json, no permission).
   """
   try:
     return tfds.builder(dataset.name, data_dir=data_dir or dataset.data_dir)
-  except Exception as e:  # pylint: disable=broad-except
+  except tfds.core.registered.DatasetNotFoundError as e:
     raise PrepareError(
         f"{dataset.name}: TFDS {tfds.__version__} has no builder for it "
         f"({_first_line(e)}); is the module that defines it imported "
         "(--task_module)?") from None
+  except Exception as e:  # pylint: disable=broad-except
+    # An unknown config or version (TFDS raises ValueError, AssertionError)
+    # or prepared files it cannot read: the first line says which.
+    raise PrepareError(
+        f"{dataset.name}: TFDS {tfds.__version__} cannot open it "
+        f"({_first_line(e)})") from None
 
 
 def _root(built: tfds.core.DatasetBuilder) -> str:
@@ -338,10 +351,12 @@ def prepare(dataset: TfdsDataset, data_dir: Optional[str] = None,
   try:
     built.download_and_prepare()
   except ModuleNotFoundError as e:
+    # Not every such module is ours to install (apache_beam for a beam
+    # builder): the message says which, and what the install covers.
     raise PrepareError(
         f"{dataset.name} in {root}: TFDS needs the module {e.name!r} to "
-        "prepare data: pip install -c .ci/constraints.txt -e . (it is in "
-        "this project's requirements)") from None
+        "prepare it; install it (pip install -c .ci/constraints.txt -e . "
+        "installs those the paper's datasets need)") from None
   except Exception as e:  # pylint: disable=broad-except
     raise PrepareError(
         f"{dataset.name} in {root}: {type(e).__name__}: {_first_line(e)} "

@@ -75,13 +75,16 @@ def as_float32_prompt(array: np.ndarray, where: str) -> np.ndarray:
 
 
 def _load(f: BinaryIO, where: str) -> np.ndarray:
+  """The array of an `np.save` file read from `f`'s current position."""
+  start = f.tell()
   if f.read(len(MAGIC)) != MAGIC:
     raise ValueError(f"{where} is not a .npy file (no NUMPY magic); save "
                      "prompts with np.save.")
-  f.seek(0)
+  f.seek(start)
+  # MemoryError: a damaged header whose shape numpy then tries to allocate.
   try:
     return np.load(f, allow_pickle=False)
-  except (ValueError, OSError, EOFError) as e:
+  except (ValueError, OSError, EOFError, MemoryError) as e:
     reason = " ".join(str(e).split())
     if "allow_pickle" in reason:  # an object array: a pickle
       raise ValueError(
@@ -99,7 +102,8 @@ def read(source: Union[str, os.PathLike, BinaryIO],
 
   Args:
     source: a local path, or a binary file open for reading and seekable
-      (e.g. `storage.open_file(path, 'rb')` for a `gs://` file).
+      (e.g. `storage.open_file(path, 'rb')` for a `gs://` file), read from
+      its current position.
     where: the name messages use; default the path.
 
   Returns:

@@ -163,8 +163,16 @@ def check_vocabulary(path: str) -> None:
         f"set {env} to a local copy of sentencepiece.model")
   else:
     setting, fix = path, "fix the vocabulary path of the task"
+
+  def problem(p: str) -> Optional[str]:
+    if _is_readable_file(p):
+      return None
+    return "not a readable file" if storage.exists(p) else "no such file"
+
   try:
-    found = _ask(path, _is_readable_file)
+    # Both questions inside `_ask`: on gs:// each is a request that must be
+    # time-limited, and a readable file needs no second one.
+    reason = _ask(path, problem)
   except _Unreachable as e:
     if path.startswith("gs://t5-data/"):
       fix = (f"without network access to gs://t5-data, set "
@@ -174,11 +182,8 @@ def check_vocabulary(path: str) -> None:
     raise PreflightError(f"Vocabulary {setting} is unreachable ({e}); "
                          f"{fix}.") from None
   except OSError as e:
-    found, reason = False, e.strerror or " ".join(str(e).split())
-  else:
-    reason = ("not a readable file" if storage.exists(path) else
-              "no such file")
-  if not found:
+    reason = e.strerror or " ".join(str(e).split())
+  if reason:
     raise PreflightError(f"Vocabulary {setting}: {reason}; {fix}.")
 
 
@@ -248,16 +253,18 @@ def check_tfds(dataset: prepare.TfdsDataset, task: str) -> None:
 
   shown = data_dir or "TFDS's default data_dir ($TFDS_DATA_DIR or " \
       "~/tensorflow_datasets)"
+  # What is asked: TFDS's default may be a gs:// $TFDS_DATA_DIR too, which
+  # needs the same probe and time limit as a source's own gs:// data_dir.
+  asked = data_dir or prepare.default_data_dir()
   # tfds warns that an unprepared version folder "has no dataset_info.json":
   # the error below says so in its one line.
   absl_logger = logging.getLogger("absl")
   absl_logger.addFilter(_without_missing_info)
   try:
-    state, version_dir = _ask(data_dir, prepared) if data_dir else (
-        prepared(None))
+    state, version_dir = _ask(asked, lambda _: prepared(data_dir))
   except _Unreachable as e:
     raise PreflightError(
-        f"Task {task}: TFDS data_dir {data_dir} is unreachable ({e}); check "
+        f"Task {task}: TFDS data_dir {asked} is unreachable ({e}); check "
         f"the network, or prepare the data locally with `{_PREPARE} {task}`."
     ) from None
   except Exception as e:  # pylint: disable=broad-except

@@ -164,6 +164,37 @@ def test_unprepared_says_what_and_how_then_nothing(tmp_path):
     prepare.prepare(dataset, str(tmp_path))
 
 
+def test_unreadable_prepared_data_is_not_called_a_missing_builder(tmp_path):
+  (dataset,) = prepare.tfds_datasets(["prepare_test_tiny"])
+  assert prepare.prepare(dataset, str(tmp_path), say=lambda _: None)
+  info = tmp_path / "prepare_test_tiny" / "1.0.0" / "dataset_info.json"
+  info.write_text("{damaged")
+  (message,) = prepare.unprepared(["prepare_test_tiny"], str(tmp_path))
+  assert message.startswith("prepare_test_tiny:1.0.0: TFDS ")
+  assert "cannot open it (Failed to load JSON" in message, message
+  assert "no builder" not in message and "--task_module" not in message
+  # A name TFDS does not know: the module that would register it is asked for.
+  unknown = prepare.TfdsDataset("prepare_test_nowhere:1.0.0", None, (), ("t",))
+  with pytest.raises(prepare.PrepareError, match=(
+      r"^prepare_test_nowhere:1\.0\.0: TFDS .* has no builder for it \(.*\); "
+      r"is the module that defines it imported \(--task_module\)\?$")):
+    prepare.builder(unknown, str(tmp_path))
+
+
+def test_a_missing_module_is_named_not_promised(tmp_path, monkeypatch):
+  def needs_beam(self, dl_manager):
+    raise ModuleNotFoundError("No module named 'apache_beam'",
+                              name="apache_beam")
+  monkeypatch.setattr(PrepareTestTiny, "_split_generators", needs_beam)
+  (dataset,) = prepare.tfds_datasets(["prepare_test_tiny"])
+  with pytest.raises(prepare.PrepareError) as error:
+    prepare.prepare(dataset, str(tmp_path), say=lambda _: None)
+  assert str(error.value) == (
+      f"prepare_test_tiny:1.0.0 in {tmp_path}: TFDS needs the module "
+      "'apache_beam' to prepare it; install it (pip install -c "
+      ".ci/constraints.txt -e . installs those the paper's datasets need)")
+
+
 def test_paper_tasks_in_an_empty_dir_one_line_each(tmp_path):
   registry.import_builtin()
   names = ["super_glue_rte_v102", "squad_v010_allanswers",

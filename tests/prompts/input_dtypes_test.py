@@ -77,6 +77,16 @@ def test_bfloat16_as_np_save_writes_it_round_trips_exactly(tmp_path, caplog):
                                "to float32 (exact).")
 
 
+def test_a_stream_is_read_from_where_it_stands(tmp_path):
+  """A caller's stream past other bytes: the magic is checked there, and
+  np.load must start there too (not at byte 0)."""
+  want = _values()
+  stream = io.BytesIO(b"head" + open(_save(tmp_path / "p.npy", want),
+                                     "rb").read())
+  stream.seek(4)
+  np.testing.assert_array_equal(npy.read(stream, "stream"), want)
+
+
 @pytest.mark.parametrize("dtype, how", [
     (np.float16, "exact"), (np.float64, "rounded to float32's precision")])
 def test_float16_and_float64_are_cast_with_one_line(tmp_path, caplog, dtype,
@@ -131,6 +141,16 @@ def _bad_files(tmp_path):
   cut.write_bytes(whole[:len(whole) // 2])
   out["truncated"] = (str(cut), r" is not a readable \.npy array \(.*\); it "
                       r"may be truncated: save it again\.")
+  # A damaged header that claims a shape no machine can hold: numpy's
+  # MemoryError was a traceback.
+  huge = tmp_path / "huge_header.npy"
+  with open(huge, "wb") as f:
+    np.lib.format.write_array_header_1_0(
+        f, {"descr": "<f4", "fortran_order": False, "shape": (10**7, 10**7)})
+    f.write(bytes(64))
+  out["huge_header"] = (str(huge), r" is not a readable \.npy array "
+                        r"\(Unable to allocate .*\); it may be truncated: "
+                        r"save it again\.")
   return out
 
 

@@ -18,12 +18,16 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
+from tensorflow_datasets.core import constants as tfds_constants
 
+from prompt_tuning.data import prepare
 from prompt_tuning.training import preflight
 from tests.training.reliability_test import FAST, ROOT, _command, _env
 from tests.training.reliability_test import _error, _ok
+
 
 def _closed_port() -> int:
   """A local port nothing listens on (bound, then released)."""
@@ -93,6 +97,53 @@ def test_unreachable_gs_never_reaches_the_storage_client(monkeypatch):
   with pytest.raises(preflight.PreflightError, match="unreachable"):
     preflight.check_vocabulary("gs://t5-data/vocabs/x/sentencepiece.model")
   assert not asked
+
+
+@pytest.mark.parametrize("readable", [True, False])
+def test_gs_vocabulary_is_asked_only_within_the_time_limit(monkeypatch,
+                                                           readable):
+  """Each storage question about a gs:// vocabulary runs in `_ask`'s
+  time-limited thread, never unguarded in the caller's; a readable file is
+  asked about once."""
+  monkeypatch.setattr(preflight, "_REACHED", {preflight._endpoint(): None})
+  asked = []
+
+  def question(name, answer):
+    def ask(_):
+      asked.append((name, threading.current_thread() is
+                    threading.main_thread()))
+      return answer
+    return ask
+
+  monkeypatch.setattr(preflight.storage, "isfile",
+                      question("isfile", readable))
+  monkeypatch.setattr(preflight.storage, "exists", question("exists", False))
+  path = "gs://bucket/vocab/sentencepiece.model"
+  if readable:
+    preflight.check_vocabulary(path)
+    assert asked == [("isfile", False)]
+  else:
+    with pytest.raises(preflight.PreflightError,
+                       match=f"^Vocabulary {path}: no such file; "):
+      preflight.check_vocabulary(path)
+    assert asked == [("isfile", False), ("exists", False)]
+
+
+def test_gs_default_tfds_data_dir_is_probed_before_tfds_opens_it(
+    monkeypatch):
+  """$TFDS_DATA_DIR on gs:// (TFDS's default data_dir) gets the same probe
+  as a source's own gs:// data_dir: refused, TFDS is never asked."""
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"127.0.0.1:{_closed_port()}")
+  monkeypatch.setattr(preflight, "_REACHED", {})
+  monkeypatch.setattr(tfds_constants, "DATA_DIR", "gs://bucket/tfds")
+  opened = []
+  monkeypatch.setattr(prepare, "builder", lambda *a: opened.append(a))
+  dataset = prepare.TfdsDataset("super_glue/boolq:1.0.2", None, (), ("t",))
+  with pytest.raises(preflight.PreflightError, match=(
+      r"^Task t: TFDS data_dir gs://bucket/tfds is unreachable \(cannot "
+      r"connect to 127\.0\.0\.1:")):
+    preflight.check_tfds(dataset, "t")
+  assert not opened
 
 
 # --- The frozen checkpoint. -------------------------------------------------
