@@ -65,6 +65,27 @@ def task_class_labels(task: str) -> Tuple[str, ...]:
   return registry.class_labels(task)
 
 
+# Adafactor learning rates per method for `method_learning_rate`: the paper's
+# 0.3 for prompts; for the others the rate that trained the quickstart best
+# in a small search (100 steps; docs/training.md), a starting point to sweep.
+METHOD_LEARNING_RATES = {"prompt": 0.3, "deep_prompt": 0.3, "prefix": 0.3,
+                         "p_tuning": 0.01, "ia3": 0.03, "lora": 1e-3,
+                         "model": 1e-3}
+
+
+def method_learning_rate(method: str) -> float:
+  """The default Adafactor learning rate of a method (METHOD_LEARNING_RATES).
+
+  runs/prompt_tune.gin binds `AdafactorConfig.learning_rate =
+  @method_learning_rate()` with `method_learning_rate.method = %METHOD`, so
+  `--gin.METHOD=lora` alone trains at LoRA's rate; binding
+  AdafactorConfig.learning_rate to a number overrides it.
+  """
+  if method not in METHOD_LEARNING_RATES:
+    setup.make_method(method, setup.PromptConfig())  # the one-line error
+  return METHOD_LEARNING_RATES[method]
+
+
 _REGISTERED = False
 # Gin name -> the library object it configures.
 _CONFIGURABLES = {
@@ -82,6 +103,7 @@ _CONFIGURABLES = {
     "TrainConfig": loop.TrainConfig,
     "DecodeConfig": inference.DecodeConfig,
     "task_class_labels": task_class_labels,
+    "method_learning_rate": method_learning_rate,
 }
 
 

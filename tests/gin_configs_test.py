@@ -15,7 +15,8 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 REQUIRED = ["MODEL_DIR='/tmp/m'", "INITIAL_CHECKPOINT_PATH='/tmp/c'",
             "MIXTURE_OR_TASK_NAME='t'", "PROMPT_PATH='/tmp/p'",
             "EVAL_OUTPUT_DIR='/tmp/e'", "OUTPUT_PATH='/tmp/o.jsonl'",
-            "PROMPT_INIT_TEXT='hello'", "PROMPT_INIT_FILE='/tmp/p.npy'"]
+            "PROMPT_INIT_TEXT='hello'", "PROMPT_INIT_FILE='/tmp/p.npy'",
+            "WAYWARD_TEXT='hi'"]
 
 
 def _files(kind):
@@ -62,10 +63,36 @@ def test_every_run_and_prompt_file_parses(run_file, prompt_file):
   assert gin.query_parameter(f"{fn}.model_config") is not None
 
 
+@pytest.mark.parametrize("method_file", _files("methods"))
+def test_every_method_file_builds_its_method(method_file):
+  _parse(["models/t5_1_1_tiny.gin", "runs/prompt_tune.gin", method_file])
+  from prompt_tuning import methods  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.training import setup  # pylint: disable=g-import-not-at-top
+  name = gin.query_parameter("METHOD/macro.value")
+  assert name in methods.METHODS
+  assert os.path.basename(method_file)[:-4] in (name, "wayward")
+  with gin.config_scope(None):
+    option = {"deep_prompt": methods.DeepPromptConfig,
+              "prefix": methods.PrefixConfig,
+              "p_tuning": methods.PTuningConfig, "ia3": methods.IA3Config,
+              "lora": methods.LoraConfig}.get(name)
+    options = {name: gin.get_configurable(option)()} if option else {}
+  gamma = (gin.query_parameter("PromptConfig.wayward_gamma")
+           if name == "prompt" else 0.0)
+  method = setup.make_method(name, setup.PromptConfig(wayward_gamma=gamma),
+                             options)
+  assert method.name == name
+  if name == "prompt":
+    assert method.wayward_gamma == 0.01
+
+
 def test_prompt_tune_defaults_are_the_papers_recipe():
   _parse(["models/t5_1_1_lm100k_base.gin", "runs/prompt_tune.gin"])
   q = gin.query_parameter
-  assert q("AdafactorConfig.learning_rate") == 0.3
+  # The rate is METHOD's default, 0.3 for prompt tuning.
+  assert str(q("method_learning_rate.method")) == "%METHOD"
+  assert q("METHOD/macro.value") == "prompt"
+  assert configurables.method_learning_rate(q("METHOD/macro.value")) == 0.3
   assert q("AdafactorConfig.weight_decay_rate") == 1e-5
   assert q("AdafactorConfig.decay_rate") == 0.8
   assert q("AdafactorConfig.multiply_by_parameter_scale") is False

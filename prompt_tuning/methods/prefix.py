@@ -48,6 +48,18 @@ _ATTENTION_PATHS = {"encoder_self": ("encoder", "attention"),
                     "cross": ("decoder", "encoder_decoder_attention")}
 
 
+def peft_prefix_blocks(layer: int, num_layers: int) -> Tuple[int, int]:
+  """(key block, value block) of the [P, 2L, ...] table for decoder `layer`.
+
+  PEFT doubles the table to 4L blocks for seq2seq (one copy per transformer
+  submodule) and hands decoder layer i the blocks 4i..4i+3: self-attention
+  key, value, then cross-attention key, value (which it discards). Block c of
+  the doubled table is block c mod 2L of the saved one. For even L, layers i
+  and i + L/2 share a prefix and half the blocks are never read.
+  """
+  return (4 * layer) % (2 * num_layers), (4 * layer + 1) % (2 * num_layers)
+
+
 @dataclasses.dataclass(frozen=True)
 class PrefixConfig(Method):
   """Prefix tuning's choices."""
@@ -98,9 +110,9 @@ class PrefixConfig(Method):
     """(attention, layer, key block, value block) for every prefixed layer."""
     out = []
     if self.layout == "peft":
-      n = 2 * config.num_encoder_layers
       for i in range(config.num_decoder_layers):
-        out.append(("decoder_self", i, (4 * i) % n, (4 * i + 1) % n))
+        out.append(("decoder_self", i) +
+                   peft_prefix_blocks(i, config.num_encoder_layers))
       return out
     b = 0
     for kind in PREFIX_ATTENTIONS:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import safetensors
@@ -100,21 +100,89 @@ def export_adapter(prompt: np.ndarray, config: T5Config, directory: str,
     raise ValueError(
         f"A prompt for this model is [P, {config.emb_dim}]; got shape "
         f"{tuple(prompt.shape)}.")
+  return write_adapter(directory, {TENSOR: prompt},
+                       adapter_config(prompt.shape[0], config,
+                                      base_model_name_or_path))
+
+
+def write_adapter(directory: str, tensors: Mapping[str, np.ndarray],
+                  config: Mapping[str, Any]) -> str:
+  """Writes a PEFT adapter directory, as `save_pretrained` lays it out.
+
+  Shared by every PEFT method here (`prompt_tuning.methods.peft_io` too):
+  `adapter_model.safetensors` (metadata `{"format": "pt"}`, what
+  transformers expects) and `adapter_config.json` (sorted keys, indent 2),
+  each replaced atomically, tensors first so a config never describes
+  tensors that are not there yet.
+
+  Args:
+    directory: created if needed.
+    tensors: PEFT's names -> arrays (written contiguous, as given).
+    config: the adapter_config.json contents.
+
+  Returns:
+    The directory.
+  """
   os.makedirs(directory, exist_ok=True)
   weights = os.path.join(directory, WEIGHTS_FILE)
   tmp = f"{weights}.tmp-{os.getpid()}"
   try:
-    safetensors.numpy.save_file({TENSOR: np.ascontiguousarray(prompt)}, tmp,
-                                metadata={"format": "pt"})
+    safetensors.numpy.save_file(
+        {name: np.ascontiguousarray(array) for name, array in tensors.items()},
+        tmp, metadata={"format": "pt"})
     os.replace(tmp, weights)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
-  text = json.dumps(adapter_config(prompt.shape[0], config,
-                                   base_model_name_or_path),
-                    indent=2, sort_keys=True) + "\n"
+  text = json.dumps(dict(config), indent=2, sort_keys=True) + "\n"
   _write_atomic_text(os.path.join(directory, CONFIG_FILE), text)
   return directory
+
+
+def read_adapter_config(directory: str) -> Tuple[str, Dict[str, Any]]:
+  """(path of adapter_config.json, its contents) of a PEFT adapter directory.
+
+  Raises:
+    FileNotFoundError / ValueError: one line naming the file.
+  """
+  config_file = os.path.join(directory, CONFIG_FILE)
+  if not os.path.isfile(config_file):
+    raise FileNotFoundError(f"{directory}: no {CONFIG_FILE}; a PEFT adapter "
+                            "directory is what save_pretrained writes.")
+  try:
+    with open(config_file, encoding="utf-8") as f:
+      config = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{config_file} is not valid JSON ({e}).") from None
+  if not isinstance(config, dict):
+    raise ValueError(f"{config_file} is not a JSON object.")
+  return config_file, config
+
+
+def read_adapter_tensors(directory: str) -> Tuple[str, Dict[str, np.ndarray]]:
+  """(path of adapter_model.safetensors, its tensors by name).
+
+  The pickle PEFT may have written instead (`adapter_model.bin`) is refused,
+  never loaded.
+
+  Raises:
+    FileNotFoundError / ValueError: one line naming the file.
+  """
+  weights = os.path.join(directory, WEIGHTS_FILE)
+  if not os.path.isfile(weights):
+    if os.path.isfile(os.path.join(directory, PICKLE_FILE)):
+      raise ValueError(
+          f"{directory} has only {PICKLE_FILE}, a pickle that is never "
+          "loaded here; re-save the adapter with save_pretrained("
+          "safe_serialization=True).")
+    raise FileNotFoundError(f"{directory}: no {WEIGHTS_FILE}.")
+  try:
+    with safetensors.safe_open(weights, framework="np") as f:
+      tensors = {name: f.get_tensor(name) for name in f.keys()}
+  except safetensors.SafetensorError as e:
+    raise ValueError(f"{weights} is not a readable safetensors file "
+                     f"({' '.join(str(e).split())}).") from None
+  return weights, tensors
 
 
 def _check_model(config_file: str, adapter: Dict[str, Any],
@@ -147,15 +215,7 @@ def import_adapter(directory: str, embed_dim: Optional[int] = None,
       is wrong (another PEFT method, a pickle-only adapter, a shape that
       disagrees with the config).
   """
-  config_file = os.path.join(directory, CONFIG_FILE)
-  if not os.path.isfile(config_file):
-    raise FileNotFoundError(f"{directory}: no {CONFIG_FILE}; a PEFT adapter "
-                            "directory is what save_pretrained writes.")
-  try:
-    with open(config_file, encoding="utf-8") as f:
-      config = json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{config_file} is not valid JSON ({e}).") from None
+  config_file, config = read_adapter_config(directory)
   if config.get("peft_type") != "PROMPT_TUNING":
     raise ValueError(
         f"{config_file}: peft_type is {config.get('peft_type')!r}; only "
@@ -165,23 +225,11 @@ def import_adapter(directory: str, embed_dim: Optional[int] = None,
     raise ValueError(
         f"{config_file}: num_transformer_submodules={submodules}; a T5 "
         "prompt-tuning adapter has 1 or 2 (PEFT's seq2seq default).")
-  weights = os.path.join(directory, WEIGHTS_FILE)
-  if not os.path.isfile(weights):
-    if os.path.isfile(os.path.join(directory, PICKLE_FILE)):
-      raise ValueError(
-          f"{directory} has only {PICKLE_FILE}, a pickle that is never "
-          "loaded here; re-save the adapter with save_pretrained("
-          "safe_serialization=True).")
-    raise FileNotFoundError(f"{directory}: no {WEIGHTS_FILE}.")
-  try:
-    with safetensors.safe_open(weights, framework="np") as f:
-      if TENSOR not in f.keys():
-        raise ValueError(f"{weights} has no {TENSOR!r} tensor (found "
-                         f"{sorted(f.keys())[:5]}).")
-      prompt = f.get_tensor(TENSOR)
-  except safetensors.SafetensorError as e:
-    raise ValueError(f"{weights} is not a readable safetensors file "
-                     f"({' '.join(str(e).split())}).") from None
+  weights, tensors = read_adapter_tensors(directory)
+  if TENSOR not in tensors:
+    raise ValueError(f"{weights} has no {TENSOR!r} tensor (found "
+                     f"{sorted(tensors)[:5]}).")
+  prompt = tensors[TENSOR]
   virtual = config.get("num_virtual_tokens")
   rows = virtual * submodules if isinstance(virtual, int) else virtual
   want = (rows, config.get("token_dim"))
