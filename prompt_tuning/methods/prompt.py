@@ -30,7 +30,7 @@ class PromptTuning(Method):
 
   # P, the input prompt's length.
   length: int = 100
-  # 'prefix' or 'suffix' (see prompts.layer).
+  # 'prefix', 'suffix' or 'after_first' (see prompts.layer).
   placement: str = "prefix"
   # Weight of the wayward penalty; 0 turns it off.
   wayward_gamma: float = 0.0

@@ -23,7 +23,10 @@ from prompt_tuning.prompts import initializers
 
 Array = jax.Array
 
-PLACEMENTS = ("prefix", "suffix")
+# 'prefix': [P; X] (the paper); 'suffix': right before each example's EOS;
+# 'after_first': after the first token, [x_1; P; x_2..] (the official code's
+# prefix_prompt_after_bos, for inputs that start with a BOS or task token).
+PLACEMENTS = ("prefix", "suffix", "after_first")
 
 
 class Prompt(nn.Module):
@@ -82,6 +85,17 @@ def suffix_positions(input_mask: Array, input_tokens: Array,
   return jnp.where(jnp.any(is_eos, axis=1), first_eos, after_last)
 
 
+def insert_positions(placement: str, input_mask: Array, input_tokens: Array,
+                     eos_id: int = 1) -> Array:
+  """[B] int32: where each example's prompt starts, for any placement."""
+  batch = input_tokens.shape[0]
+  if placement == "prefix":
+    return jnp.zeros((batch,), jnp.int32)
+  if placement == "after_first":
+    return jnp.ones((batch,), jnp.int32)
+  return suffix_positions(input_mask, input_tokens, eos_id)
+
+
 def _suffix_source(start: Array, prompt_length: int,
                    input_length: int) -> Array:
   """Gather indices into [inputs; prompt] that splice the prompt at `start`.
@@ -109,7 +123,8 @@ def combine(prompt: Array, embedded: Array, input_mask: Array,
   """Inserts a prompt into embedded inputs and extends their mask.
 
   Example tokens `a b c EOS pad pad` become `P1..Pp a b c EOS pad pad`
-  (prefix) or `a b c P1..Pp EOS pad pad` (suffix). Relative position biases
+  (prefix), `a b c P1..Pp EOS pad pad` (suffix) or `a P1..Pp b c EOS pad
+  pad` (after_first). Relative position biases
   make the prefix result at real positions independent of trailing padding;
   the suffix one too, since padding stays after the EOS.
 
@@ -118,7 +133,7 @@ def combine(prompt: Array, embedded: Array, input_mask: Array,
     embedded: [B, T, H] embedded input tokens.
     input_mask: [B, T] bool, True for real tokens.
     input_tokens: [B, T] int, used by 'suffix' to find each EOS.
-    placement: 'prefix' or 'suffix'.
+    placement: one of PLACEMENTS.
     eos_id: the EOS token id ('suffix' only).
 
   Returns:
@@ -135,8 +150,9 @@ def combine(prompt: Array, embedded: Array, input_mask: Array,
     return jnp.concatenate([prompt, embedded], axis=1), mask  # [B, P + T, H]
   # A per-example gather rather than a dynamic slice: every example splices
   # at its own position, and shapes stay static.
-  source = _suffix_source(suffix_positions(input_mask, input_tokens, eos_id),
-                          prompt_length, length)  # [B, P + T]
+  source = _suffix_source(
+      insert_positions(placement, input_mask, input_tokens, eos_id),
+      prompt_length, length)  # [B, P + T]
   pool = jnp.concatenate([embedded, prompt], axis=1)  # [B, T + P, H]
   x = jnp.take_along_axis(pool, source[:, :, None], axis=1)  # [B, P + T, H]
   return x, mask
@@ -153,7 +169,7 @@ def combine_mask(prompt_length: int, input_mask: Array, input_tokens: Array,
     prompt_length: P.
     input_mask: [B, T] bool.
     input_tokens: [B, T] int.
-    placement: 'prefix' or 'suffix'.
+    placement: one of PLACEMENTS.
     eos_id: the EOS token id.
 
   Returns:
@@ -167,7 +183,8 @@ def combine_mask(prompt_length: int, input_mask: Array, input_tokens: Array,
   prompt_mask = jnp.ones((batch, prompt_length), bool)
   if placement == "prefix":
     return jnp.concatenate([prompt_mask, input_mask], axis=1)  # [B, P + T]
-  source = _suffix_source(suffix_positions(input_mask, input_tokens, eos_id),
-                          prompt_length, length)
+  source = _suffix_source(
+      insert_positions(placement, input_mask, input_tokens, eos_id),
+      prompt_length, length)
   mask_pool = jnp.concatenate([input_mask, prompt_mask], axis=1)  # [B, T + P]
   return jnp.take_along_axis(mask_pool, source, axis=1)  # [B, P + T]

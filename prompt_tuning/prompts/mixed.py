@@ -24,7 +24,7 @@ import numpy as np
 from prompt_tuning.models import decoding
 from prompt_tuning.models.t5 import T5
 from prompt_tuning.prompts.layer import PLACEMENTS
-from prompt_tuning.prompts.layer import suffix_positions
+from prompt_tuning.prompts.layer import insert_positions
 
 Array = jax.Array
 PyTree = Any
@@ -96,7 +96,7 @@ def combine_ragged(prompts: Array, lengths: Array, embedded: Array,
     embedded: [B, T, H] embedded input tokens.
     input_mask: [B, T] bool, True for real tokens.
     input_tokens: [B, T] int ('suffix' finds each EOS in them).
-    placement: 'prefix' or 'suffix'.
+    placement: one of `layer.PLACEMENTS`.
     eos_id: the EOS id ('suffix' only).
 
   Returns:
@@ -105,12 +105,9 @@ def combine_ragged(prompts: Array, lengths: Array, embedded: Array,
   if placement not in PLACEMENTS:
     raise ValueError(f"Prompt placement {placement!r} is not one of "
                      f"{PLACEMENTS}.")
-  batch, length, _ = embedded.shape
+  length = embedded.shape[1]
   input_mask = input_mask.astype(bool)
-  if placement == "prefix":
-    start = jnp.zeros((batch,), jnp.int32)
-  else:
-    start = suffix_positions(input_mask, input_tokens, eos_id)
+  start = insert_positions(placement, input_mask, input_tokens, eos_id)
   index, is_input, is_prompt = _source(start, lengths.astype(jnp.int32),
                                        prompts.shape[1], length)
   pool = jnp.concatenate([embedded, prompts.astype(embedded.dtype)],

@@ -52,7 +52,8 @@ class PromptedEncoder(Encoder):
   prompt_length: int
   # Initializer of the [P, H] prompt; see `prompts.initializers`.
   prompt_init: initializers.Initializer = initializers.random_uniform()
-  # 'prefix' (the paper's) or 'suffix' (right before each example's EOS).
+  # 'prefix' (the paper's), 'suffix' (right before each example's EOS) or
+  # 'after_first' (after the first token).
   placement: str = "prefix"
   # EOS id that 'suffix' inserts before.
   eos_id: int = 1
@@ -102,7 +103,8 @@ class PromptedT5(T5):
   prompt_length: int
   # Initializer of the [P, H] prompt; random U[-0.5, 0.5] as in the paper.
   prompt_init: initializers.Initializer = initializers.random_uniform()
-  # 'prefix' (the paper's) or 'suffix' (right before each example's EOS).
+  # 'prefix' (the paper's), 'suffix' (right before each example's EOS) or
+  # 'after_first' (after the first token).
   placement: str = "prefix"
   # EOS id that 'suffix' inserts before (1 in T5's SentencePiece vocabularies).
   eos_id: int = 1

@@ -74,7 +74,7 @@ def _mixed(model, frozen, bank, lengths, enc, placement, full=True):
   return logits, tokens, scores
 
 
-@pytest.mark.parametrize("placement", ["prefix", "suffix"])
+@pytest.mark.parametrize("placement", ["prefix", "suffix", "after_first"])
 def test_mixed_batch_equals_each_prompt_alone(placement):
   frozen = _frozen()
   prompts = _prompts()

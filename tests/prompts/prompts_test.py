@@ -24,6 +24,7 @@ from prompt_tuning.prompts import Prompt
 from prompt_tuning.prompts import PromptedT5
 from prompt_tuning.prompts import class_labels
 from prompt_tuning.prompts import combine
+from prompt_tuning.prompts import combine_mask
 from prompt_tuning.prompts import from_file
 from prompt_tuning.prompts import from_text
 from prompt_tuning.prompts import merge_params
@@ -152,7 +153,7 @@ def test_encode_is_encode_with_mask_and_encode_embedded_refuses():
                 jnp.ones((1, 2), bool), method="encode_embedded")
 
 
-@pytest.mark.parametrize("placement", ["prefix", "suffix"])
+@pytest.mark.parametrize("placement", ["prefix", "suffix", "after_first"])
 def test_padding_does_not_change_real_positions(placement):
   model = PromptedT5(CONFIG, P, placement=placement)
   params = _prompted_params(_prompt())
@@ -204,6 +205,25 @@ def test_suffix_inserts_prompt_right_before_eos():
       [1, 1, 1, 1, 0, 0, 0, 0]])
 
 
+def test_after_first_places_the_prompt_after_the_first_token():
+  """The official prefix_prompt_after_bos: [x_1; P; x_2 ...]."""
+  tokens = np.array([[5, 6, 1, 0], [7, 1, 0, 0]], np.int32)
+  embedded = np.stack(
+      [tokens, np.broadcast_to(np.arange(4), tokens.shape)],
+      axis=-1).astype(np.float32)  # [B, T, 2]
+  prompt = -np.array([[1, 1], [2, 2]], np.float32)  # [P=2, 2]
+  x, mask = combine(prompt, embedded, tokens > 0, tokens,
+                    placement="after_first")
+  p1, p2 = prompt
+  want = [[embedded[b, 0], p1, p2] + [embedded[b, t] for t in range(1, 4)]
+          for b in range(2)]
+  np.testing.assert_array_equal(x, np.array(want))
+  np.testing.assert_array_equal(mask, [[1, 1, 1, 1, 1, 0],
+                                       [1, 1, 1, 1, 0, 0]])
+  np.testing.assert_array_equal(
+      combine_mask(2, tokens > 0, tokens, "after_first"), mask)
+
+
 def test_combine_prefix_and_casts_to_embedded_dtype():
   tokens = np.array([[5, 1, 0]], np.int32)
   embedded = jnp.ones((1, 3, 4), jnp.bfloat16)
@@ -216,7 +236,7 @@ def test_combine_prefix_and_casts_to_embedded_dtype():
     combine(jnp.ones((2, 2, 4)), embedded, tokens > 0, tokens)
 
 
-@pytest.mark.parametrize("placement", ["prefix", "suffix"])
+@pytest.mark.parametrize("placement", ["prefix", "suffix", "after_first"])
 def test_per_example_prompts_equal_shared_runs(placement):
   model = PromptedT5(CONFIG, P, placement=placement)
   prompts = _prompt(seed=5, shape=(3, P, H))  # [B, P, H]
