@@ -14,8 +14,8 @@
 #   with torch/transformers/peft, default PYTHON), SMOKE=1 (tiny presets and
 #   shapes: checks the script itself on a CPU in about three minutes),
 #   ONLY=name,name (run only these steps, e.g. the ones a first call
-#   skipped: xl base xxl xl_attention xl_remat xxl_peft hf_full
-#   xl_frozen_f32 xxl_selective base_xla).
+#   skipped: xl base xxl methods xl_attention xl_remat xxl_peft hf_full
+#   xl_frozen_f32 xxl_selective base_xla methods_ours).
 # Writes: $OUT/bench.jsonl (one JSON line per run, then ratio lines),
 #   $OUT/log.txt (all output), $OUT/device.txt (GPU, driver, versions).
 # Run (repository root): OUT=/tmp/bench bash launch/gpu_bench.sh
@@ -83,6 +83,12 @@ bench base 110 --preset "$BASE" --mode prompt,model --attention fused \
 # 3. XXL prompt at batch 32 (PEFT runs out of memory): >= 50% MFU.
 bench xxl 120 --preset "$XXL" --mode prompt --scan --remat full \
   --attention fused
+# 3b. The other methods against PEFT's at Base (scanned: one compiled layer
+#    keeps each run's compile short): P-tuning, IA3, LoRA (r 8, q and v) and
+#    prefix tuning in PEFT's layout (decoder self-attention only: the
+#    like-for-like row; our default layout is step 7).
+bench methods 150 --preset "$BASE" --method p_tuning,ia3,lora,prefix \
+  --prefix_layout peft --scan --attention fused --peer peft
 # 4. What each option buys, at XL prompt: fused attention (vs the reference
 #    path), the remat policy (none may not fit an 80 GB card), bfloat16
 #    frozen weights.
@@ -102,5 +108,9 @@ bench xl_frozen_f32 70 --preset "$XL" --mode prompt --scan \
 bench xxl_selective 90 --preset "$XXL" --mode prompt --scan \
   --remat dots_with_no_batch_dims_saveable --attention fused
 bench base_xla 60 --preset "$BASE" --mode prompt --attention xla
+# 7. Ours only, at Base: deep prompts (no PEFT peer) and prefix tuning in
+#    our default layout (encoder self, decoder self and cross attention).
+bench methods_ours 70 --preset "$BASE" --method deep_prompt,prefix \
+  --prefix_layout li_liang --scan --attention fused
 
 log "done; $(grep -c '"kind": "run"' "$RESULTS" 2>/dev/null || echo 0) run lines in $RESULTS"

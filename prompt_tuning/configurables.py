@@ -3,7 +3,8 @@
 Library modules never import gin; the entry points import this module, which
 makes the run functions and config dataclasses configurable under short names
 (`train`, `evaluate`, `infer`, `model_config`, `PromptConfig`, the methods'
-`DeepPromptConfig`, `PrefixConfig`, `PTuningConfig`, `IA3Config`,
+`DeepPromptConfig`, `PrefixConfig`, `PTuningConfig`,
+`MultitaskPromptConfig`, `IA3Config`,
 `LoraConfig`, `AdafactorConfig`, `TrainConfig`, `DecodeConfig`, `task_class_labels`) for
 the files in `gin_configs/`. It also parses T5X-style command lines: `--gin_file`,
 `--gin.KEY=VALUE`, `--gin_bindings`, `--gin_search_paths`, and refuses what
@@ -69,6 +70,7 @@ def task_class_labels(task: str) -> Tuple[str, ...]:
 # 0.3 for prompts; for the others the rate that trained the quickstart best
 # in a small search (100 steps; docs/training.md), a starting point to sweep.
 METHOD_LEARNING_RATES = {"prompt": 0.3, "deep_prompt": 0.3, "prefix": 0.3,
+                         "multitask_prompt": 0.3,
                          "p_tuning": 0.01, "ia3": 0.03, "lora": 1e-3,
                          "model": 1e-3}
 
@@ -97,6 +99,7 @@ _CONFIGURABLES = {
     "DeepPromptConfig": methods.DeepPromptConfig,
     "PrefixConfig": methods.PrefixConfig,
     "PTuningConfig": methods.PTuningConfig,
+    "MultitaskPromptConfig": methods.MultitaskPromptConfig,
     "IA3Config": methods.IA3Config,
     "LoraConfig": methods.LoraConfig,
     "AdafactorConfig": optimizers.AdafactorConfig,

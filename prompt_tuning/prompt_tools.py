@@ -9,9 +9,11 @@ Commands (each calls one function of `prompt_tuning.serving`):
   nearest     top-k vocabulary neighbours of each prompt position (table,
               or --json)
   similarity  rank source prompts for a target prompt (SPoT measures)
-  export-peft a prompt as a Hugging Face PEFT prompt-tuning adapter
+  export-peft a prompt as a Hugging Face PEFT prompt-tuning adapter, or a
+              LoRA, IA3 or prefix run (--run) as that PEFT adapter
   import-peft a PEFT prompt-tuning adapter as a .npy prompt (--checkpoint:
-              checked against the frozen model first)
+              checked against the frozen model first), or a LORA, IA3 or
+              PREFIX_TUNING adapter as a run directory for eval / infer
   throughput  time a batch mixing 8 prompts against one prompt, same shapes
 
 Prompts are NAME=PATH (or NAME:TASK=PATH); PATH is a .npy file, a run
@@ -32,8 +34,9 @@ from typing import Optional, Sequence
 # TensorFlow (seqio's) must not log its CUDA probe above an `error:` line.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# RuntimeError: a run directory held by a training run (run_directory).
 _USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError,
-                PermissionError, KeyError, OSError)
+                PermissionError, KeyError, OSError, RuntimeError)
 
 
 def _common(parser: argparse.ArgumentParser, prompts: bool = True,
@@ -66,7 +69,7 @@ def _decode_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--rank_classification", action="store_true",
                       help="Score the label words instead of decoding.")
   parser.add_argument("--placement", default="prefix",
-                      choices=["prefix", "suffix"])
+                      choices=["prefix", "suffix", "after_first"])
   parser.add_argument("--frozen_dtype", default=None,
                       help="e.g. bfloat16 for the frozen weights.")
   parser.add_argument("--dtype", default="bfloat16",
@@ -119,18 +122,29 @@ def _parser() -> argparse.ArgumentParser:
                  choices=["average", "max_token", "all_pairs"])
   p.add_argument("--json", action="store_true")
 
-  p = commands.add_parser("export-peft", help="Prompt -> PEFT adapter.")
+  p = commands.add_parser("export-peft",
+                          help="Prompt or run -> PEFT adapter.")
   _common(p, prompts=False)
-  p.add_argument("--prompt", required=True, metavar="PATH")
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument("--prompt", metavar="PATH",
+                      help="A prompt (any library format) or run directory.")
+  source.add_argument("--run", metavar="RUN_DIR",
+                      help="A run directory of any method PEFT can hold "
+                      "(prompt, p_tuning, lora, ia3, prefix with layout "
+                      "'peft'): its best checkpoint, else the newest.")
   p.add_argument("--output_dir", required=True)
 
-  p = commands.add_parser("import-peft", help="PEFT adapter -> .npy prompt.")
+  p = commands.add_parser("import-peft",
+                          help="PEFT adapter -> .npy prompt or run directory.")
   _common(p, prompts=False, checkpoint=False)
   p.add_argument("--adapter", required=True)
-  p.add_argument("--output", required=True, help="The .npy file.")
+  p.add_argument("--output", required=True,
+                 help="The .npy file (PROMPT_TUNING), or the new run "
+                 "directory (LORA, IA3, PREFIX_TUNING).")
   p.add_argument("--checkpoint", default="",
-                 help="The frozen T5 the prompt is for (T5X or Hugging Face): "
-                 "the adapter's width is checked against it before writing.")
+                 help="The frozen T5 the adapter is for (T5X or Hugging "
+                 "Face): a prompt's width is checked against it before "
+                 "writing; LORA, IA3 and PREFIX_TUNING need it.")
   p.add_argument("--model", default="",
                  help="With a T5X --checkpoint: its preset, to also check "
                  "heads and layers.")
@@ -222,7 +236,9 @@ def _run(args) -> int:
         print(f"{name:<24} {m['average']:>9.4f} {m['max_token']:>9.4f} "
               f"{m['all_pairs']:>9.4f}")
   elif args.command == "export-peft":
-    out = analysis.export_peft(prompt_path=args.prompt,
+    if args.run is not None and not os.path.isdir(args.run):
+      raise NotADirectoryError(f"--run {args.run}: not a run directory.")
+    out = analysis.export_peft(prompt_path=args.prompt or args.run,
                                initial_checkpoint_path=args.checkpoint,
                                output_dir=args.output_dir,
                                model_config=_model_config(args))
@@ -233,6 +249,15 @@ def _run(args) -> int:
         args.preset, args.batch, args.inputs, args.prompt_length,
         args.targets, args.rounds, args.dtype), indent=1))
   elif args.command == "import-peft":
+    from prompt_tuning.methods import peft_adapters  # pylint: disable=g-import-not-at-top
+    if peft_adapters.peft_type(args.adapter) in peft_adapters.RUN_TYPES:
+      name = analysis.import_peft_run(adapter_dir=args.adapter,
+                                      output_dir=args.output,
+                                      checkpoint=args.checkpoint,
+                                      model_config=_model_config(args))
+      print(f"wrote {name} run directory {args.output} (evaluate it with "
+            f"--gin.PROMPT_PATH=\"'{args.output}'\")")
+      return 0
     shape = analysis.import_peft(adapter_dir=args.adapter,
                                  output_path=args.output,
                                  checkpoint=args.checkpoint,

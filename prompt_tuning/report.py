@@ -19,7 +19,11 @@ the sweep command adds: sweep.json, sweep_run.json) and writes, into ROOT
 - `<study>.png`: the study's figure (score vs frozen-model size on a log
   axis, or vs an axis; one line per value of its `lines` axis; error bars:
   std over seeds; the paper's numbers dashed where the sweep names them and
-  they measure what the study measured).
+  they measure what the study measured);
+- `parameter_share.md` / `.png`: the paper's Figure 4, every method's
+  trainable parameters as a share of T5.1.1 Small ... XXL, counted from the
+  configs (`experiments.parameter_share`), with the runs' own shares marked.
+  `--parameter_share` prints that table without any run directory.
 
 A ROOT without run directories (empty, not a sweep's, or planned but not
 started) is refused in one line, and nothing is written.
@@ -36,6 +40,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from prompt_tuning import storage
 from prompt_tuning.experiments import figures
 from prompt_tuning.experiments import paper
+from prompt_tuning.experiments import parameter_share
 from prompt_tuning.experiments import results as results_lib
 from prompt_tuning.experiments import runner
 from prompt_tuning.experiments import summary
@@ -181,6 +186,7 @@ def write_report(root: str, out: Optional[str] = None) -> Dict[str, str]:
     paths[f"figure:{study['name']}"] = figure_path
     lines += ["", f"Figure: `{os.path.basename(figure_path)}`."]
     sections.append((heading, lines))
+  sections.append(_parameter_share(local, paths, runs))
   header = []
   for key, label in (("reproduces", "Reproduces"),
                      ("checkpoints", "The sweep file expects"),
@@ -200,14 +206,49 @@ def write_report(root: str, out: Optional[str] = None) -> Dict[str, str]:
           for kind, path in paths.items()}
 
 
+def _parameter_share(local: str, paths: Dict[str, str],
+                     runs: Sequence[results_lib.RunResult]
+                     ) -> Tuple[str, List[str]]:
+  """Writes parameter_share.md and .png into `local`; returns the section of
+  summary.md that points to them."""
+  shares = parameter_share.table()
+  paths["parameter_share"] = os.path.join(local, "parameter_share.md")
+  with open(paths["parameter_share"], "w", encoding="utf-8") as f:
+    f.write(parameter_share.text(shares))
+  paths["figure:parameter_share"] = os.path.join(local, "parameter_share.png")
+  parameter_share.draw(
+      paths["figure:parameter_share"], shares, parameter_share.run_points(
+          [(r.mode, r.model_parameters, r.trainable_parameters)
+           for r in runs]))
+  return ("Parameter usage (cf. the paper's Figure 4)", [
+      "What each run trained as a share of its frozen model: the column "
+      "`trainable (% of frozen)` above and `trainable_percent_of_frozen` in "
+      "results.csv (trainable / model of its parameters.json). Every method "
+      "on T5.1.1 Small ... XXL, counted from the configs: "
+      "`parameter_share.md`; figure, these runs marked: "
+      "`parameter_share.png`."])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m prompt_tuning.report",
       description="results.csv, summary.md and figures of a sweep's runs.")
-  parser.add_argument("root", help="the sweep's root (its run directories)")
+  parser.add_argument("root", nargs="?", default="",
+                      help="the sweep's root (its run directories)")
   parser.add_argument("--out", default="",
                       help="where to write (default: the root)")
+  parser.add_argument(
+      "--parameter_share", action="store_true",
+      help="print every method's trainable parameters as a share of T5.1.1 "
+           "Small ... XXL (the paper's Figure 4), counted from the configs; "
+           "needs no run directory")
   args = parser.parse_args(argv)
+  if args.parameter_share:
+    print(parameter_share.text(parameter_share.table()), end="")
+    if not args.root:
+      return 0
+  elif not args.root:
+    parser.error("give the sweep's root (or --parameter_share)")
   try:
     paths = write_report(args.root, args.out or None)
   except (FileNotFoundError, ValueError) as e:

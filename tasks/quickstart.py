@@ -16,6 +16,14 @@ wanted, so a soft prompt in front of the frozen model has to select it.
 
 - `quickstart_sentiment_taskless`: 'happy cat awful angry' -> 'negative'
 
+For multitask prompts (one run, a prompt per task, the task given per
+example rather than in the text) the other two skills have taskless tasks
+too, and the three make a mixture:
+
+- `quickstart_first_taskless`, `quickstart_last_taskless`;
+- `quickstart_taskless_mix`: the three taskless tasks, equal rates. Without
+  a per-task prompt, first and last cannot both be right.
+
 Sentiment is the label of the majority of the polar words; every sentence
 has 1, 3 or 5 polar words, so there are no ties, and the two labels are
 equally frequent. Metrics: `accuracy`, in percent (0..100, as the paper
@@ -60,6 +68,10 @@ SENTIMENT_TASK = "quickstart_sentiment"
 TASKLESS_TASK = "quickstart_sentiment_taskless"
 PRETRAIN_MIXTURE = "quickstart_pretrain"
 PRETRAIN_TASKS = (FIRST_TASK, LAST_TASK, SENTIMENT_TASK)
+FIRST_TASKLESS_TASK = "quickstart_first_taskless"
+LAST_TASKLESS_TASK = "quickstart_last_taskless"
+TASKLESS_MIXTURE = "quickstart_taskless_mix"
+TASKLESS_TASKS = (FIRST_TASKLESS_TASK, LAST_TASKLESS_TASK, TASKLESS_TASK)
 # Feature lengths every quickstart example fits untruncated.
 FEATURE_LENGTHS = {"inputs": 64, "targets": 16}
 
@@ -86,9 +98,11 @@ OUTPUT_FEATURES = {
 _SPLIT_IDS = {"train": 0, "validation": 1}
 # One random stream per task, so that the taskless task's sentences are not
 # the ones the frozen model was pretrained on.
-_STREAMS = {FIRST_TASK: 0, LAST_TASK: 1, SENTIMENT_TASK: 2, TASKLESS_TASK: 3}
+_STREAMS = {FIRST_TASK: 0, LAST_TASK: 1, SENTIMENT_TASK: 2, TASKLESS_TASK: 3,
+            FIRST_TASKLESS_TASK: 4, LAST_TASKLESS_TASK: 5}
 _PREFIXES = {FIRST_TASK: "first: ", LAST_TASK: "last: ",
-             SENTIMENT_TASK: "sentiment: ", TASKLESS_TASK: ""}
+             SENTIMENT_TASK: "sentiment: ", TASKLESS_TASK: "",
+             FIRST_TASKLESS_TASK: "", LAST_TASKLESS_TASK: ""}
 # An odd count of polar words makes a majority always exist.
 _POLAR_COUNTS = (1, 3, 5)
 _MIN_WORDS, _MAX_WORDS = 3, 7
@@ -113,9 +127,9 @@ def format_example(task_name: str, words: Sequence[str]) -> Dict[str, str]:
   if task_name not in _PREFIXES:
     raise KeyError(f"Not a quickstart task: {task_name!r}; known: "
                    f"{sorted(_PREFIXES)}.")
-  if task_name == FIRST_TASK:
+  if task_name in (FIRST_TASK, FIRST_TASKLESS_TASK):
     target = words[0]
-  elif task_name == LAST_TASK:
+  elif task_name in (LAST_TASK, LAST_TASKLESS_TASK):
     target = words[-1]
   else:
     target = sentiment(words)
@@ -180,13 +194,18 @@ def _add_task(task_name: str) -> None:
 
 def register() -> Tuple[str, ...]:
   """Registers the tasks and the mixture (idempotent); returns their names."""
-  for task_name in PRETRAIN_TASKS + (TASKLESS_TASK,):
+  for task_name in PRETRAIN_TASKS + TASKLESS_TASKS:
     _add_task(task_name)
   registry.add_mixture(PRETRAIN_MIXTURE, PRETRAIN_TASKS,
                             family="quickstart", default_rate=1.0,
                             description="pretraining mixture of the three "
                                         "prefixed tasks")
-  return PRETRAIN_TASKS + (TASKLESS_TASK, PRETRAIN_MIXTURE)
+  registry.add_mixture(TASKLESS_MIXTURE, TASKLESS_TASKS, family="quickstart",
+                       default_rate=1.0,
+                       description="the three skills without their prefixes "
+                                   "(multitask prompts)")
+  return (PRETRAIN_TASKS + TASKLESS_TASKS +
+          (PRETRAIN_MIXTURE, TASKLESS_MIXTURE))
 
 
 register()

@@ -75,6 +75,7 @@ def test_every_method_file_builds_its_method(method_file):
     option = {"deep_prompt": methods.DeepPromptConfig,
               "prefix": methods.PrefixConfig,
               "p_tuning": methods.PTuningConfig, "ia3": methods.IA3Config,
+              "multitask_prompt": methods.MultitaskPromptConfig,
               "lora": methods.LoraConfig}.get(name)
     options = {name: gin.get_configurable(option)()} if option else {}
   gamma = (gin.query_parameter("PromptConfig.wayward_gamma")

@@ -8,8 +8,9 @@ The parent never initialises a device itself. Order: the PyTorch peers first
 peak, then our configurations. Each line is printed as soon as its run ends
 (the peers' once the peak is known, for their MFU), so a run cut short by a
 timeout still leaves the earlier lines; the
-comparison lines (ratios of ours to the peer of the same shapes, and of our
-prompt-tuning step to our model-tuning step) come last.
+comparison lines (ratios of ours to the peer of the same method, options and
+shapes, and of each of our methods' steps to our model-tuning step) come
+last; `table` formats them for people.
 
 Result line fields (`kind: run`): the RunSpec fields that apply, backend,
 device, versions, `compile_s`, `step_s` (median over `steps`),
@@ -32,7 +33,8 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from prompt_tuning.bench import flops
-from prompt_tuning.bench.spec import PEER_MODES
+from prompt_tuning.bench.spec import METHOD_FIELDS
+from prompt_tuning.bench.spec import PEERS
 from prompt_tuning.bench.spec import RESULT_MARKER
 from prompt_tuning.bench.spec import RunSpec
 
@@ -40,6 +42,10 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 # Fields that must match for two runs to count as the same shapes.
 _SHAPE_FIELDS = ("preset", "batch", "inputs", "prompt", "targets")
+# Method options that must match too (the prefix layout need not: PEFT has
+# one, and the comparison says whether ours was the same).
+_OPTION_FIELDS = ("lora_rank", "lora_alpha", "prefix_length",
+                  "p_tuning_hidden")
 
 
 def shapes_of(preset: str) -> Dict[str, int]:
@@ -197,46 +203,108 @@ def _add_mfu(line: Dict[str, Any], peaks: Dict[str, float]) -> None:
 
 
 def compare(lines: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
-  """Ratio lines: each of our runs against the peer of its mode and shapes,
-  and each of our prompt runs against our fastest model run of its shapes."""
+  """Ratio lines: each of our runs against the peer of its method, options
+  and shapes, and each of our non-model runs against our fastest model run
+  of its shapes.
+
+  A peer line gives `tokens_per_s_ratio` (ours / peer, > 1: ours faster),
+  `peak_memory_ratio`, both MFUs and both trainable counts; for prefix
+  tuning, `like_for_like` says whether our layout was PEFT's."""
   ok = [l for l in lines if l.get("kind") == "run" and "step_s" in l]
   same = lambda a, b: all(a[f] == b[f] for f in _SHAPE_FIELDS)
+  same_options = lambda a, b: all(a.get(f) == b.get(f)
+                                  for f in _OPTION_FIELDS)
   out = []
   for line in ok:
     if line["impl"] != "ours":
       continue
-    ours_desc = {k: line.get(k) for k in (
-        "mode", "remat", "scan", "attention", "frozen_dtype", "dtype")}
-    for peer_impl, mode in PEER_MODES.items():
-      if line["mode"] != mode:
+    ours_desc = _ours_desc(line)
+    for peer in ok:
+      if not (peer["impl"] in PEERS and peer["mode"] == line["mode"] and
+              same(line, peer) and same_options(line, peer)):
         continue
-      for peer in ok:
-        if peer["impl"] == peer_impl and same(line, peer):
-          out.append({
-              "kind": "comparison",
-              **{f: line[f] for f in _SHAPE_FIELDS},
-              "ours": ours_desc, "vs": peer_impl,
-              "tokens_per_s_ratio": (line["encoder_tokens_per_s"] /
-                                     peer["encoder_tokens_per_s"]),
-              "peak_memory_ratio": _ratio(line["peak_bytes"],
-                                          peer["peak_bytes"]),
-              "memory_sources": [line["memory_source"],
-                                 peer["memory_source"]],
-              "mfu": [line.get("mfu"), peer.get("mfu")],
-          })
-    if line["mode"] == "prompt":
+      entry = {
+          "kind": "comparison",
+          **{f: line[f] for f in _SHAPE_FIELDS},
+          "method": line["mode"], "ours": ours_desc, "vs": peer["impl"],
+          "tokens_per_s_ratio": (line["encoder_tokens_per_s"] /
+                                 peer["encoder_tokens_per_s"]),
+          "peak_memory_ratio": _ratio(line["peak_bytes"],
+                                      peer["peak_bytes"]),
+          "memory_sources": [line["memory_source"], peer["memory_source"]],
+          "mfu": [line.get("mfu"), peer.get("mfu")],
+          "params_trainable": [line.get("params_trainable"),
+                               peer.get("params_trainable")],
+      }
+      if line["mode"] == "prefix":
+        entry["like_for_like"] = (line.get("prefix_layout") ==
+                                  peer.get("prefix_layout"))
+      out.append(entry)
+    if line["mode"] != "model":
       models = [m for m in ok if m["impl"] == "ours" and
                 m["mode"] == "model" and same(line, m)]
       if models:
         best = min(models, key=lambda m: m["step_s"])
         out.append({
             "kind": "comparison", **{f: line[f] for f in _SHAPE_FIELDS},
-            "ours": ours_desc, "vs": "ours_model_tuning",
+            "method": line["mode"], "ours": ours_desc,
+            "vs": "ours_model_tuning",
             "vs_config": {k: best.get(k) for k in (
                 "remat", "scan", "attention", "dtype")},
             "step_time_ratio": line["step_s"] / best["step_s"],
         })
   return out
+
+
+def _ours_desc(line: Dict[str, Any]) -> Dict[str, Any]:
+  """What tells our runs of one shape apart (a comparison's `ours`)."""
+  return {k: line.get(k) for k in (
+      "mode", "remat", "scan", "attention", "frozen_dtype", "dtype",
+      *METHOD_FIELDS.get(line["mode"], ()))}
+
+
+def table(lines: Iterable[Dict[str, Any]]) -> str:
+  """One Markdown row per run (step time, tokens/s, trainable params, MFU)
+  with the ratios of each of our runs to its peer and to our model step."""
+  lines = list(lines)
+  rows = ["| preset | impl | method | options | setup | s/step | "
+          "encoder tokens/s | trainable | MFU | tokens/s vs peer | "
+          "step vs our model |", "|---" * 11 + "|"]
+  comparisons = [l for l in lines if l.get("kind") == "comparison"]
+  for line in lines:
+    if line.get("kind") != "run":
+      continue
+    options = ", ".join(f"{k}={line[k]}" for k in
+                        METHOD_FIELDS.get(line["mode"], ()) if k in line)
+    if line["impl"] == "ours":
+      setup = (f"{line['dtype']}, frozen {line.get('frozen_dtype') or '-'}, "
+               f"{line['attention']}, remat {line['remat']}"
+               f"{', scan' if line['scan'] else ''}")
+    else:
+      setup = f"{line.get('precision', line.get('peer_precision'))}"
+    head = (f"| {line['preset']} | {line['impl']} | {line['mode']} | "
+            f"{options} | {setup} |")
+    if "step_s" not in line:
+      rows.append(f"{head} error: {str(line.get('error'))[:80]} |"
+                  + " |" * 5)
+      continue
+    vs_peer = vs_model = ""
+    for c in comparisons:
+      if line["impl"] != "ours" or c["ours"] != _ours_desc(line) or not all(
+          c[f] == line[f] for f in _SHAPE_FIELDS):
+        continue
+      if c["vs"] == "ours_model_tuning":
+        vs_model = f"{c['step_time_ratio']:.2f}x"
+      else:
+        vs_peer = f"{c['tokens_per_s_ratio']:.2f}x {c['vs']}"
+        if c.get("like_for_like") is False:
+          vs_peer += " (other layout)"
+    mfu = f"{line['mfu']:.3g}" if line.get("mfu") else ""
+    rows.append(
+        f"{head} {line['step_s']:.4f} | {line['encoder_tokens_per_s']:.0f} | "
+        f"{line.get('params_trainable', '')} | {mfu} | {vs_peer} | "
+        f"{vs_model} |")
+  return "\n".join(rows)
 
 
 def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:

@@ -1,12 +1,17 @@
 """Times this project's train step on random weights and synthetic tokens.
 
 The step is the real one: `training.step.jit_train_step` over a `TrainState`
-from `training.state`, the model is `PromptedT5` (prompt tuning) or `T5`
-(model tuning) from a preset, and the optimizer is the project's Adafactor
-recipe for the mode. Only the inputs are synthetic: random weights (no
-checkpoint, so nothing here needs TensorFlow, SeqIO, gin or orbax) and one
-batch of random full-length token rows, placed on the device once and fed
-straight to the step, so the figures measure the step and nothing upstream.
+from `training.state`, with the method passed as training passes it
+(reparameterisations, penalty); the model and the trainable tree are built
+as training builds them, by `training.setup.make_method` and
+`setup.attach_method` (the method's hooks, `PromptedT5` for the methods
+with an input prompt, the new parameters), and the optimizer is the
+project's Adafactor recipe (model tuning's for 'model', prompt tuning's, the
+training default, for every other method). Only the inputs are synthetic:
+random frozen weights from a preset instead of a checkpoint (so nothing
+here needs TensorFlow, SeqIO or gin) and one batch of random full-length
+token rows, placed on the device once and fed straight to the step, so the
+figures measure the step and nothing upstream.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from prompt_tuning import methods
 from prompt_tuning import partitioning
 from prompt_tuning.bench import device
 from prompt_tuning.bench import flops
@@ -29,14 +35,10 @@ from prompt_tuning.models import T5
 from prompt_tuning.models import t5_config
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.t5 import unscan_params
-from prompt_tuning.prompts import PromptedT5
-from prompt_tuning.prompts import initializers
 from prompt_tuning.training import optimizers
 from prompt_tuning.training import step as step_lib
-from prompt_tuning.training.state import PROMPT_PATH
 from prompt_tuning.training.state import count_params
 from prompt_tuning.training.state import create_train_state
-from prompt_tuning.training.state import split_trainable
 
 PyTree = Any
 
@@ -48,11 +50,56 @@ def model_config(spec: RunSpec) -> T5Config:
                    attention_impl=spec.attention)
 
 
-def build_model(config: T5Config, spec: RunSpec) -> nn.Module:
-  """`PromptedT5` with a P-vector prompt (prompt mode) or plain `T5`."""
-  if spec.mode == "prompt":
-    return PromptedT5(config, spec.prompt, initializers.random_uniform(0.5))
-  return T5(config)
+def _setup():
+  """`training.setup`, imported on first use: it reaches the checkpoint
+  readers (orbax, TensorStore), which a benchmark worker never needs to
+  import before it builds a model (and `--help` or the peers never do)."""
+  from prompt_tuning.training import setup  # pylint: disable=g-import-not-at-top
+  return setup
+
+
+def prompt_config(spec: RunSpec):
+  """The input prompt: P vectors, uniform in +-0.5 (the random init: no
+  vocabulary or embedding is needed; every method's own parameters keep
+  their own initializers)."""
+  return _setup().PromptConfig(length=max(spec.prompt, 1),
+                               init="random_uniform", uniform_scale=0.5)
+
+
+def make_method(spec: RunSpec):
+  """The run's method with the benchmark's options, via `setup.make_method`
+  (which also gives the prompt methods the input prompt's length)."""
+  options = {
+      "lora": methods.LoraConfig(rank=spec.lora_rank, alpha=spec.lora_alpha),
+      "prefix": methods.PrefixConfig(length=spec.prefix_length,
+                                     layout=spec.prefix_layout),
+      "p_tuning": methods.PTuningConfig(hidden=spec.p_tuning_hidden),
+  }
+  return _setup().make_method(spec.mode, prompt_config(spec), options)
+
+
+def build_run(config: T5Config, spec: RunSpec, frozen: PyTree,
+              mesh: jax.sharding.Mesh):
+  """The method on `frozen` weights, exactly as training builds it.
+
+  Args:
+    config: the frozen model's config (float32 `param_dtype`: what the new
+      parameters are created in, as `build_model` does).
+    spec: the run (method and its options, seed).
+    frozen: plain T5's parameters (`random_params`), or their shapes
+      (`compile_only`; the embedding must then be real, see `run`).
+    mesh: where the new parameters are placed.
+
+  Returns:
+    `setup.RunModel`: model, config with the method's hooks, the trainable
+    tree, the frozen tree and the bound method.
+  """
+  setup = _setup()
+  return setup.attach_method(
+      config=config, params=frozen, method=make_method(spec),
+      prompt=prompt_config(spec), mesh=mesh,
+      rules=partitioning.logical_axis_rules(), vocabulary=None,
+      rng=jax.random.PRNGKey(spec.seed + 2))
 
 
 def synthetic_batch(spec: RunSpec, vocab_size: int) -> Dict[str, np.ndarray]:
@@ -77,31 +124,26 @@ def synthetic_batch(spec: RunSpec, vocab_size: int) -> Dict[str, np.ndarray]:
 
 
 def random_params(config: T5Config, spec: RunSpec) -> PyTree:
-  """Randomly initialised params, frozen ones in `spec.frozen_dtype`.
+  """Plain T5's randomly initialised params: what a checkpoint would hold.
 
-  The model is initialised with `param_dtype=frozen_dtype`, so a bfloat16
-  XXL never exists in float32 on the device; the prompt, which trains, is
-  then cast back to float32 (the optimizer's dtype). Initialisation always
+  Frozen weights are created in `spec.frozen_dtype` (every method but
+  model tuning, which trains them in float32), so a bfloat16 XXL never
+  exists in float32 on the device; what the method adds is created by
+  `build_run` in float32 (the optimizer's dtype). Initialisation always
   runs the scanned model (one compiled layer) and unstacks the layers for an
   unrolled config: XLA compiles an unrolled init at ~1 s per layer (18 s
   for Small on a CPU, against 4.5 s scanned).
   """
   init_config = config.replace(scan_layers=True, remat_policy="none")
-  if spec.mode == "prompt":
+  if spec.mode != "model":
     init_config = init_config.replace(param_dtype=spec.frozen_dtype)
-  model = build_model(init_config, spec)
   tokens = jnp.ones((1, 1), jnp.int32)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(spec.seed), tokens,
-                                  tokens, tokens)
+  variables = jax.jit(T5(init_config).init)(jax.random.PRNGKey(spec.seed),
+                                            tokens, tokens, tokens)
   params = nn.unbox(variables["params"])
   if not config.scan_layers:
     params = traverse_util.unflatten_dict(
         unscan_params(traverse_util.flatten_dict(params, sep="/")), sep="/")
-  if spec.mode == "prompt":
-    node = params
-    for name in PROMPT_PATH[:-1]:
-      node = node[name]
-    node[PROMPT_PATH[-1]] = node[PROMPT_PATH[-1]].astype(jnp.float32)
   return params
 
 
@@ -167,31 +209,40 @@ def run(spec: RunSpec) -> Dict[str, Any]:
   if spec.impl != "ours":
     raise ValueError(f"ours.run got impl={spec.impl!r}.")
   config = model_config(spec)
-  model = build_model(config, spec)
-  recipe = (optimizers.PROMPT_TUNING if spec.mode == "prompt"
-            else optimizers.MODEL_TUNING)
+  recipe = (optimizers.MODEL_TUNING if spec.mode == "model"
+            else optimizers.PROMPT_TUNING)
   tx = optimizers.adafactor(recipe)
-
-  def init_state():
-    trainable, frozen = split_trainable(random_params(config, spec),
-                                        spec.mode)
-    return create_train_state(trainable, tx,
-                              jax.random.PRNGKey(spec.seed + 1)), frozen
-
-  # compile_only: shapes without arrays, so an XXL step compiles (and XLA
-  # reports its buffer sizes) on a machine that could never hold it.
-  state, frozen = (jax.eval_shape(init_state) if spec.compile_only
-                   else init_state())
   mesh = partitioning.create_mesh((1, 1), devices=jax.devices()[:1])
   replicated = partitioning.sharding_for((), mesh)
   like = lambda tree: jax.tree_util.tree_map(lambda _: replicated, tree)
-  step = step_lib.jit_train_step(model, tx, like(state), like(frozen),
+
+  if spec.compile_only:
+    # Shapes without arrays, so an XXL step compiles (and XLA reports its
+    # buffer sizes) on a machine that could never hold it. Only what the
+    # method adds is real (it is small), and the embedding table, which
+    # the builder reads on the host for the prompt's initializer.
+    frozen = jax.eval_shape(lambda: random_params(config, spec))
+    embedding = frozen["token_embedder"]["embedding"]
+    frozen["token_embedder"]["embedding"] = np.zeros(embedding.shape,
+                                                     embedding.dtype)
+  else:
+    frozen = jax.device_put(random_params(config, spec), replicated)
+  built = build_run(config, spec, frozen, mesh)
+  trainable, frozen = built.trainable, built.frozen
+  new_state = lambda params: create_train_state(
+      params, tx, jax.random.PRNGKey(spec.seed + 1))
+  if spec.compile_only:
+    as_shapes = lambda tree: jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+    state, frozen = jax.eval_shape(new_state, as_shapes(trainable)), as_shapes(
+        frozen)
+  else:
+    state = jax.device_put(new_state(trainable), replicated)
+  step = step_lib.jit_train_step(built.model, tx, like(state), like(frozen),
                                  replicated,
-                                 enable_dropout=spec.dropout > 0)
+                                 enable_dropout=spec.dropout > 0,
+                                 method=built.method)
   batch = jax.device_put(synthetic_batch(spec, config.vocab_size), replicated)
-  if not spec.compile_only:
-    state = jax.device_put(state, like(state))
-    frozen = jax.device_put(frozen, like(frozen))
   with partitioning.mesh_context(mesh):
     start = time.perf_counter()
     compiled = step.lower(state, frozen, batch).compile()
@@ -201,7 +252,7 @@ def run(spec: RunSpec) -> Dict[str, Any]:
       **spec.describe(),
       **device.describe(),
       "compile_s": compile_s,
-      "flops_per_step": flops.step_flops(shapes, spec.mode, spec.batch,
+      "flops_per_step": flops.step_flops(shapes, spec.backward, spec.batch,
                                          spec.encoder_length, spec.targets),
       "params_trainable": count_params(state.params),
       "params_frozen": count_params(frozen),

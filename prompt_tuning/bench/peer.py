@@ -1,10 +1,25 @@
-"""The PyTorch peer: HF PEFT prompt tuning and HF full fine-tuning of T5.
+"""The PyTorch peer: HF PEFT's methods and HF full fine-tuning of T5.
 
 What most users would otherwise run: a `transformers.T5ForConditionalGeneration`
 built (randomly initialised) from a config with the preset's shapes (T5.1.1:
-gated GELU, untied LM head), wrapped by `peft` prompt tuning
-(`PromptTuningConfig`, `num_virtual_tokens=P`, random init) or trained whole.
-Same batch, same synthetic full-length rows, same steps as ours.
+gated GELU, untied LM head), wrapped by the `peft` method of the run
+(`peft_config`) or trained whole. Same batch, same synthetic full-length
+rows, same steps as ours. PEFT's methods, set as ours are by default:
+
+- prompt: `PromptTuningConfig`, `num_virtual_tokens=P`, random init. On a
+  seq2seq model PEFT's table is [2P, H] (one half per transformer
+  submodule) of which only the first P rows reach the encoder: it trains
+  twice our parameters for the same computation.
+- p_tuning: `PromptEncoderConfig`, MLP encoder of width `p_tuning_hidden`
+  (H by default), P virtual tokens (the embedding is [2P, H] likewise).
+- prefix: `PrefixTuningConfig`, `num_virtual_tokens=prefix_length`, no
+  projection, `token_dim` = heads * head_dim (T5's d_model is not that in
+  general). On T5 PEFT prefixes the decoder's self-attention only: compare
+  with our `prefix_layout='peft'`; our default 'li_liang' also prefixes the
+  encoder's self-attention and the cross-attention (more work).
+- ia3: `IA3Config` with PEFT's T5 defaults (k, v, and `wo` as feed-forward).
+- lora: `LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=q, v,
+  lora_dropout=0)`.
 
 Numerics (`RunSpec.peer_precision`): 'auto' is float32 weights under bf16
 `torch.autocast` on CUDA (the usual recipe) and plain float32 on CPU; 'bf16'
@@ -73,6 +88,34 @@ def _optimizer(spec: RunSpec, params):
   return torch.optim.AdamW(params, lr=lr, weight_decay=decay), "adamw"
 
 
+def peft_config(spec: RunSpec, shapes: flops.Shapes):
+  """PEFT's config for `spec.mode`, on the same shapes as ours."""
+  import peft  # pylint: disable=g-import-not-at-top
+  task = peft.TaskType.SEQ_2_SEQ_LM
+  if spec.mode == "prompt":
+    return peft.PromptTuningConfig(
+        task_type=task, num_virtual_tokens=spec.prompt,
+        prompt_tuning_init=peft.PromptTuningInit.RANDOM)
+  if spec.mode == "p_tuning":
+    return peft.PromptEncoderConfig(
+        task_type=task, num_virtual_tokens=spec.prompt,
+        encoder_reparameterization_type="MLP",
+        encoder_hidden_size=spec.p_tuning_hidden or shapes.emb_dim)
+  if spec.mode == "prefix":
+    return peft.PrefixTuningConfig(
+        task_type=task, num_virtual_tokens=spec.prefix_length,
+        token_dim=shapes.num_heads * shapes.head_dim,
+        num_attention_heads=shapes.num_heads,
+        num_layers=shapes.num_encoder_layers, prefix_projection=False)
+  if spec.mode == "ia3":
+    return peft.IA3Config(task_type=task)
+  if spec.mode == "lora":
+    return peft.LoraConfig(task_type=task, r=spec.lora_rank,
+                           lora_alpha=spec.lora_alpha, lora_dropout=0.0,
+                           target_modules=["q", "v"])
+  raise ValueError(f"PEFT has no {spec.mode!r} here.")
+
+
 def _batch(spec: RunSpec, vocab_size: int, device):
   """The same rows as `ours.synthetic_batch` (same generator, same seed)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -117,10 +160,8 @@ def run(spec: RunSpec) -> Dict[str, Any]:
   if spec.impl == "peft":
     import peft  # pylint: disable=g-import-not-at-top
     peft_version = peft.__version__
-    model = peft.get_peft_model(model, peft.PromptTuningConfig(
-        task_type=peft.TaskType.SEQ_2_SEQ_LM,
-        num_virtual_tokens=spec.prompt,
-        prompt_tuning_init=peft.PromptTuningInit.RANDOM))
+    model = peft.get_peft_model(
+        model, peft_config(spec, flops.Shapes(**spec.shapes)))
   model.to(device)
   model.train()
   trainable = [p for p in model.parameters() if p.requires_grad]
@@ -182,7 +223,7 @@ def run(spec: RunSpec) -> Dict[str, Any]:
       "encoder_tokens_per_s": spec.batch * spec.encoder_length / step_s,
       "peak_bytes": peak_bytes,
       "memory_source": memory_source,
-      "flops_per_step": flops.step_flops(shapes, spec.mode, spec.batch,
+      "flops_per_step": flops.step_flops(shapes, spec.backward, spec.batch,
                                          spec.encoder_length, spec.targets),
       "params_trainable": sum(p.numel() for p in trainable),
       "params_total": sum(p.numel() for p in model.parameters()),

@@ -51,6 +51,9 @@ MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens",
                   "decoder_target_tokens", "decoder_loss_weights")
 # Task features an encoder-decoder converter reads.
 TASK_FEATURES = ("inputs", "targets")
+# With a task index (multitask prompts), every example also carries the index
+# of the task it came from: [B] int32.
+TASK_ID_FEATURE = "task_ids"
 
 
 def get_task_or_mixture(name: str) -> TaskOrMixture:
@@ -121,11 +124,15 @@ def feature_converter() -> seqio.EncDecFeatureConverter:
 
 
 def _check_example_shapes(ds: tf.data.Dataset,
-                          task_feature_lengths: Mapping[str, int]) -> None:
-  """Fails unless each converted example has exactly MODEL_FEATURES, static."""
+                          task_feature_lengths: Mapping[str, int],
+                          task_ids: bool = False) -> None:
+  """Fails unless each converted example has exactly MODEL_FEATURES, static
+  (and the scalar task id when asked for)."""
   expected = {"encoder_input_tokens": (task_feature_lengths["inputs"],)}
   for key in MODEL_FEATURES[1:]:
     expected[key] = (task_feature_lengths["targets"],)
+  if task_ids:
+    expected[TASK_ID_FEATURE] = ()
   got = {k: tuple(v.shape) for k, v in ds.element_spec.items()}
   if got != expected:
     raise ValueError(f"Examples have features {got}, expected {expected}.")
@@ -173,6 +180,46 @@ def _task_dataset(provider: TaskOrMixture, **kwargs: Any) -> tf.data.Dataset:
                               trim_output_features=True, **kwargs)
 
 
+def task_id_of(task_index: Mapping[str, int], name: str) -> int:
+  """A task's index, or a one-line error naming the known tasks."""
+  if name not in task_index:
+    raise ValueError(
+        f"Task {name!r} has no index among the multitask prompt's tasks "
+        f"({', '.join(task_index)}); list it in MultitaskPromptConfig.tasks.")
+  return int(task_index[name])
+
+
+def _with_task_id(ds: tf.data.Dataset, task_id: int) -> tf.data.Dataset:
+  return ds.map(lambda ex: dict(ex, **{TASK_ID_FEATURE: tf.constant(
+      task_id, tf.int32)}))
+
+
+def _tagged_mixture(provider: TaskOrMixture, task_index: Mapping[str, int],
+                    task_feature_lengths: Mapping[str, int],
+                    seed: Optional[int], **kwargs: Any) -> tf.data.Dataset:
+  """Converted examples tagged with their task's index, mixed at the
+  mixture's rates (what seqio's Mixture does, keeping each example's task).
+
+  Each task is read and converted on its own (conversion is per example
+  without packing), tagged, then sampled from with the normalised rates
+  and `seed`, so the stream is deterministic for a seed, as seqio's is.
+  """
+  tasks = seqio.get_subtasks(provider)
+  rates = ([float(provider.get_rate(t)) for t in tasks]
+           if isinstance(provider, seqio.Mixture) else [1.0])
+  datasets = []
+  for task in tasks:
+    ds = _task_dataset(task, sequence_length=dict(task_feature_lengths),
+                       seed=seed, **kwargs)
+    ds = feature_converter()(ds, task_feature_lengths=task_feature_lengths)
+    datasets.append(_with_task_id(ds, task_id_of(task_index, task.name)))
+  if len(datasets) == 1:
+    return datasets[0]
+  total = sum(rates)
+  return tf.data.Dataset.sample_from_datasets(
+      datasets, weights=[r / total for r in rates], seed=seed)
+
+
 class BatchIterator:
   """Host-local training batches with a resumable position.
 
@@ -217,7 +264,9 @@ def get_dataset(mixture_or_task_name: str,
                 num_shards: Optional[int] = None,
                 skip_batches: int = 0,
                 use_cached: bool = False,
-                mesh: Optional[Mesh] = None) -> BatchIterator:
+                mesh: Optional[Mesh] = None,
+                task_index: Optional[Mapping[str, int]] = None
+                ) -> BatchIterator:
   """Training batches for this process, deterministic and resumable.
 
   Args:
@@ -240,6 +289,9 @@ def get_dataset(mixture_or_task_name: str,
     mesh: the mesh the batches feed (`partitioning.shard_batch`): the shards
       follow its data layout, which differs from one per process when the
       `model` axis spans processes. Pass it in multi-process runs.
+    task_index: task name -> index; given, each batch also has
+      `TASK_ID_FEATURE` [B] int32, the index of each example's task, and a
+      mixture is sampled by `_tagged_mixture`.
 
   Returns:
     A `BatchIterator` of dicts with `MODEL_FEATURES`, each [B, T] or [B, L]
@@ -265,16 +317,21 @@ def get_dataset(mixture_or_task_name: str,
   provider = get_task_or_mixture(mixture_or_task_name)
   check_feature_lengths(provider, task_feature_lengths)
 
-  ds = _task_dataset(
-      provider, sequence_length=dict(task_feature_lengths), split=split,
-      use_cached=use_cached, shuffle=shuffle, seed=seed,
+  read = dict(
+      split=split, use_cached=use_cached, shuffle=shuffle,
       # One shard is no sharding; seqio would still list the source's files.
       shard_info=(seqio.ShardInfo(index=shard_id, num_shards=num_shards)
                   if num_shards > 1 else None),
       num_epochs=None if repeat else 1)
-  ds = feature_converter()(ds, task_feature_lengths=task_feature_lengths)
+  if task_index is not None:
+    ds = _tagged_mixture(provider, task_index, task_feature_lengths, seed,
+                         **read)
+  else:
+    ds = _task_dataset(provider, sequence_length=dict(task_feature_lengths),
+                       seed=seed, **read)
+    ds = feature_converter()(ds, task_feature_lengths=task_feature_lengths)
   # Static shapes for the jitted step: a short last batch would recompile.
-  _check_example_shapes(ds, task_feature_lengths)
+  _check_example_shapes(ds, task_feature_lengths, task_index is not None)
   ds = ds.batch(batch_size, drop_remainder=True)
   # Skipping whole batches of the deterministic stream lands exactly where a
   # run that consumed `skip_batches` batches stopped (it re-reads, not seeks).
@@ -323,7 +380,9 @@ def evaluation_dataset(mixture_or_task_name: str,
                        shard_id: Optional[int] = None,
                        num_shards: Optional[int] = None,
                        use_cached: bool = False,
-                       mesh: Optional[Mesh] = None) -> Iterator[PaddedBatch]:
+                       mesh: Optional[Mesh] = None,
+                       task_index: Optional[Mapping[str, int]] = None
+                       ) -> Iterator[PaddedBatch]:
   """Every example of a split exactly once, in fixed-size host-local batches.
 
   Every process reads the whole split in order (unshuffled, one epoch; a
@@ -341,6 +400,8 @@ def evaluation_dataset(mixture_or_task_name: str,
     num_shards: default from `mesh`, else `jax.process_count()`.
     use_cached: read the task's offline seqio cache.
     mesh: the mesh the batches feed; as for `get_dataset`.
+    task_index: as for `get_dataset`: batches also carry each example's
+      task index (padding rows: 0).
 
   Yields:
     `PaddedBatch`es: features [B, T] / [B, L] int32 with
@@ -366,12 +427,17 @@ def evaluation_dataset(mixture_or_task_name: str,
                        split=split, use_cached=use_cached, shuffle=False,
                        seed=None, shard_info=None, num_epochs=1)
     # Tasks of a mixture may carry extra features; keep what concatenates.
-    datasets.append(ds.map(lambda ex: {k: ex[k] for k in keys}))
+    ds = ds.map(lambda ex: {k: ex[k] for k in keys})
+    # Converted per task (per example without packing: the same result),
+    # so that each example can carry its task.
+    ds = feature_converter()(ds, task_feature_lengths=task_feature_lengths)
+    if task_index is not None:
+      ds = _with_task_id(ds, task_id_of(task_index, task.name))
+    datasets.append(ds)
   ds = datasets[0]
   for other in datasets[1:]:
     ds = ds.concatenate(other)
-  ds = feature_converter()(ds, task_feature_lengths=task_feature_lengths)
-  _check_example_shapes(ds, task_feature_lengths)
+  _check_example_shapes(ds, task_feature_lengths, task_index is not None)
   ds = _deterministic(ds.batch(global_batch_size, drop_remainder=False))
 
   start = shard_id * batch_size

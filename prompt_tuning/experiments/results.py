@@ -54,6 +54,15 @@ class RunResult:
   def usable(self) -> bool:
     return not self.problem
 
+  @property
+  def trainable_share(self) -> Optional[float]:
+    """Trainable parameters as a percentage of the frozen model's own
+    (parameters.json's trainable / model; the paper's Figure 4), or None
+    when either count is missing."""
+    if not self.trainable_parameters or not self.model_parameters:
+      return None
+    return 100.0 * self.trainable_parameters / self.model_parameters
+
   def task_metrics(self, task: str) -> Dict[str, float]:
     """`task`'s metrics at the selected step, without the task prefix."""
     prefix = f"{task}/"
@@ -149,14 +158,20 @@ def read_run(path: str) -> RunResult:
       seed=int(seed) if seed is not None else None,
       studies=tuple(described.get("studies") or ()),
       best_metric=best_metric,
-      model_parameters=int(parameters["model"]) if parameters else None,
-      trainable_parameters=(int(parameters["trainable"]) if parameters
-                            else None),
+      model_parameters=_count(parameters, "model"),
+      trainable_parameters=_count(parameters, "trainable"),
       mode=str(parameters.get("mode", "")) if parameters else "",
       frozen_model=_frozen_model(path),
       selected_step=step,
       metrics=dict(history.get(step, {})) if step is not None else {},
       problem=problem)
+
+
+def _count(parameters: Optional[Mapping[str, Any]], key: str
+           ) -> Optional[int]:
+  """A count of parameters.json (None: no file, or a file without it)."""
+  value = (parameters or {}).get(key)
+  return None if value is None else int(value)
 
 
 def _is_run_dir(path: str) -> bool:

@@ -62,6 +62,10 @@ class Cell:
       default_factory=dict)
   # 'prompt' or 'model' when every run of the cell trained that way.
   mode: str = ""
+  # What trained (mean over the cell's runs), and its percentage of the
+  # frozen model (None: no parameters.json says).
+  trainable_parameters: Optional[float] = None
+  trainable_share: Optional[float] = None
 
 
 def evaluated_tasks(run: RunResult) -> List[str]:
@@ -133,6 +137,8 @@ def cells(study_runs: Sequence[RunResult], axes: Sequence[str]
         scores.append(metrics_lib.superglue_average(by_task))
     sizes = [r.model_parameters for r in runs if r.model_parameters]
     modes = {r.mode for r in runs}
+    trained = [r.trainable_parameters for r in runs if r.trainable_parameters]
+    shares = [r.trainable_share for r in runs if r.trainable_share]
     out.append(Cell(
         point=dict(zip(axes, key)),
         tasks={c: stat(v) for c, v in sorted(columns.items())},
@@ -141,7 +147,9 @@ def cells(study_runs: Sequence[RunResult], axes: Sequence[str]
         model_parameters=float(np.mean(sizes)) if sizes else None,
         seeds=tuple(complete), incomplete_seeds=tuple(incomplete),
         metrics={k: stat(v) for k, v in detail.items()},
-        mode=modes.pop() if len(modes) == 1 else ""))
+        mode=modes.pop() if len(modes) == 1 else "",
+        trainable_parameters=float(np.mean(trained)) if trained else None,
+        trainable_share=float(np.mean(shares)) if shares else None))
   return out
 
 
@@ -183,8 +191,8 @@ def csv_text(runs: Sequence[RunResult], axes: Sequence[str]) -> str:
   metric_names = sorted({k for r in runs for k in r.metrics})
   header = (["run", "status", "studies"] + list(axes) +
             ["task", "seed", "mode", "frozen_model", "model_parameters",
-             "trainable_parameters", "best_metric", "selected_step",
-             "problem"] + metric_names)
+             "trainable_parameters", "trainable_percent_of_frozen",
+             "best_metric", "selected_step", "problem"] + metric_names)
   out = io.StringIO()
   writer = csv.writer(out, lineterminator="\n")
   writer.writerow(header)
@@ -193,7 +201,8 @@ def csv_text(runs: Sequence[RunResult], axes: Sequence[str]) -> str:
         [run.name, run.status, " ".join(run.studies)] +
         [run.point.get(a, "") for a in axes] +
         [run.task, "" if run.seed is None else run.seed, run.mode,
-         run.frozen_model, _blank(run.model_parameters), _blank(run.trainable_parameters),
+         run.frozen_model, _blank(run.model_parameters),
+         _blank(run.trainable_parameters), _number(run.trainable_share),
          run.best_metric, _blank(run.selected_step), run.problem] +
         [_number(run.metrics.get(m)) for m in metric_names])
   return out.getvalue()
@@ -218,12 +227,31 @@ def _size(parameters: Optional[float]) -> str:
   return f"{parameters:.0f}"
 
 
+def percent_text(value: float) -> str:
+  """A percentage to 3 significant digits, never in e-notation (0.0000368%,
+  0.53%, 100%)."""
+  if value >= 1 or value <= 0:
+    return f"{value:.3g}%"
+  decimals = 2 - math.floor(math.log10(value))
+  return f"{value:.{decimals}f}%"
+
+
+def _trainable(cell: Cell) -> str:
+  """'51.2K (0.0665%)': what trained and its share of the frozen model."""
+  if not cell.trainable_parameters:
+    return "?"
+  share = (f" ({percent_text(cell.trainable_share)})"
+           if cell.trainable_share else "")
+  return _size(cell.trainable_parameters) + share
+
+
 def study_table(study_cells: Sequence[Cell], varied: Sequence[str],
                 superglue: bool) -> List[str]:
   """A markdown table: one row per cell."""
   columns = sorted({c for cell in study_cells for c in cell.tasks})
   score_name = "SuperGLUE score" if superglue else "score (mean over tasks)"
-  header = (list(varied) + ["frozen params", "seeds", score_name] + columns)
+  header = (list(varied) + ["frozen params", "trainable (% of frozen)",
+                            "seeds", score_name] + columns)
   lines = ["| " + " | ".join(header) + " |",
            "|" + "---|" * len(header)]
   for cell in study_cells:
@@ -232,7 +260,7 @@ def study_table(study_cells: Sequence[Cell], varied: Sequence[str],
       seeds += " (incomplete: " + ",".join(
           str(s) for s in cell.incomplete_seeds) + ")"
     row = ([cell.point.get(a, "") for a in varied] +
-           [_size(cell.model_parameters), seeds or "-",
+           [_size(cell.model_parameters), _trainable(cell), seeds or "-",
             cell.score.text() if cell.score else "-"] +
            [cell.tasks[c].text() if c in cell.tasks else "-"
             for c in columns])

@@ -21,7 +21,7 @@ evaluation, inference, sweeps and the report are one code path for all.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple
+from typing import Any, ClassVar, Collection, Dict, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +43,9 @@ class Method:
   name: ClassVar[str] = ""
   # Whether every weight trains (model tuning): nothing is frozen.
   trains_everything: ClassVar[bool] = False
+  # Whether a run exports its input prompt as prompts/step_N.npy (not when
+  # the prompt differs per example).
+  exports_prompt: ClassVar[bool] = True
 
   def bind(self, config: T5Config) -> "Method":
     """This method for one frozen model (a method whose `model_params`
@@ -77,6 +80,52 @@ class Method:
     """A float32 scalar added to the training loss, or None."""
     del trainable
     return None
+
+  def bind_tasks(self, names: Tuple[str, ...]) -> "Method":
+    """This method for a run over tasks `names` (a mixture's subtasks)."""
+    del names
+    return self
+
+  def task_index(self) -> Optional[Mapping[str, int]]:
+    """Task name -> index when batches must carry each example's task."""
+    return None
+
+  def example_prompt(self, trainable: PyTree,
+                     batch: Mapping[str, Array]) -> Optional[Array]:
+    """[B, P, H] a prompt per example, passed to the model; None: the
+    model's own (or no) prompt."""
+    del trainable, batch
+    return None
+
+
+def trainable_shapes(method: Method, config: T5Config,
+                     model_shapes: Mapping[str, Tuple[int, ...]],
+                     frozen_names: Collection[str]
+                     ) -> Dict[str, Tuple[int, ...]]:
+  """What a method trains: '/'-joined name -> shape, sorted by name.
+
+  The parameters of the model with the method's hooks that the frozen
+  checkpoint lacks, less those `model_params` computes (`produced`), plus
+  the reparameterisation; model tuning trains every parameter. Pure (shapes
+  in, shapes out): the builder creates exactly these, and the report counts
+  them for any model size without building one.
+
+  Args:
+    method: the method, bound to `config` (`bind`).
+    config: the frozen model's config, with `method.adapters(config)` on.
+    model_shapes: every parameter of that model (a `PromptedT5` when the
+      method prepends a prompt), e.g. from `jax.eval_shape` of its init.
+    frozen_names: the names the pretrained checkpoint holds.
+  """
+  if method.trains_everything:
+    return {n: tuple(s) for n, s in sorted(model_shapes.items())}
+  produced = set(method.produced(config))
+  frozen = set(frozen_names)
+  out = {n: tuple(s) for n, s in sorted(model_shapes.items())
+         if n not in frozen and n not in produced}
+  for name, (shape, _, _) in sorted(method.reparameterisation(config).items()):
+    out[name] = tuple(shape)
+  return out
 
 
 def flat(tree: PyTree) -> Dict[str, Any]:

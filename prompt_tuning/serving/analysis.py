@@ -4,7 +4,11 @@ File-level versions of `prompts.nearest`, `prompts.similarity` and
 `prompts.peft`: prompts are read in any library format (run directories
 included), the embedding table comes from the frozen checkpoint placed on
 its mesh (sharded as in training, never gathered), token text from the
-model's vocabulary, and label words from the task catalogue.
+model's vocabulary, and label words from the task catalogue. PEFT
+interchange also covers the other methods' runs (`methods.peft_adapters`):
+a LoRA, IA3 or prefix run directory's checkpoint is exported as that PEFT
+adapter, and such an adapter is imported as a run directory that
+evaluation and inference read (`training.runs`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from prompt_tuning.data import registry
+from prompt_tuning.methods import base as method_base
+from prompt_tuning.methods import peft_adapters
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.pretrained import hf
 from prompt_tuning.pretrained import t5x
@@ -27,6 +33,7 @@ from prompt_tuning.prompts import similarity as similarity_lib
 from prompt_tuning.serving import frozen as frozen_lib
 from prompt_tuning.serving import mixed
 from prompt_tuning.training import prompt_files
+from prompt_tuning.training import runs
 
 # The token embedding table's name in every reader's map: [V, H].
 _EMBEDDING = "token_embedder/embedding"
@@ -101,10 +108,40 @@ def _config(initial_checkpoint_path: str,
 def export_peft(*, prompt_path: str, initial_checkpoint_path: str,
                 output_dir: str,
                 model_config: Optional[T5Config] = None) -> str:
-  """Writes a prompt as a PEFT adapter for the frozen model's HF T5."""
+  """Writes what a run learned as a PEFT adapter for the frozen model's HF T5.
+
+  Args:
+    prompt_path: a prompt in any library format, a prompt or P-tuning run
+      directory (its exported prompt, P-tuning's merged: PROMPT_TUNING), or
+      the run directory (or `checkpoint_<N>`) of a LoRA, IA3 or prefix
+      (layout 'peft') run: its best checkpoint, else the newest, as LORA,
+      IA3 or PREFIX_TUNING. Deep prompts, Li & Liang prefixes and model
+      tuning are refused in one line saying why.
+    initial_checkpoint_path: the frozen model (only its config is read).
+    output_dir: the adapter directory.
+    model_config: for T5X checkpoints.
+
+  Returns:
+    The adapter directory.
+  """
   config = _config(initial_checkpoint_path, model_config)
-  return peft.export_adapter(read_prompt(prompt_path), config, output_dir,
-                             os.path.abspath(initial_checkpoint_path))
+  base_path = os.path.abspath(initial_checkpoint_path)
+  saved = runs.find_run(prompt_path)
+  if saved is None or (saved.step is None and
+                       saved.method.name in runs.PROMPT_EXPORTED):
+    return peft.export_adapter(read_prompt(prompt_path), config, output_dir,
+                               base_path)
+  why = peft_adapters.refusal(saved.method)
+  if why:
+    raise ValueError(f"{prompt_path}: a {saved.method.name} run cannot be a "
+                     f"PEFT adapter: {why}.")
+  trainable, step = runs.restore_trainable(saved)
+  names = {k: np.asarray(v) for k, v in method_base.flat(trainable).items()}
+  kind = peft_adapters.export_run(saved.method, names, config, output_dir,
+                                  base_path)
+  logging.info("%s: step %d as a PEFT %s adapter.", saved.directory, step,
+               kind)
+  return output_dir
 
 
 def frozen_shape(checkpoint: str, model_config: Optional[T5Config] = None
@@ -165,3 +202,35 @@ def import_peft(*, adapter_dir: str, output_path: str, checkpoint: str = "",
   os.makedirs(directory, exist_ok=True)
   np.save(output_path, prompt)
   return tuple(prompt.shape)
+
+
+def import_peft_run(*, adapter_dir: str, output_dir: str, checkpoint: str,
+                    model_config: Optional[T5Config] = None) -> str:
+  """Saves a PEFT LORA, IA3 or PREFIX_TUNING adapter as a run directory.
+
+  The directory (`runs.write_adapter_run`: method.json and checkpoint_0) is
+  what `python -m prompt_tuning.eval` / `infer` take as PROMPT_PATH, with
+  the same frozen model.
+
+  Args:
+    adapter_dir: the adapter (`methods.peft_adapters.import_run`).
+    output_dir: the new run directory.
+    checkpoint: the frozen model it adapts (T5X or Hugging Face): its layers,
+      heads and widths lay the parameters out, checked before writing.
+    model_config: a T5X checkpoint's config (required for T5X).
+
+  Returns:
+    The method's name.
+  """
+  kind = peft_adapters.peft_type(adapter_dir)
+  if not checkpoint:
+    raise ValueError(f"{adapter_dir}: a {kind} adapter is laid out by the "
+                     f"frozen model it adapts: pass --checkpoint PATH (and "
+                     f"--model PRESET for a T5X checkpoint).")
+  _, config = frozen_shape(checkpoint, model_config)
+  if config is None:
+    raise ValueError(f"{checkpoint}: not a Hugging Face checkpoint; pass its "
+                     f"preset (--model) to lay out the {kind} adapter.")
+  method, names = peft_adapters.import_run(adapter_dir, config)
+  runs.write_adapter_run(output_dir, method, method_base.nested(names))
+  return method.name

@@ -541,7 +541,14 @@ class Checkpointer:
           f"(step {steps[-1]}); a run in a directory with checkpoints must "
           f"restore first, or use a new model_dir.")
 
-  def _check_matches(self, step: int, target: PyTree) -> None:
+  def stored_tree(self, step: int) -> Any:
+    """A checkpoint's state tree as orbax array metadata (shapes, dtypes),
+    without reading an array: for a reader that does not know the state's
+    structure (evaluation restores the optimizer state it never uses).
+
+    Raises:
+      DamagedCheckpointError: its metadata is unreadable or has no state.
+    """
     try:
       metadata = self._manager.item_metadata(step)[_STATE]
     except Exception as e:  # pylint: disable=broad-except
@@ -552,7 +559,11 @@ class Checkpointer:
           step, self._ckpt_dir(step),
           f"no readable `{_STATE}` item (not a checkpoint written by this "
           f"Checkpointer, or its {_STATE}/ is gone)")
-    state_trees.check_fits(metadata, target, self._ckpt_dir(step))
+    return metadata
+
+  def _check_matches(self, step: int, target: PyTree) -> None:
+    state_trees.check_fits(self.stored_tree(step), target,
+                           self._ckpt_dir(step))
 
   def _host_prompt(self, state: PyTree) -> Optional[np.ndarray]:
     """[P, H] the state's prompt on every process, or None (nothing to

@@ -85,6 +85,19 @@ def _padded_batches(dataset: tf.data.Dataset, batch_size: int
     yield indices, padded, n
 
 
+def _tagged(task_id: int, predict_batch: Optional[PredictBatchFn],
+            rank_batch: Optional[RankBatchFn]):
+  """The model functions with every batch tagged with `task_id`."""
+  def tag(batch):
+    rows = len(batch["encoder_input_tokens"])
+    return dict(batch, **{pipeline.TASK_ID_FEATURE: np.full(
+        (rows,), task_id, np.int32)})
+  return (None if predict_batch is None else
+          (lambda batch: predict_batch(tag(batch))),
+          None if rank_batch is None else
+          (lambda batch, candidates: rank_batch(tag(batch), candidates)))
+
+
 def _run_predict(dataset: tf.data.Dataset, batch_size: int,
                  predict_batch: PredictBatchFn,
                  eos_id: Optional[int]) -> List[Tuple[int, np.ndarray]]:
@@ -284,7 +297,8 @@ class Evaluator:
                log_dir: Optional[str] = None,
                use_cached: bool = False,
                num_examples: Optional[int] = None,
-               write_predictions: bool = True):
+               write_predictions: bool = True,
+               task_index: Optional[Mapping[str, int]] = None):
     """Caches the evaluation examples of every task with metrics.
 
     Args:
@@ -301,6 +315,9 @@ class Evaluator:
       num_examples: evaluate only the first this many examples of each task.
       write_predictions: with log_dir, write the metric log and the
         predictions (False on processes other than 0: one writer).
+      task_index: task name -> index (multitask prompts): every batch
+        handed to the model functions also carries
+        `pipeline.TASK_ID_FEATURE` [B], its task's index.
 
     Raises:
       ValueError: (one line) if an evaluated task's split has no examples.
@@ -310,6 +327,7 @@ class Evaluator:
     provider = pipeline.get_task_or_mixture(mixture_or_task_name)
     pipeline.check_feature_lengths(provider, task_feature_lengths)
     self.batch_size = batch_size
+    self._task_index = task_index
     self._targets_length = task_feature_lengths["targets"]
     # task -> example index -> [C] label scores of the last ranked pass.
     self._label_scores: Dict[str, Dict[int, np.ndarray]] = {}
@@ -367,6 +385,10 @@ class Evaluator:
                ) -> List[Tuple[int, np.ndarray]]:
     """Decoded (or, with rank_batch, best-label) tokens per example."""
     labels = registry.class_labels(task.name) if rank_batch else ()
+    if self._task_index is not None:
+      predict_batch, rank_batch = _tagged(
+          pipeline.task_id_of(self._task_index, task.name), predict_batch,
+          rank_batch)
     # Scores of an earlier ranked pass must not be logged for this one.
     self._label_scores.pop(task.name, None)
     if labels:

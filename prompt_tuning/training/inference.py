@@ -67,8 +67,7 @@ def _predict(params: PyTree, frozen: PyTree, batch: Mapping[str, jax.Array],
              *, model, decode: DecodeConfig, length: int,
              method=None) -> jax.Array:
   full = merge_params(_model_params(method, params), frozen)
-  encoded, mask = model.apply({"params": full}, batch["encoder_input_tokens"],
-                              method="encode_with_mask")
+  encoded, mask = _encode(model, full, method, params, batch)
   if decode.method == "greedy":
     return decoding.greedy_decode_encoded(model, full, encoded, mask, length,
                                           decode.eos_id)
@@ -82,12 +81,20 @@ def _model_params(method, params: PyTree) -> PyTree:
   return params if method is None else method.model_params(params)
 
 
+def _encode(model, full: PyTree, method, params: PyTree,
+            batch: Mapping[str, jax.Array]):
+  """(encoded, mask) with the method's per-example prompt if it has one."""
+  prompt = None if method is None else method.example_prompt(params, batch)
+  extra = {} if prompt is None else {"prompt": prompt}
+  return model.apply({"params": full}, batch["encoder_input_tokens"],
+                     method="encode_with_mask", **extra)
+
+
 def _rank(params: PyTree, frozen: PyTree, batch: Mapping[str, jax.Array],
           candidates: jax.Array, *, model, method=None) -> jax.Array:
   """[B, C] log-likelihood of each candidate target row [C, L] per example."""
   full = merge_params(_model_params(method, params), frozen)
-  encoded, mask = model.apply({"params": full}, batch["encoder_input_tokens"],
-                              method="encode_with_mask")
+  encoded, mask = _encode(model, full, method, params, batch)
   batch_size = encoded.shape[0]
   # C is small (the label words): a static loop reuses one encoder pass.
   scores = [decoding.score_encoded(
@@ -126,7 +133,8 @@ class RunEvaluator:
     # <log_dir>/predictions/<task>/step_<N>.jsonl (and TensorBoard text).
     self._evaluator = evaluation.Evaluator(
         mixture_or_task_name, task_feature_lengths, batch_size, split=split,
-        log_dir=log_dir, write_predictions=jax.process_index() == 0)
+        log_dir=log_dir, write_predictions=jax.process_index() == 0,
+        task_index=run.method.task_index())
     # The tasks with the split and metrics (what evaluate and predict cover).
     self.task_names = self._evaluator.task_names
 
@@ -159,9 +167,9 @@ class RunEvaluator:
     """Loss and token accuracy over the whole split (padding rows weigh 0)."""
     total = None
     with partitioning.mesh_context(self._run.mesh, self._run.rules):
-      for padded in pipeline.evaluation_dataset(self._name, self._lengths,
-                                            self._split, self._batch_size,
-                                            mesh=self._run.mesh):
+      for padded in pipeline.evaluation_dataset(
+          self._name, self._lengths, self._split, self._batch_size,
+          mesh=self._run.mesh, task_index=self._run.method.task_index()):
         # This process's slice of each global batch (see
         # `pipeline.evaluation_dataset`); the sums come back replicated.
         sums = jax.tree_util.tree_map(partitioning.to_host, self._eval_step(

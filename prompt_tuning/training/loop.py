@@ -180,6 +180,8 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
           deep_prompt: methods.DeepPromptConfig = methods.DeepPromptConfig(),
           prefix: methods.PrefixConfig = methods.PrefixConfig(),
           p_tuning: methods.PTuningConfig = methods.PTuningConfig(),
+          multitask_prompt: methods.MultitaskPromptConfig = (
+              methods.MultitaskPromptConfig()),
           ia3: methods.IA3Config = methods.IA3Config(),
           lora: methods.LoraConfig = methods.LoraConfig(),
           optimizer: optimizers.AdafactorConfig = optimizers.PROMPT_TUNING,
@@ -200,10 +202,10 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
     task_feature_lengths: e.g. {'inputs': 512, 'targets': 8}.
     mode: the method (gin's METHOD, `methods.METHODS`): 'prompt' (only
       the prompt trains), 'model' (everything trains), 'deep_prompt',
-      'prefix', 'p_tuning', 'ia3' or 'lora'.
+      'prefix', 'p_tuning', 'multitask_prompt', 'ia3' or 'lora'.
     prompt: the input prompt (the methods that prepend one).
-    deep_prompt, prefix, p_tuning, ia3, lora: each method's own options
-      (only the chosen method's are used).
+    deep_prompt, prefix, p_tuning, multitask_prompt, ia3, lora: each
+      method's own options (only the chosen method's are used).
     optimizer: Adafactor hyper-parameters.
     schedule: steps, batch size, checkpoint/eval/log periods.
     decode: decoding for evaluation predictions.
@@ -237,7 +239,7 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
   # after minutes of retries.
   method = setup.make_method(mode, prompt, {
       "deep_prompt": deep_prompt, "prefix": prefix, "p_tuning": p_tuning,
-      "ia3": ia3, "lora": lora})
+      "multitask_prompt": multitask_prompt, "ia3": ia3, "lora": lora})
   preflight.check_run(initial_checkpoint_path, mixture_or_task_name)
   run_directory.check_writable(model_dir)
   # Held from here to the end: a second run on this directory stops now,
@@ -266,6 +268,9 @@ def _start(*, model_dir: str, initial_checkpoint_path: str,
   """`train` under the directory's lock: check, build, resume, then loop."""
   provider = pipeline.get_task_or_mixture(mixture_or_task_name)
   pipeline.check_feature_lengths(provider, task_feature_lengths)
+  # Multitask prompts index the mixture's tasks (unless configured).
+  method = method.bind_tasks(tuple(
+      t.name for t in seqio.get_subtasks(provider)))
   # Now, not at the first evaluation hours in: a missing or empty eval split.
   eval_tasks = evaluation.check_split(
       mixture_or_task_name, schedule.eval_split, task_feature_lengths,
@@ -301,7 +306,9 @@ def _start(*, model_dir: str, initial_checkpoint_path: str,
   with checkpoints.Checkpointer(
       model_dir, keep=schedule.keep_checkpoints,
       best_metric=schedule.best_metric or None,
-      best_mode=schedule.best_mode, materialize=run.model_params) as ckpt:
+      best_mode=schedule.best_mode, materialize=run.model_params,
+      prompt_path=(setup.PROMPT_PATH if run.method.exports_prompt
+                   else None)) as ckpt:
     position = {"batches_consumed": 0, "seed": schedule.seed}
     resumed = ckpt.restore_newest(state)
     if resumed is not None:
@@ -336,6 +343,8 @@ def _start(*, model_dir: str, initial_checkpoint_path: str,
             model_dir, counts, mode=mode,
             prompt_parameters=(0 if run.method.trains_everything else
                                counts["trainable"]))
+        # What eval, infer and export-peft rebuild the model from.
+        records.write_method(model_dir, run.method)
       result = _loop(ckpt, run, state, position, shardings, tx, counts,
                      model_dir, mixture_or_task_name, task_feature_lengths,
                      schedule, decode)
@@ -435,7 +444,8 @@ def _loop(ckpt: checkpoints.Checkpointer, run: setup.RunModel,
       mixture_or_task_name, task_feature_lengths, split="train",
       global_batch_size=schedule.batch_size, shuffle=True,
       seed=schedule.seed, repeat=True,
-      skip_batches=position["batches_consumed"], mesh=mesh)
+      skip_batches=position["batches_consumed"], mesh=mesh,
+      task_index=run.method.task_index())
   writer = _tensorboard(model_dir, "train")
 
   evaluator = None

@@ -5,6 +5,10 @@ read without JAX or orbax (the sweep runner, `python -m prompt_tuning.report`):
 
   <model_dir>/parameters.json      {"total", "trainable", "trainable_percent",
                                     "model", "mode"}   written at start
+  <model_dir>/method.json          {"method", "options", "version"}   written
+                                   at start: the method and its options
+                                   (`methods.records`), which evaluation,
+                                   inference and PEFT export rebuild
   <model_dir>/eval/metrics.jsonl   one {"step", "metrics": {name: value}} line
                                    per evaluation, appended (a resumed run
                                    appends again; the last line of a step wins)
@@ -34,6 +38,7 @@ import numpy as np
 from prompt_tuning import storage
 
 PARAMETERS_FILE = "parameters.json"
+METHOD_FILE = "method.json"
 EVAL_HISTORY_FILE = os.path.join("eval", "metrics.jsonl")
 SUMMARY_FILE = "summary.json"
 PREDICTIONS_DIR = "predictions"
@@ -79,6 +84,33 @@ def write_parameters(model_dir: str, counts: Mapping[str, Any],
   record["model"] = int(counts["total"]) - int(prompt_parameters)
   record["mode"] = mode
   write_json(storage.join(model_dir, PARAMETERS_FILE), record)
+
+
+def write_method(model_dir: str, method: Any) -> None:
+  """method.json: the run's method and options (`methods.records`)."""
+  # Imported here: the report and sweep tools read this module without JAX,
+  # which the methods import.
+  from prompt_tuning.methods import records as method_records  # pylint: disable=g-import-not-at-top
+  write_json(storage.join(model_dir, METHOD_FILE),
+             method_records.to_json(method))
+
+
+def read_method(model_dir: str) -> Optional[Any]:
+  """The `methods.Method` a run directory records, or None without a
+  method.json (a run from before it was written: see `runs.run_method`).
+
+  Raises:
+    ValueError: one line, for a method.json that does not read as a method.
+  """
+  from prompt_tuning.methods import records as method_records  # pylint: disable=g-import-not-at-top
+  path = storage.join(model_dir, METHOD_FILE)
+  if not storage.exists(path):
+    return None
+  try:
+    record = json.loads(storage.read_text(path))
+  except ValueError as e:
+    raise ValueError(f"{path} is not valid JSON ({e}).") from None
+  return method_records.from_json(record, path)
 
 
 def append_eval(model_dir: str, step: int,

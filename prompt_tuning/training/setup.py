@@ -12,7 +12,6 @@ initializers, each straight into its sharding), and split the tree into
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -45,7 +44,8 @@ class PromptConfig:
 
   # Number of prompt vectors P (the paper's default 100).
   length: int = 100
-  # 'prefix' ([P; X], the paper) or 'suffix' (right before EOS).
+  # 'prefix' ([P; X], the paper), 'suffix' (right before EOS) or
+  # 'after_first' (after the first token; prompts.layer.PLACEMENTS).
   placement: str = "prefix"
   # Initializer name: class_labels (the paper's default), sampled_vocab,
   # random_uniform, from_text, from_file.
@@ -109,12 +109,7 @@ def make_method(mode: str, prompt: PromptConfig,
     options: method name -> its configured options (e.g. gin's
       `LoraConfig()`); a method without an entry takes its defaults.
   """
-  if mode not in methods.METHODS:
-    close = difflib.get_close_matches(str(mode), methods.METHODS, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"METHOD = {mode!r} is not a method.{hint} Known: "
-                     f"{', '.join(methods.METHODS)}.")
-  cls = methods.METHODS[mode]
+  cls = methods.method_class(mode)
   method = dict(options or {}).get(mode) or cls()
   if not isinstance(method, cls):
     raise ValueError(f"The options given for METHOD = {mode!r} are a "
@@ -210,6 +205,30 @@ def build_model(*, initial_checkpoint_path: str,
     config = config.replace(dropout_rate=dropout_rate)
   if dtype is not None:
     config = config.replace(dtype=dtype)
+  return attach_method(config=config, params=params, method=method,
+                       prompt=prompt, mesh=mesh, rules=rules,
+                       vocabulary=vocabulary, rng=rng)
+
+
+def attach_method(*, config: T5Config, params: PyTree,
+                  method: methods.Method, prompt: PromptConfig,
+                  mesh: jax.sharding.Mesh, rules: partitioning.Rules,
+                  vocabulary: Any, rng: jax.Array) -> RunModel:
+  """The method's half of `build_model`, from frozen weights on.
+
+  Binds the method, switches on its hooks, wraps the model as a
+  `PromptedT5` when the method prepends a prompt and creates what the
+  weights lack (`_init_trainable`). `build_model` calls it on a loaded
+  checkpoint; the benchmark on random weights, so both build the same
+  model and trainable tree.
+
+  Args:
+    config: the frozen model's config (dtype, dropout already applied; its
+      `param_dtype` is the one new parameters are created in).
+    params: the frozen model's parameters (plain T5's tree), placed.
+    method: the configured method (`make_method`), not yet bound.
+    prompt, mesh, rules, vocabulary, rng: as for `build_model`.
+  """
   method = method.bind(config)
   config = config.replace(adapters=method.adapters(config))
   if method.trains_everything:
@@ -226,6 +245,9 @@ def build_model(*, initial_checkpoint_path: str,
       target = wayward.discrete_prompt(
           embedding, vocabulary, prompt.wayward_text or prompt.text, length)
       method = dataclasses.replace(method, wayward_target=target)
+    if "prompt_init" in {f.name for f in dataclasses.fields(method)}:
+      # Multitask prompts start their shared part from the run's init.
+      method = dataclasses.replace(method, prompt_init=init)
     model = PromptedT5(config, length, init, prompt.placement)
   else:
     model = T5(config)
@@ -252,8 +274,12 @@ def _init_trainable(model: nn.Module, config: T5Config,
   frozen_names = method_base.flat(frozen)
   produced = set(method.produced(config))
   prompt_name = "/".join(PROMPT_PATH)
-  new = sorted(n for n in boxed if n not in frozen_names and
-               n not in produced and n != prompt_name)
+  shapes = method_base.trainable_shapes(
+      method, config, {n: getattr(b, "value", b).shape
+                       for n, b in boxed.items()}, frozen_names)
+  # The prompt has its own initializer and the reparameterisation its specs
+  # (below): `new` is the rest, what `model.init` itself creates.
+  new = [n for n in shapes if n in boxed and n != prompt_name]
   out: Dict[str, Any] = {}
   if length and prompt_name not in produced:
     shape = (length, config.emb_dim)

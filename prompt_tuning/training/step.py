@@ -34,12 +34,16 @@ Batch = Mapping[str, jax.Array]
 
 def _loss_and_metrics(model: nn.Module, params: PyTree, batch: Batch,
                       dropout_rng: Optional[jax.Array], z_loss: float,
-                      loss_normalizing_factor: Optional[float]):
+                      loss_normalizing_factor: Optional[float],
+                      prompt: Optional[jax.Array] = None):
   rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
+  # A per-example prompt [B, P, H] (multitask prompts) replaces the model's.
+  extra = {} if prompt is None else {"prompt": prompt}
   logits = model.apply({"params": params}, batch["encoder_input_tokens"],
                        batch["decoder_input_tokens"],
                        batch["decoder_target_tokens"],
-                       enable_dropout=dropout_rng is not None, rngs=rngs)
+                       enable_dropout=dropout_rng is not None, rngs=rngs,
+                       **extra)
   return losses.cross_entropy_with_z_loss(
       logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
       z_loss, loss_normalizing_factor)
@@ -98,7 +102,7 @@ def train_step(state: TrainState, frozen: PyTree, batch: Batch, *,
       loss, metrics = _loss_and_metrics(
           model, merge_params(_model_params(method, p), frozen), micro,
           micro_rng if enable_dropout else None, z_loss,
-          loss_normalizing_factor)
+          loss_normalizing_factor, _example_prompt(method, p, micro))
       extra = None if method is None else method.penalty(p)
       if extra is not None:
         # Once per step: each of the k microbatches adds 1/k of it.
@@ -139,12 +143,17 @@ def eval_step(params: PyTree, frozen: PyTree, batch: Batch, *,
   """Teacher-forced summed loss and token accuracy (no dropout)."""
   _, metrics = _loss_and_metrics(
       model, merge_params(_model_params(method, params), frozen), batch,
-      None, z_loss, None)
+      None, z_loss, None, _example_prompt(method, params, batch))
   return metrics
 
 
 def _model_params(method: Optional[Method], trainable: PyTree) -> PyTree:
   return trainable if method is None else method.model_params(trainable)
+
+
+def _example_prompt(method: Optional[Method], trainable: PyTree,
+                    batch: Batch) -> Optional[jax.Array]:
+  return None if method is None else method.example_prompt(trainable, batch)
 
 
 def jit_train_step(model: nn.Module, tx: optax.GradientTransformation,

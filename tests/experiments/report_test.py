@@ -144,14 +144,16 @@ def test_summary_means_std_and_superglue_score(sweep_root):
     row = next(line for line in text.splitlines()
                if line.startswith(f"| {model} |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[2] == "0,1" + (" (incomplete: 2)" if model == "small"
+    assert cells[2] == ("30 (3%)" if model == "small" else "30 (0.333%)")
+    assert cells[3] == "0,1" + (" (incomplete: 2)" if model == "small"
                                 else "")
-    assert cells[3] == (f"{np.mean(per_seed):.2f} ± "
+    assert cells[4] == (f"{np.mean(per_seed):.2f} ± "
                         f"{np.std(per_seed, ddof=1):.2f}")
     header = next(line for line in text.splitlines()
                   if line.startswith("| model |"))
     columns = [c.strip() for c in header.strip("|").split("|")]
-    assert columns[:4] == ["model", "frozen params", "seeds",
+    assert columns[:5] == ["model", "frozen params",
+                           "trainable (% of frozen)", "seeds",
                            "SuperGLUE score"]
     cb = [_expected_task_score(model, s, "cb") for s in (0, 1)]
     assert cells[columns.index(_task("cb"))] == (

@@ -51,7 +51,13 @@ def test_size_curve_covers_the_paper_grid():
   sweep = sweeps.load(os.path.join(ROOT, "gin_configs", "sweeps",
                                    "size_curve.toml"))
   runs = sweeps.expand(sweep)
-  assert len(runs) == 5 * 2 * 8 * 3
+  # 5 sizes x 7 methods (the paper's prompt and model tuning, and the other
+  # five parameter-efficient methods) x 8 tasks x 3 seeds.
+  assert len(runs) == 5 * 7 * 8 * 3
+  assert {r.point["method"] for r in runs} == {
+      "prompt", "model", "deep_prompt", "prefix", "p_tuning", "ia3", "lora"}
+  lora = next(r for r in runs if r.point["method"] == "lora")
+  assert "METHOD = 'lora'" in lora.bindings
   xxl = next(r for r in runs if r.point["model"] == "xxl")
   assert ("INITIAL_CHECKPOINT_PATH = 'gs://t5-data/pretrained_models/t5x/"
           "t5_1_1_lm100k_xxl/checkpoint_1100000'") in xxl.bindings
@@ -76,4 +82,5 @@ def test_mini_study_ladder_is_committed_and_small():
   assert len(sizes) >= 3 and sizes == sorted(sizes)
   assert all(b >= 2 * a for a, b in zip(sizes, sizes[1:]))  # clearly apart
   assert sum(sizes) < 5 * 2**20
-  assert {v.name for v in sweep.axis("method").values} == {"prompt", "model"}
+  assert {v.name for v in sweep.axis("method").values} == {
+      "prompt", "model", "deep_prompt", "prefix", "ia3", "lora"}

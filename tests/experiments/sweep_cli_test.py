@@ -135,7 +135,8 @@ def test_report_matches_the_run_directories(swept):
     summary = f.read()
   scores = [float(rows[f"frozen-tiny__task-tiny_classify__seed-{s}"][
       "tiny_classify/score"]) for s in (0, 1)]
-  assert "| tiny | 74.4K | 0,1 |" in summary
+  # 96 of the frozen model's 74,368 parameters.
+  assert "| tiny | 74.4K | 96 (0.129%) | 0,1 |" in summary
   assert f"{sum(scores) / 2:.2f} ±" in summary
   assert "frozen-missing__task-tiny_classify__seed-0`: failed" in summary
   with open(os.path.join(root, "main.png"), "rb") as f:

@@ -1,0 +1,190 @@
+"""A method's trainable tree as a Hugging Face PEFT adapter, both ways.
+
+The bridge between a run (a `Method` and its trainable tree) and the
+per-format readers and writers: LoRA and IA3 go through `peft_io`, prefix
+tuning in PEFT's layout through `peft_prefix`, and prompt tuning and
+P-tuning through `prompts.peft` as PROMPT_TUNING of the (merged) prompt,
+which is what PEFT itself saves for P-tuning. What PEFT cannot represent is
+refused in one line saying why (`refusal`): deep prompts (PEFT has no
+per-layer encoder prompts), prefixes in Li & Liang's layout (PEFT's table
+feeds only the decoder's self-attention) and model tuning (not an adapter).
+Trees are '/'-joined names -> arrays; scanned trees ([layers, ...]) are
+unscanned for export and scanned again on import for a scanned model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import jax
+import numpy as np
+
+from prompt_tuning import methods
+from prompt_tuning.methods import base
+from prompt_tuning.methods import peft_io
+from prompt_tuning.methods import peft_prefix
+from prompt_tuning.methods import prefix as prefix_lib
+from prompt_tuning.models import T5
+from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.t5 import unscan_params
+from prompt_tuning.prompts import peft
+
+# PEFT types a run directory is made from (PROMPT_TUNING is a .npy prompt).
+RUN_TYPES = (peft_io.LORA, peft_io.IA3, peft_prefix.PREFIX_TUNING)
+_LAYER_RE = re.compile(r"^(encoder|decoder)/layers_(\d+)/(.*)$")
+
+
+def refusal(method: methods.Method) -> Optional[str]:
+  """Why PEFT cannot hold `method`'s adapter, or None when it can."""
+  if isinstance(method, methods.DeepPromptConfig):
+    return ("PEFT has no per-layer encoder prompts (its P-tuning v2 is "
+            "prefix tuning: keys and values, not prompts); evaluate the run "
+            "directory itself, or train METHOD = 'prefix' with "
+            "PrefixConfig.layout = 'peft'")
+  if isinstance(method, methods.PrefixConfig) and method.layout != "peft":
+    return ("PEFT's PREFIX_TUNING feeds only the decoder's self-attention, "
+            f"from one table of its own layout; {method.layout!r} prefixes "
+            f"({', '.join(method.attentions)}) have no PEFT form: train with "
+            "PrefixConfig.layout = 'peft'")
+  if method.trains_everything:
+    return ("model tuning changes every weight: there is no adapter; save "
+            "the model itself (pretrained.hf_export)")
+  if type(method) not in (methods.PromptTuning, methods.PTuningConfig,
+                          methods.LoraConfig, methods.IA3Config,
+                          methods.PrefixConfig):
+    return ("PEFT interchange here covers prompt, p_tuning, lora, ia3 and "
+            "prefix (layout 'peft') runs")
+  return None
+
+
+def export_run(method: methods.Method, trainable: Mapping[str, Any],
+               config: T5Config, directory: str,
+               base_model_name_or_path: Optional[str] = None) -> str:
+  """Writes a run's trainable tree as a PEFT adapter directory.
+
+  Args:
+    method: the run's method (options only; bound here).
+    trainable: '/'-joined names -> arrays, the run's trainable tree.
+    config: the frozen model's config.
+    directory: the adapter directory (created; adapter files replaced).
+    base_model_name_or_path: recorded for PEFT.
+
+  Returns:
+    The PEFT type written (LORA, IA3, PREFIX_TUNING or PROMPT_TUNING).
+
+  Raises:
+    ValueError: one line, for a method PEFT cannot represent, or a tree that
+      does not fit `config`.
+  """
+  why = refusal(method)
+  if why:
+    raise ValueError(f"A {method.name} run cannot be a PEFT adapter: {why}.")
+  config = config.replace(scan_layers=False)
+  method = method.bind(config)
+  names = {k: np.asarray(v, np.float32)
+           for k, v in unscan_params(dict(trainable)).items()}
+  base_path = base_model_name_or_path
+  if isinstance(method, methods.LoraConfig):
+    peft_io.export_lora(names, config, directory, rank=method.rank,
+                        alpha=method.alpha, rslora=method.rslora,
+                        dropout=method.dropout, targets=method.targets,
+                        base_model_name_or_path=base_path)
+    return peft_io.LORA
+  if isinstance(method, methods.IA3Config):
+    peft_io.export_ia3(names, config, directory, targets=method.targets,
+                       base_model_name_or_path=base_path)
+    return peft_io.IA3
+  if isinstance(method, methods.PrefixConfig):
+    table = np.asarray(method.table(base.nested(names)), np.float32)
+    peft_prefix.export_prefix(table, config, directory,
+                              base_model_name_or_path=base_path)
+    return peft_prefix.PREFIX_TUNING
+  if isinstance(method, methods.PromptTuning):
+    prompt = np.asarray(method.input_prompt(base.nested(names)), np.float32)
+    peft.export_adapter(prompt, config, directory, base_path or "")
+    return "PROMPT_TUNING"
+  raise ValueError(f"No PEFT form for METHOD = {method.name!r}.")
+
+
+def peft_type(directory: str) -> Any:
+  """The `peft_type` an adapter directory's config names."""
+  return peft.read_adapter_config(directory)[1].get("peft_type")
+
+
+def import_run(directory: str, config: T5Config
+               ) -> Tuple[methods.Method, Dict[str, np.ndarray]]:
+  """Reads a PEFT LORA, IA3 or PREFIX_TUNING adapter as a method and its
+  trainable tree for the frozen model `config`.
+
+  Returns:
+    (method, trainable): '/'-joined names -> float32 arrays, exactly the tree
+    `setup.build_model` creates for that method on `config` (scanned if
+    `config.scan_layers`).
+
+  Raises:
+    ValueError / FileNotFoundError: one line naming the adapter and the fix.
+  """
+  unscanned = config.replace(scan_layers=False)
+  kind = peft_type(directory)
+  if kind == peft_io.LORA:
+    options, names = peft_io.import_lora(directory, unscanned)
+    method = methods.LoraConfig(rank=options["rank"], alpha=options["alpha"],
+                                dropout=options["dropout"],
+                                rslora=options["rslora"],
+                                targets=options["targets"])
+  elif kind == peft_io.IA3:
+    options, names = peft_io.import_ia3(directory, unscanned)
+    method = methods.IA3Config(targets=options["targets"])
+  elif kind == peft_prefix.PREFIX_TUNING:
+    options, table = peft_prefix.import_prefix(directory, unscanned)
+    method = methods.PrefixConfig(length=options["length"], layout="peft")
+    names = {f"{prefix_lib.PREFIX}/table": table}
+  else:
+    raise ValueError(
+        f"{directory}: peft_type is {kind!r}; a run directory is made from "
+        f"{', '.join(RUN_TYPES)} adapters (PROMPT_TUNING becomes a .npy "
+        f"prompt).")
+  if config.scan_layers:
+    names = _scan(names)
+  _check_tree(method, config, names, directory)
+  return method, names
+
+
+def _scan(names: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """`<stack>/layers_<i>/<rest>` -> `<stack>/layers/<rest>` [layers, ...]."""
+  out, layers = {}, {}
+  for name, value in names.items():
+    match = _LAYER_RE.match(name)
+    if match is None:
+      out[name] = value
+      continue
+    stack, i, rest = match.groups()
+    layers.setdefault(f"{stack}/layers/{rest}", {})[int(i)] = value
+  for name, by_layer in layers.items():
+    out[name] = np.stack([by_layer[i] for i in sorted(by_layer)])
+  return out
+
+
+def _check_tree(method: methods.Method, config: T5Config,
+                names: Mapping[str, np.ndarray], where: str) -> None:
+  """The tree is exactly what the method trains on `config` (shapes only:
+  nothing is computed), so the run directory it goes into is usable."""
+  bound = method.bind(config)
+  adapted = config.replace(adapters=bound.adapters(config))
+  tokens = np.ones((1, 1), np.int32)
+
+  def shapes(cfg):
+    tree = jax.eval_shape(lambda: T5(cfg).init(jax.random.PRNGKey(0), tokens,
+                                               tokens, tokens)["params"])
+    return {k: getattr(v, "value", v).shape
+            for k, v in base.flat(tree).items()}
+
+  want = base.trainable_shapes(bound, adapted, shapes(adapted),
+                               shapes(config))
+  got = {k: tuple(np.shape(v)) for k, v in names.items()}
+  if got != want:
+    wrong = sorted(set(got) ^ set(want)) or sorted(
+        k for k in got if got[k] != want[k])
+    raise ValueError(f"{where}: the adapter's {method.name} tree does not fit "
+                     f"this model's (first difference: {wrong[0]!r}).")
