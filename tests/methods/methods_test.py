@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -416,3 +417,35 @@ def test_adapter_targets_match_names_and_paths():
   assert not adapters.matches((r"encoder/.*",), path)
   with pytest.raises(ValueError, match="not a regular expression"):
     AdapterConfig(lora_rank=1, lora_targets=("encoder/(",))
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_cached_decoding_with_every_hook_equals_teacher_forcing(scan_layers):
+  """Prefixes on all three attentions (the decoder's self-attention ones in
+  front of the KV cache, with their position bias), LoRA and IA3: each
+  cached decoding step gives the teacher-forced logits."""
+  from prompt_tuning.models import decoding  # pylint: disable=g-import-not-at-top
+  ad = AdapterConfig(lora_rank=2, lora_targets=("query", "value", "wo"),
+                     ia3_targets=("key", "value", "wo"), prefix_length=2,
+                     prefix_attentions=("encoder_self", "decoder_self",
+                                        "cross"))
+  config = CONFIG.replace(adapters=ad, scan_layers=scan_layers)
+  model = T5(config)
+  tokens = np.array([[5, 6, 7, 1, 0], [3, 4, 1, 0, 0]], np.int32)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), tokens, tokens[:, :3],
+                               tokens[:, :3])["params"]
+  params = _randomised(nn.unbox(params), seed=5)
+  length = 4
+  encoded, mask = model.apply({"params": params}, tokens,
+                              method="encode_with_mask")
+  targets = jax.random.randint(jax.random.PRNGKey(2), (2, length), 2,
+                               config.vocab_size)
+  inputs = decoding.shift_right(targets)
+  expected = model.apply({"params": params}, encoded, mask, inputs,
+                         jnp.ones_like(inputs), method="decode")
+  cache = decoding.init_cache(model, params, encoded, mask, length)
+  for i in range(length):
+    logits, cache = decoding.decode_step(model, params, cache, encoded, mask,
+                                         inputs[:, i], jnp.int32(i),
+                                         max_decode_length=length)
+    np.testing.assert_allclose(logits, expected[:, i], atol=1e-4, rtol=1e-4)
