@@ -197,9 +197,13 @@ def _check_model(config_file: str, adapter: Dict[str, Any],
           f"{want} {what}: the adapter was trained for another model.")
 
 
+# PEFT types whose adapter is a prompt table.
+PROMPT_TYPES = ("PROMPT_TUNING", "P_TUNING")
+
+
 def import_adapter(directory: str, embed_dim: Optional[int] = None,
                    model: Optional[T5Config] = None) -> np.ndarray:
-  """Reads a PEFT prompt-tuning adapter as a prompt.
+  """Reads a PEFT prompt-tuning (or P-tuning) adapter as a prompt.
 
   Args:
     directory: holds adapter_config.json and adapter_model.safetensors.
@@ -216,10 +220,15 @@ def import_adapter(directory: str, embed_dim: Optional[int] = None,
       disagrees with the config).
   """
   config_file, config = read_adapter_config(directory)
-  if config.get("peft_type") != "PROMPT_TUNING":
+  # PEFT saves a P-tuning adapter as its prompt encoder's output (the MLP or
+  # LSTM is never saved): the same table as PROMPT_TUNING's, used the same
+  # way, so it is a prompt here too.
+  if config.get("peft_type") not in PROMPT_TYPES:
     raise ValueError(
         f"{config_file}: peft_type is {config.get('peft_type')!r}; only "
-        "PROMPT_TUNING adapters are soft prompts this model can use.")
+        f"{' and '.join(PROMPT_TYPES)} adapters are soft prompts (LORA, IA3 "
+        f"and PREFIX_TUNING adapters import as run directories: pass "
+        f"--checkpoint).")
   submodules = config.get("num_transformer_submodules") or 1
   if submodules not in (1, 2):
     raise ValueError(

@@ -612,3 +612,29 @@ def test_prefix_to_peft_matches_peft(tmp_path, hf_dirs, name):
   model = peft.PeftModel.from_pretrained(_hf_model(hf_dirs[name]),
                                          str(tmp_path)).eval()
   _check_parity(name, ours, _hf_logits(model, config), "our prefix")
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("encoder", ["MLP", "LSTM"])
+def test_p_tuning_from_peft_matches_peft(tmp_path, hf_dirs, name, encoder):
+  """A PEFT P-tuning adapter (saved as its encoder's output) read as a
+  prompt: our PromptedT5 gives PEFT's logits."""
+  torch, _, peft = _torch()
+  from prompt_tuning.prompts import PromptedT5  # pylint: disable=g-import-not-at-top
+  config = CONFIGS[name]
+  torch.manual_seed(0)
+  model = peft.get_peft_model(_hf_model(hf_dirs[name]), peft.PromptEncoderConfig(
+      task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3,
+      encoder_reparameterization_type=encoder, encoder_hidden_size=8))
+  model.eval()
+  theirs = _hf_logits(model, config)
+  model.save_pretrained(str(tmp_path))
+  prompt = prompt_peft.import_adapter(str(tmp_path), config.emb_dim, config)
+  assert prompt.shape == (3, config.emb_dim)
+  params = traverse_util.unflatten_dict(
+      {tuple(k.split("/")): v for k, v in _frozen(name).items()})
+  params["encoder"]["prompt"] = {"prompt": prompt}
+  enc, dec, tgt = _batch(config)
+  ours = np.asarray(PromptedT5(config, 3).apply({"params": params}, enc, dec,
+                                                tgt))
+  _check_parity(name, ours, theirs, f"P-tuning {encoder} from PEFT")

@@ -145,7 +145,8 @@ def test_adapter_errors(tmp_path):
   peft.export_adapter(np.zeros((2, config.emb_dim)), config, directory)
   with open(os.path.join(directory, peft.CONFIG_FILE)) as f:
     adapter = json.load(f)
-  for change, message in (({"peft_type": "LORA"}, "only PROMPT_TUNING"),
+  for change, message in (({"peft_type": "LORA"},
+                           "only PROMPT_TUNING and P_TUNING"),
                           ({"num_transformer_submodules": 3},
                            "has 1 or 2"),
                           ({"num_transformer_submodules": 2}, "has shape"),
@@ -154,6 +155,11 @@ def test_adapter_errors(tmp_path):
       json.dump(dict(adapter, **change), f)
     with pytest.raises(ValueError, match=message):
       peft.import_adapter(directory)
+  # A P-tuning adapter is PEFT's saved prompt encoder output: a prompt.
+  with open(os.path.join(directory, peft.CONFIG_FILE), "w") as f:
+    json.dump(dict(adapter, peft_type="P_TUNING",
+                   encoder_reparameterization_type="LSTM"), f)
+  assert peft.import_adapter(directory).shape == (2, config.emb_dim)
   with open(os.path.join(directory, peft.CONFIG_FILE), "w") as f:
     json.dump(adapter, f)
   with pytest.raises(ValueError, match="differs from the frozen model"):
@@ -309,7 +315,8 @@ def test_import_adapter_messages_and_defaults(tmp_path):
   write(peft_type="LORA")
   with pytest.raises(ValueError, match=(
       rf"^{re.escape(config_file)}: peft_type is 'LORA'; only PROMPT_TUNING "
-      r"adapters are soft prompts this model can use\.$")):
+      r"and P_TUNING adapters are soft prompts \(LORA, IA3 and PREFIX_TUNING "
+      r"adapters import as run directories: pass --checkpoint\)\.$")):
     peft.import_adapter(directory)
   write(num_transformer_submodules=3)
   with pytest.raises(ValueError, match=(
