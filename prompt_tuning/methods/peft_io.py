@@ -212,7 +212,8 @@ def check_common(file: str, adapter: Mapping[str, Any],
   if found != peft_type:
     readers = {LORA: "import_lora", IA3: "import_ia3",
                "PREFIX_TUNING": "peft_prefix.import_prefix",
-               "PROMPT_TUNING": "prompts.peft.import_adapter"}
+               "PROMPT_TUNING": "prompts.peft.import_adapter",
+               "MULTITASK_PROMPT_TUNING": "peft_multitask.import_mpt"}
     fix = (f"read it with {readers[found]}" if found in readers else
            f"this model reads only {', '.join(readers)} adapters")
     raise ValueError(f"{file}: peft_type is {found!r}, not {peft_type}; "

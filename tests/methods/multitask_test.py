@@ -211,3 +211,54 @@ def test_mpt_equals_pefts_on_the_encoder(tmp_path):
                    labels=torch.tensor(targets, dtype=torch.long),
                    task_ids=torch.tensor(task_ids, dtype=torch.long)).logits
   np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("submodules", [1, 2])
+def test_mpt_adapter_files_both_ways(tmp_path, submodules):
+  """A PEFT-made MPT adapter imports to the same prompts PEFT computes; our
+  export loads in PEFT with the same tables."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  peft = pytest.importorskip("peft")
+  from prompt_tuning.methods import peft_multitask  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.models import T5  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.pretrained import hf_export  # pylint: disable=g-import-not-at-top
+  ones = np.ones((1, 1), np.int32)
+  params = jax.tree_util.tree_map(
+      np.asarray, jax.jit(T5(CONFIG).init)(jax.random.PRNGKey(0), ones, ones,
+                                          ones)["params"])
+  hf_dir = str(tmp_path / "hf")
+  hf_export.save_hf(jax.tree_util.tree_map(
+      lambda x: np.asarray(getattr(x, "value", x)), params,
+      is_leaf=lambda x: hasattr(x, "value")), CONFIG, hf_dir)
+  torch.manual_seed(0)
+  model = peft.get_peft_model(
+      transformers.T5ForConditionalGeneration.from_pretrained(hf_dir),
+      peft.MultitaskPromptTuningConfig(
+          task_type="SEQ_2_SEQ_LM", num_virtual_tokens=P, num_tasks=3,
+          num_ranks=2, num_transformer_submodules=submodules))
+  encoder = model.prompt_encoder["default"]
+  with torch.no_grad():
+    encoder.prefix_task_cols.normal_()
+    encoder.prefix_task_rows.normal_()
+    task_ids = torch.tensor([2, 0])
+    indices = torch.arange(P * submodules)[None].expand(2, -1)
+    theirs = encoder(indices, task_ids)[:, :P].numpy()
+  model.save_pretrained(str(tmp_path / "peft"))
+  options, names = peft_multitask.import_mpt(str(tmp_path / "peft"), CONFIG)
+  assert options == {"mode": "mpt", "length": P, "rank": 2, "num_tasks": 3}
+  method = methods.MultitaskPromptConfig(
+      mode="mpt", rank=2, length=P,
+      tasks=peft_multitask.task_names(3)).bind(CONFIG)
+  trainable = method_base.nested({k: jnp.asarray(v) for k, v in names.items()})
+  ours = np.asarray(method.prompts(trainable, jnp.array([2, 0])))
+  np.testing.assert_allclose(ours, theirs, atol=1e-5)
+  # Ours -> PEFT: the same tables back.
+  peft_multitask.export_mpt(names, CONFIG, str(tmp_path / "ours"))
+  reloaded = peft.PeftModel.from_pretrained(
+      transformers.T5ForConditionalGeneration.from_pretrained(hf_dir),
+      str(tmp_path / "ours"))
+  with torch.no_grad():
+    again = reloaded.prompt_encoder["default"](
+        torch.arange(P)[None].expand(2, -1), task_ids).numpy()
+  np.testing.assert_allclose(again, ours, atol=1e-5)
