@@ -229,10 +229,14 @@ class Encoder(nn.Module):
     return self.run_stack(x, input_mask, enable_dropout)
 
   def run_stack(self, x: Array, input_mask: Array,
-                enable_dropout: bool) -> Array:
+                enable_dropout: bool,
+                attention_mask: Optional[Array] = None) -> Array:
     """The encoder body; called from a compact `__call__` (this one or a
     subclass's that first prepends a prompt), so its children
-    (`relpos_bias`, `layers_{i}`, `encoder_norm`) keep their names."""
+    (`relpos_bias`, `layers_{i}`, `encoder_norm`) keep their names.
+
+    `attention_mask` [B, 1, T, T] bool, when given, replaces "every real
+    position sees every real position" (prompt attention variants)."""
     cfg = self.config
     deterministic = not enable_dropout
     length = x.shape[1]
@@ -246,7 +250,9 @@ class Encoder(nn.Module):
     # that every layer re-reads.
     mask = input_mask[:, None, :, None] & input_mask[:, None, None, :]
     lengths = None
-    if cfg.attention_impl == "fused":
+    if attention_mask is not None:
+      mask = mask & attention_mask  # lengths cannot say it: the mask path
+    elif cfg.attention_impl == "fused":
       n = layers.real_lengths(input_mask)  # [B]
       lengths = (n, n)
     x = _dropout(cfg.dropout_rate, deterministic, x)

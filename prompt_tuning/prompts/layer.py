@@ -85,6 +85,58 @@ def suffix_positions(input_mask: Array, input_tokens: Array,
   return jnp.where(jnp.any(is_eos, axis=1), first_eos, after_last)
 
 
+# Who may attend to whom in a prompted encoder (the official code's
+# extended/masks.py types). The paper, and the default: all but the causal
+# variant, i.e. every real position sees every real position.
+PROMPT_ATTENTION = ("input->input", "input->prompt", "prompt->prompt",
+                    "prompt->prompt;causal", "prompt->input")
+FULL_ATTENTION = ("input->input", "input->prompt", "prompt->prompt",
+                  "prompt->input")
+
+
+def check_prompt_attention(allowed) -> tuple:
+  """The allowed attention types, checked; input->input and input->prompt
+  are always on (the official code forces them too, with a warning)."""
+  allowed = tuple(allowed)
+  unknown = sorted(set(allowed) - set(PROMPT_ATTENTION))
+  if unknown:
+    raise ValueError(f"Prompt attention types {unknown} unknown; use some of "
+                     f"{PROMPT_ATTENTION}.")
+  missing = [t for t in ("input->input", "input->prompt") if t not in allowed]
+  if missing:
+    raise ValueError(f"Prompt attention must allow {missing}: the inputs "
+                     f"always see themselves and the prompt.")
+  return allowed
+
+
+def prompt_attention_mask(prompt_length: int, length: int,
+                          allowed) -> Array:
+  """[1, 1, P + T, P + T] bool: which query may see which key, for a prompt
+  in front ('prefix' placement), from the allowed types.
+
+  Prompt->prompt: all ('prompt->prompt'), lower-triangular
+  ('prompt->prompt;causal', which wins when both are given, as officially),
+  or each prompt position itself only (neither). Padding is masked
+  separately.
+  """
+  allowed = check_prompt_attention(allowed)
+  total = prompt_length + length
+  is_prompt = jnp.arange(total) < prompt_length
+  q, k = is_prompt[:, None], is_prompt[None, :]
+  mask = ~q & ~k  # input->input
+  mask = mask | (~q & k)  # input->prompt
+  if "prompt->input" in allowed:
+    mask = mask | (q & ~k)
+  if "prompt->prompt;causal" in allowed:
+    block = jnp.tril(jnp.ones((total, total), bool))
+  elif "prompt->prompt" in allowed:
+    block = jnp.ones((total, total), bool)
+  else:
+    block = jnp.eye(total, dtype=bool)
+  mask = mask | (q & k & block)
+  return mask[None, None]
+
+
 def insert_positions(placement: str, input_mask: Array, input_tokens: Array,
                      eos_id: int = 1) -> Array:
   """[B] int32: where each example's prompt starts, for any placement."""

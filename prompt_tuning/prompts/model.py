@@ -25,10 +25,13 @@ from flax import traverse_util
 from prompt_tuning.models.t5 import Encoder
 from prompt_tuning.models.t5 import T5
 from prompt_tuning.prompts import initializers
+from prompt_tuning.prompts.layer import FULL_ATTENTION
 from prompt_tuning.prompts.layer import PLACEMENTS
 from prompt_tuning.prompts.layer import Prompt
+from prompt_tuning.prompts.layer import check_prompt_attention
 from prompt_tuning.prompts.layer import combine
 from prompt_tuning.prompts.layer import combine_mask
+from prompt_tuning.prompts.layer import prompt_attention_mask
 
 Array = jax.Array
 PyTree = Any
@@ -37,12 +40,17 @@ PyTree = Any
 prompt_param_path = ("encoder", "prompt", "prompt")
 
 
-def _validate(prompt_length: int, placement: str) -> None:
+def _validate(prompt_length: int, placement: str,
+              attention: Tuple[str, ...] = FULL_ATTENTION) -> None:
   if placement not in PLACEMENTS:
     raise ValueError(f"Prompt placement {placement!r} is not one of "
                      f"{PLACEMENTS}.")
   if prompt_length < 1:
     raise ValueError(f"prompt_length must be >= 1; got {prompt_length}.")
+  check_prompt_attention(attention)
+  if set(attention) != set(FULL_ATTENTION) and placement != "prefix":
+    raise ValueError("Prompt attention variants assume the prompt in front: "
+                     "use placement 'prefix' with them.")
 
 
 class PromptedEncoder(Encoder):
@@ -57,12 +65,15 @@ class PromptedEncoder(Encoder):
   placement: str = "prefix"
   # EOS id that 'suffix' inserts before.
   eos_id: int = 1
+  # Allowed attention types (prompts.layer.PROMPT_ATTENTION); the default
+  # lets every real position see every real position.
+  attention: Tuple[str, ...] = FULL_ATTENTION
 
   # mutmut's trampoline turns a method into class-level helpers; flax wraps
   # those as scoped methods, which __post_init__ (run before a scope exists)
   # cannot be.
   def __post_init__(self):  # pragma: no mutate block
-    _validate(self.prompt_length, self.placement)
+    _validate(self.prompt_length, self.placement, self.attention)
     super().__post_init__()
 
   @nn.compact
@@ -86,9 +97,14 @@ class PromptedEncoder(Encoder):
     learned = Prompt(self.prompt_length, x.shape[-1], self.prompt_init,
                      cfg.param_dtype, name="prompt")()  # [P, H]
     prompt = learned if prompt is None else prompt
+    length = x.shape[1]
     x, mask = combine(prompt, x, input_mask, input_tokens, self.placement,
                       self.eos_id)  # [B, T, H] -> [B, P + T, H]
-    return self.run_stack(x, mask, enable_dropout)
+    attention = None
+    if set(self.attention) != set(FULL_ATTENTION):
+      attention = prompt_attention_mask(prompt.shape[-2], length,
+                                        self.attention)
+    return self.run_stack(x, mask, enable_dropout, attention)
 
 
 class PromptedT5(T5):
@@ -108,15 +124,18 @@ class PromptedT5(T5):
   placement: str = "prefix"
   # EOS id that 'suffix' inserts before (1 in T5's SentencePiece vocabularies).
   eos_id: int = 1
+  # Allowed attention types in the encoder (prompts.layer.PROMPT_ATTENTION).
+  attention: Tuple[str, ...] = FULL_ATTENTION
 
   # No mutants: see PromptedEncoder.__post_init__.
   def __post_init__(self):  # pragma: no mutate block
-    _validate(self.prompt_length, self.placement)
+    _validate(self.prompt_length, self.placement, self.attention)
     super().__post_init__()
 
   def make_encoder(self) -> nn.Module:
     return PromptedEncoder(self.config, self.prompt_length, self.prompt_init,
-                           self.placement, self.eos_id)
+                           self.placement, self.eos_id,
+                           tuple(self.attention))
 
   def encode_with_mask(self, encoder_input_tokens: Array,
                        enable_dropout: bool = False,

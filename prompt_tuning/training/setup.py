@@ -29,6 +29,8 @@ from prompt_tuning.models import T5
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.prompts import PromptedT5
 from prompt_tuning.prompts import initializers
+from prompt_tuning.prompts.layer import FULL_ATTENTION
+from prompt_tuning.prompts.layer import check_prompt_attention
 from prompt_tuning.training.state import PROMPT_PATH
 from prompt_tuning.training.state import TrainState
 
@@ -65,10 +67,16 @@ class PromptConfig:
   wayward_gamma: float = 0.0
   # The discrete prompt to stay near; empty means `text`.
   wayward_text: str = ""
+  # Who may attend to whom in the encoder (the official extended/masks.py
+  # types, prompts.layer.PROMPT_ATTENTION); the default is full attention
+  # among real positions, the paper's. Variants need placement 'prefix'.
+  attention: Tuple[str, ...] = FULL_ATTENTION
 
   def __post_init__(self):
     # Gin hands lists; a frozen config wants a hashable tuple.
     object.__setattr__(self, "class_labels", tuple(self.class_labels))
+    object.__setattr__(self, "attention", tuple(self.attention))
+    check_prompt_attention(self.attention)
     if self.init not in PROMPT_INITS:
       raise ValueError(f"Unknown prompt init {self.init!r}; use one of "
                        f"{PROMPT_INITS}.")
@@ -248,7 +256,8 @@ def attach_method(*, config: T5Config, params: PyTree,
     if "prompt_init" in {f.name for f in dataclasses.fields(method)}:
       # Multitask prompts start their shared part from the run's init.
       method = dataclasses.replace(method, prompt_init=init)
-    model = PromptedT5(config, length, init, prompt.placement)
+    model = PromptedT5(config, length, init, prompt.placement,
+                       attention=prompt.attention)
   else:
     model = T5(config)
   trainable = _init_trainable(model, config, method, params, init, length,

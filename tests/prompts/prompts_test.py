@@ -459,3 +459,48 @@ def test_from_file_round_trip_and_errors(tmp_path):
     from_file(ints)
   with pytest.raises(FileNotFoundError, match="missing.npy"):
     from_file(str(tmp_path / "missing.npy"))
+
+
+def test_prompt_attention_variants_are_the_official_masks():
+  from prompt_tuning.prompts.layer import prompt_attention_mask  # pylint: disable=g-import-not-at-top
+  full = np.asarray(prompt_attention_mask(
+      2, 2, ("input->input", "input->prompt", "prompt->prompt",
+             "prompt->input")))[0, 0]
+  assert full.all()
+  causal = np.asarray(prompt_attention_mask(
+      2, 2, ("input->input", "input->prompt", "prompt->prompt",
+             "prompt->prompt;causal")))[0, 0]  # causal wins, as officially
+  np.testing.assert_array_equal(causal, [[1, 0, 0, 0], [1, 1, 0, 0],
+                                         [1, 1, 1, 1], [1, 1, 1, 1]])
+  with pytest.raises(ValueError, match="must allow"):
+    prompt_attention_mask(2, 2, ("input->input",))
+  with pytest.raises(ValueError, match="unknown"):
+    prompt_attention_mask(2, 2, ("input->input", "input->prompt", "all"))
+
+
+def test_prompt_positions_ignore_the_input_without_prompt_to_input():
+  """Encoder outputs at prompt positions depend on the input tokens only
+  when prompt->input is allowed; the default is the full-attention model."""
+  config = t5_config("t5_1_1_tiny", dtype="float32")
+  tokens = np.array([[5, 6, 7, 1, 0]], np.int32)
+  other = np.array([[9, 6, 7, 1, 0]], np.int32)
+  init = random_uniform(0.5)
+  for attention, depends in (
+      (("input->input", "input->prompt", "prompt->prompt"), False),
+      (("input->input", "input->prompt", "prompt->prompt", "prompt->input"),
+       True)):
+    model = PromptedT5(config, 2, init, attention=attention)
+    params = model.init(jax.random.PRNGKey(0), tokens, tokens[:, :2],
+                        tokens[:, :2])["params"]
+    encode = lambda t: np.asarray(model.apply(
+        {"params": params}, t, method="encode"))[0, :2]
+    assert (not np.allclose(encode(tokens), encode(other))) == depends
+  default = PromptedT5(config, 2, init)
+  np.testing.assert_allclose(
+      np.asarray(default.apply({"params": params}, tokens, method="encode")),
+      np.asarray(model.apply({"params": params}, tokens, method="encode")),
+      atol=1e-6)
+  with pytest.raises(ValueError, match="placement 'prefix'"):
+    PromptedT5(config, 2, init, placement="suffix",
+               attention=("input->input", "input->prompt")).init(
+                   jax.random.PRNGKey(0), tokens, tokens, tokens)
