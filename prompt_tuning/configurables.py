@@ -69,7 +69,7 @@ def task_class_labels(task: str) -> Tuple[str, ...]:
 # Adafactor learning rates per method for `method_learning_rate`: the paper's
 # 0.3 for prompts; for the others the rate that trained the quickstart best
 # in a small search (100 steps; docs/training.md), a starting point to sweep.
-METHOD_LEARNING_RATES = {"prompt": 0.3, "deep_prompt": 0.3, "prefix": 0.3,
+METHOD_LEARNING_RATES = {"prompt": 0.3, "deep_prompt": 0.3, "prefix": 0.01,
                          "multitask_prompt": 0.3,
                          "p_tuning": 0.01, "ia3": 0.03, "lora": 1e-3,
                          "model": 1e-3}
