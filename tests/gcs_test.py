@@ -170,7 +170,9 @@ def test_emit_puts_runs_in_the_bucket_and_scripts_in_a_local_out(gcs_server,
   assert result.returncode == 0, result.stderr[-3000:]
   with open(os.path.join(out, "commands.txt")) as f:
     commands = f.read().splitlines()
-  assert len(commands) == 20
+  # One command per run of the sweep file's grid.
+  from prompt_tuning.experiments import sweeps  # pylint: disable=g-import-not-at-top
+  assert len(commands) == len(sweeps.expand(sweeps.load(sweep))) == 44
   assert all(f"--gin_bindings=MODEL_DIR = '\"'\"'{root}/" in c
              for c in commands), commands[0]
   with open(os.path.join(out, "slurm_array.sbatch")) as f:

@@ -24,6 +24,9 @@ import pytest
 
 from prompt_tuning.bench import ours
 from prompt_tuning.bench.spec import RunSpec
+from prompt_tuning.models import T5
+from prompt_tuning.prompts import PromptedT5
+from prompt_tuning.prompts import initializers
 from prompt_tuning.training import optimizers
 from prompt_tuning.training import step as step_lib
 from prompt_tuning.training.state import create_train_state
@@ -51,13 +54,18 @@ def _lowered_for_cuda(mode: str, remat: str, scan: bool,
                  warmup=0, remat=remat, scan=scan, attention="fused",
                  frozen_dtype="bfloat16", dtype="bfloat16")
   config = ours.model_config(spec)
-  model = ours.build_model(config, spec)
+  # The bench's two classic shapes: a prompt of P vectors, or plain T5.
+  model = (PromptedT5(config, PROMPT, initializers.random_uniform(0.5))
+           if mode == "prompt" else T5(config))
   tx = optimizers.adafactor(optimizers.PROMPT_TUNING if mode == "prompt"
                             else optimizers.MODEL_TUNING)
 
   def init_state():
-    trainable, frozen = split_trainable(ours.random_params(config, spec),
-                                        mode)
+    params = ours.random_params(config, spec)  # plain T5's tree
+    if mode == "prompt":
+      params["encoder"]["prompt"] = {"prompt": jax.numpy.zeros(
+          (PROMPT, config.emb_dim), jax.numpy.float32)}
+    trainable, frozen = split_trainable(params, mode)
     return create_train_state(trainable, tx, jax.random.PRNGKey(1)), frozen
 
   state, frozen = jax.eval_shape(init_state)

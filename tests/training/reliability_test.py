@@ -130,7 +130,7 @@ def run_copy(finished, tmp_path):
      r"you mean TRAIN_STEPS\?"),
     ("--gin.TrainConfig.train_stepz=10", r"Unknown parameter "
      r"TrainConfig.train_stepz. Did you mean TrainConfig.train_steps\?"),
-    ("--gin.PromptConfg.length=4", r"Did you mean PromptConfig\?"),
+    ("--gin.PromptConfg.length=4", r"Did you mean PromptConfig\b"),
     ("--gin.evaluate.split='test'", r"this command \(train\) never calls "
      r"evaluate"),
     ("--gin.TRAIN_STEPS=abc", r"--gin.TRAIN_STEPS=abc: 'abc' is not a gin "
