@@ -286,6 +286,20 @@ def _number(x: float):
 # LoRA.
 
 
+def _export_selection(what: str, targets: Sequence[str], config: T5Config,
+                      params: Mapping[str, Any], names: Sequence[str]
+                      ) -> Tuple[Dict[str, Tuple[str, int, int]], List[str]]:
+  """(the model's projections, those `targets` select), checking that
+  `params` holds exactly `<projection>/<name>` for each selected one."""
+  modules = projection_modules(config)
+  selected = _selected_by_ours(targets, modules)
+  if not selected:
+    raise ValueError(f"{what} targets {tuple(targets)} select no projection "
+                     "of this model.")
+  check_param_names(params, {f"{p}/{n}" for p in selected for n in names})
+  return modules, selected
+
+
 def export_lora(params: Mapping[str, np.ndarray], config: T5Config,
                 directory: str, *, rank: int, alpha: float,
                 rslora: bool = False, dropout: float = 0.0,
@@ -305,13 +319,8 @@ def export_lora(params: Mapping[str, np.ndarray], config: T5Config,
   Returns:
     The directory.
   """
-  modules = projection_modules(config)
-  selected = _selected_by_ours(targets, modules)
-  if not selected:
-    raise ValueError(f"LoRA targets {tuple(targets)} select no projection of "
-                     "this model.")
-  check_param_names(params, {f"{p}/lora_{ab}" for p in selected
-                              for ab in "ab"})
+  modules, selected = _export_selection("LoRA", targets, config, params,
+                                        ("lora_a", "lora_b"))
   tensors = {}
   for path in selected:
     name, d_in, d_out = modules[path]
@@ -443,12 +452,8 @@ def export_ia3(params: Mapping[str, np.ndarray], config: T5Config,
   Returns:
     The directory.
   """
-  modules = projection_modules(config)
-  selected = _selected_by_ours(targets, modules)
-  if not selected:
-    raise ValueError(f"IA3 targets {tuple(targets)} select no projection of "
-                     "this model.")
-  check_param_names(params, {f"{p}/ia3_scaling" for p in selected})
+  modules, selected = _export_selection("IA3", targets, config, params,
+                                        ("ia3_scaling",))
   tensors = {}
   for path in selected:
     name, d_in, d_out = modules[path]

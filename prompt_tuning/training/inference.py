@@ -28,7 +28,6 @@ from prompt_tuning import metrics
 from prompt_tuning import partitioning
 from prompt_tuning import storage
 from prompt_tuning.models import decoding
-from prompt_tuning.prompts import merge_params
 from prompt_tuning.training import losses
 from prompt_tuning.training import step as step_lib
 from prompt_tuning.training.setup import RunModel
@@ -66,7 +65,7 @@ class DecodeConfig:
 def _predict(params: PyTree, frozen: PyTree, batch: Mapping[str, jax.Array],
              *, model, decode: DecodeConfig, length: int,
              method=None) -> jax.Array:
-  full = merge_params(_model_params(method, params), frozen)
+  full = step_lib.full_params(method, params, frozen)
   encoded, mask = _encode(model, full, method, params, batch)
   if decode.method == "greedy":
     return decoding.greedy_decode_encoded(model, full, encoded, mask, length,
@@ -77,14 +76,10 @@ def _predict(params: PyTree, frozen: PyTree, batch: Mapping[str, jax.Array],
   return tokens[:, 0]
 
 
-def _model_params(method, params: PyTree) -> PyTree:
-  return params if method is None else method.model_params(params)
-
-
 def _encode(model, full: PyTree, method, params: PyTree,
             batch: Mapping[str, jax.Array]):
   """(encoded, mask) with the method's per-example prompt if it has one."""
-  prompt = None if method is None else method.example_prompt(params, batch)
+  prompt = step_lib.example_prompt(method, params, batch)
   extra = {} if prompt is None else {"prompt": prompt}
   return model.apply({"params": full}, batch["encoder_input_tokens"],
                      method="encode_with_mask", **extra)
@@ -93,7 +88,7 @@ def _encode(model, full: PyTree, method, params: PyTree,
 def _rank(params: PyTree, frozen: PyTree, batch: Mapping[str, jax.Array],
           candidates: jax.Array, *, model, method=None) -> jax.Array:
   """[B, C] log-likelihood of each candidate target row [C, L] per example."""
-  full = merge_params(_model_params(method, params), frozen)
+  full = step_lib.full_params(method, params, frozen)
   encoded, mask = _encode(model, full, method, params, batch)
   batch_size = encoded.shape[0]
   # C is small (the label words): a static loop reuses one encoder pass.

@@ -100,9 +100,9 @@ def train_step(state: TrainState, frozen: PyTree, batch: Batch, *,
   def grad_fn(trainable, micro, micro_rng):
     def loss_fn(p):
       loss, metrics = _loss_and_metrics(
-          model, merge_params(_model_params(method, p), frozen), micro,
+          model, full_params(method, p, frozen), micro,
           micro_rng if enable_dropout else None, z_loss,
-          loss_normalizing_factor, _example_prompt(method, p, micro))
+          loss_normalizing_factor, example_prompt(method, p, micro))
       extra = None if method is None else method.penalty(p)
       if extra is not None:
         # Once per step: each of the k microbatches adds 1/k of it.
@@ -142,17 +142,24 @@ def eval_step(params: PyTree, frozen: PyTree, batch: Batch, *,
               method: Optional[Method] = None) -> Dict[str, jax.Array]:
   """Teacher-forced summed loss and token accuracy (no dropout)."""
   _, metrics = _loss_and_metrics(
-      model, merge_params(_model_params(method, params), frozen), batch,
-      None, z_loss, None, _example_prompt(method, params, batch))
+      model, full_params(method, params, frozen), batch,
+      None, z_loss, None, example_prompt(method, params, batch))
   return metrics
 
 
-def _model_params(method: Optional[Method], trainable: PyTree) -> PyTree:
-  return trainable if method is None else method.model_params(trainable)
+def full_params(method: Optional[Method], trainable: PyTree,
+                frozen: PyTree) -> PyTree:
+  """The model's whole tree: the method's model params (a
+  reparameterisation merged; the trainable tree itself without a method)
+  and the frozen weights. Every step and decoding function uses this."""
+  model_params = (trainable if method is None else
+                  method.model_params(trainable))
+  return merge_params(model_params, frozen)
 
 
-def _example_prompt(method: Optional[Method], trainable: PyTree,
-                    batch: Batch) -> Optional[jax.Array]:
+def example_prompt(method: Optional[Method], trainable: PyTree,
+                   batch: Batch) -> Optional[jax.Array]:
+  """[B, P, H] the method's per-example prompt for `batch`, or None."""
   return None if method is None else method.example_prompt(trainable, batch)
 
 
