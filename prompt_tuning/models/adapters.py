@@ -18,7 +18,12 @@ path says what it does:
   [P, heads, kv], keys and values every query of that attention also sees.
 - Per-layer prompts (the official code's `per_layer` prompts, deep prompt
   tuning): `<encoder layer>/layer_prompt` [P, H] that replaces, or is added
-  to, the first P positions of the stream before the layer.
+  to, the first P positions of the stream before the layer. A decoder layer's
+  `layer_prompt` [P, H] replaces P positions placed before the decoder's
+  first token: those positions' keys and values are then the layer's own
+  norm and key/value projections of the prompt, so they enter the decoder
+  self-attention as a computed prefix (the same relative positions, the same
+  KV-cache path), and no prompt position is run or decoded.
 
 Targets are matched against the '/'-joined module path of each projection
 (`encoder/layers_3/attention/query`; `encoder/layers/attention/query` under
@@ -91,6 +96,9 @@ class AdapterConfig:
   layer_prompt_length: int = 0
   # 'replace' the first P positions before every layer, or 'add' to them.
   layer_prompt_mode: str = "replace"
+  # Per-layer decoder prompt length (replace only; see the module docstring);
+  # 0 = off.
+  decoder_layer_prompt_length: int = 0
 
   def __post_init__(self):
     for name in ("lora_targets", "ia3_targets", "prefix_attentions"):
@@ -113,6 +121,12 @@ class AdapterConfig:
                                   not self.prefix_attentions):
       raise ValueError("A prefix needs a length >= 1 and at least one of "
                        f"{PREFIX_ATTENTIONS}.")
+    if self.decoder_layer_prompt_length < 0 or (
+        self.decoder_layer_prompt_length and
+        "decoder_self" in self.prefix_attentions):
+      raise ValueError("Decoder per-layer prompts are a decoder self-attention "
+                       "prefix of their own: do not combine them with a "
+                       "'decoder_self' prefix.")
     if self.layer_prompt_mode not in LAYER_PROMPT_MODES:
       raise ValueError(f"Per-layer prompt mode {self.layer_prompt_mode!r} is "
                        f"not one of {LAYER_PROMPT_MODES}.")
@@ -126,5 +140,8 @@ class AdapterConfig:
     return self.lora_alpha / denominator
 
   def prefix_for(self, attention: str) -> int:
-    """P for one kind of attention (0 when it has no prefix)."""
+    """P for one kind of attention (0 when it has no prefix); the decoder's
+    per-layer prompts count as its self-attention's prefix."""
+    if attention == "decoder_self" and self.decoder_layer_prompt_length:
+      return self.decoder_layer_prompt_length
     return self.prefix_length if attention in self.prefix_attentions else 0

@@ -365,7 +365,8 @@ class MultiHeadAttention(nn.Module):
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Optional[Array],
                mask: Array, decode_position: Optional[Array] = None,
-               lengths: Optional[Tuple[Array, Array]] = None) -> Array:
+               lengths: Optional[Tuple[Array, Array]] = None,
+               prefix_inputs: Optional[Array] = None) -> Array:
     """Attends `inputs_q` to `inputs_kv`.
 
     Args:
@@ -379,6 +380,9 @@ class MultiHeadAttention(nn.Module):
       lengths: optional ([B] real queries, [B] real keys) int32 >= 1, the
         same mask as `mask` for right-padded rows (the fused path uses it;
         see `_fused_attention`).
+      prefix_inputs: [1 or B, P, H] normed stream rows whose keys and values
+        (this attention's own projections) are the prefix, instead of
+        learned `prefix_key` / `prefix_value` (decoder per-layer prompts).
 
     Returns:
       [B, q, H] in `dtype`.
@@ -396,8 +400,13 @@ class MultiHeadAttention(nn.Module):
                              deterministic=self.deterministic)
     split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))
     query = split(proj(kernel_init=query_init, name="query")(inputs_q))
-    key = split(proj(name="key")(inputs_kv))
-    value = split(proj(name="value")(inputs_kv))
+    key_proj, value_proj = proj(name="key"), proj(name="value")
+    key = split(key_proj(inputs_kv))
+    value = split(value_proj(inputs_kv))
+    computed = None
+    if prefix_inputs is not None:
+      computed = (split(key_proj(prefix_inputs)),
+                  split(value_proj(prefix_inputs)))  # [1 or B, P, heads, kv]
     query = constrain(query, ("batch", "length", "heads", "kv"))
     key = constrain(key, ("batch", "length", "heads", "kv"))
     value = constrain(value, ("batch", "length", "heads", "kv"))
@@ -406,7 +415,7 @@ class MultiHeadAttention(nn.Module):
       key, value = self._update_cache(key, value, decode_position)
     if self.prefix_length:
       key, value, mask, lengths = self._prepend_prefix(key, value, mask,
-                                                       lengths)
+                                                       lengths, computed)
 
     weight_dropout = not self.deterministic and self.dropout_rate > 0
     # `init` takes the reference path: same parameters, and no cuDNN checks
@@ -433,8 +442,11 @@ class MultiHeadAttention(nn.Module):
                  name="out")(out)
 
   def _prepend_prefix(self, key: Array, value: Array, mask: Array,
-                      lengths: Optional[Tuple[Array, Array]]):
-    """Puts the learned prefix [P, heads, kv] in front of the keys/values.
+                      lengths: Optional[Tuple[Array, Array]],
+                      computed: Optional[Tuple[Array, Array]] = None):
+    """Puts the prefix [P, heads, kv] in front of the keys/values: learned
+    (`prefix_key`, `prefix_value`), or `computed` ([1 or B, P, heads, kv]
+    keys and values).
 
     Every query sees every prefix position (the mask gains P True columns).
     Right-padded key lengths stay right-padded (+P); a causal attention's
@@ -445,11 +457,12 @@ class MultiHeadAttention(nn.Module):
     axes = ("prompt", "heads", "kv")
     init = nn.initializers.normal(stddev=1.0)  # PEFT's nn.Embedding init
     batch = key.shape[0]
-    prefixes = []
-    for name in ("prefix_key", "prefix_value"):
-      p = param_with_axes(self, name, init, shape, axes, self.param_dtype)
-      prefixes.append(jnp.broadcast_to(p.astype(key.dtype)[None],
-                                       (batch,) + shape))
+    if computed is None:
+      computed = tuple(
+          param_with_axes(self, name, init, shape, axes, self.param_dtype)[None]
+          for name in ("prefix_key", "prefix_value"))
+    prefixes = [jnp.broadcast_to(p.astype(key.dtype), (batch,) + shape)
+                for p in computed]
     key = jnp.concatenate([prefixes[0], key], axis=1)  # [B, k, ...] -> [B, P + k, ...]
     value = jnp.concatenate([prefixes[1], value], axis=1)
     seen = jnp.ones(mask.shape[:3] + (self.prefix_length,), bool)

@@ -140,9 +140,18 @@ class DecoderLayer(nn.Module):
         cfg.num_heads, cfg.head_dim, cfg.dropout_rate, self.deterministic,
         cfg.dtype, cfg.param_dtype, cfg.attention_impl, causal, adapters=ad,
         prefix_length=ad.prefix_for(kind), name=name)
-    y = norm("pre_self_attention_layer_norm")(x)
+    self_norm = norm("pre_self_attention_layer_norm")
+    y = self_norm(x)
+    prompt = None
+    if ad.decoder_layer_prompt_length:
+      # The replaced positions' layer input is the prompt itself.
+      prompt = self_norm(layers.param_with_axes(
+          self, "layer_prompt", _uniform_half,
+          (ad.decoder_layer_prompt_length, x.shape[-1]),
+          ("prompt", "prompt_embed"), cfg.param_dtype).astype(x.dtype)[None])
     y = attention("self_attention", "decoder_self", causal=True)(
-        y, y, self_bias, self_mask, decode_position, lengths=self_lengths)
+        y, y, self_bias, self_mask, decode_position, lengths=self_lengths,
+        prefix_inputs=prompt)
     x = x + _dropout(cfg.dropout_rate, self.deterministic, y)
     y = norm("pre_cross_attention_layer_norm")(x)
     y = attention("encoder_decoder_attention", "cross")(

@@ -29,6 +29,7 @@ from prompt_tuning.methods import p_tuning as p_tuning_lib
 from prompt_tuning.methods import prefix as prefix_lib
 from prompt_tuning.methods import wayward
 from prompt_tuning.models import T5
+from prompt_tuning.models import t5 as t5_lib
 from prompt_tuning.models import t5_config
 from prompt_tuning.models.adapters import AdapterConfig
 from prompt_tuning.prompts import merge_params
@@ -47,9 +48,10 @@ P = 3
 # Method -> (options, the trainable names it must have, as regexes).
 CASES = {
     "prompt": (None, [r"encoder/prompt/prompt"]),
-    "deep_prompt": (methods.DeepPromptConfig(mode="add"),
+    "deep_prompt": (methods.DeepPromptConfig(mode="add",
+                                             stacks=("encoder", "decoder")),
                     [r"encoder/prompt/prompt",
-                     r"encoder/layers_\d/layer_prompt"]),
+                     r"(encoder|decoder)/layers_\d/layer_prompt"]),
     "prefix": (methods.PrefixConfig(length=2),
                [r"prefix/table"]),
     "p_tuning": (methods.PTuningConfig(encoder="lstm", hidden=8,
@@ -397,6 +399,8 @@ def _cli(*bindings):
      "error: IA3 targets: 'k' is not a projection of T5"),
     ("--gin.PrefixConfig.layout='hf'",
      "error: PrefixConfig.layout = 'hf' is not one of"),
+    ("--gin.DeepPromptConfig.stacks=['encoder','dec']",
+     "error: DeepPromptConfig.stacks = ('encoder', 'dec'): give one or both"),
 ])
 def test_gin_errors_for_methods_are_one_line(binding, message):
   result = _cli("--gin.METHOD='lora'", binding)
@@ -419,16 +423,77 @@ def test_adapter_targets_match_names_and_paths():
     AdapterConfig(lora_rank=1, lora_targets=("encoder/(",))
 
 
+def test_decoder_layer_prompts_are_replaced_prompt_positions():
+  """The reference runs P real decoder positions in front of the targets and
+  overwrites them with each layer's prompt before the layer (a method
+  interceptor on the plain T5): the tokens' logits are the adapted model's,
+  which computes those positions' keys and values as a prefix instead."""
+  length = 3
+  ad = AdapterConfig(decoder_layer_prompt_length=length)
+  model, plain = T5(CONFIG.replace(adapters=ad)), T5(CONFIG)
+  tokens = np.array([[5, 6, 7, 1, 0], [3, 4, 1, 0, 0]], np.int32)
+  targets = np.array([[8, 9, 1, 0], [4, 1, 0, 0]], np.int32)
+  inputs = np.pad(targets, ((0, 0), (1, 0)))[:, :-1]
+  params = _randomised(nn.unbox(jax.jit(model.init)(
+      jax.random.PRNGKey(0), tokens, inputs, targets)["params"]), seed=7)
+  prompts = {name: params["decoder"][name].pop("layer_prompt")
+             for name in params["decoder"] if name.startswith("layers_")}
+  assert len(prompts) == CONFIG.num_decoder_layers
+  adapted = model.apply({"params": _with_prompts(params, prompts)}, tokens,
+                        inputs, targets)
+
+  def replace(next_fun, args, kwargs, context):
+    if (isinstance(context.module, t5_lib.DecoderLayer) and
+        context.method_name == "__call__"):
+      prompt = prompts[context.module.name][None].astype(args[0].dtype)
+      x = jnp.concatenate([jnp.broadcast_to(
+          prompt, (args[0].shape[0],) + prompt.shape[1:]),
+                           args[0][:, length:]], axis=1)
+      args = (x,) + args[1:]
+    return next_fun(*args, **kwargs)
+
+  pad = lambda x: np.pad(x, ((0, 0), (length, 0)), constant_values=2)
+  with nn.intercept_methods(replace):
+    reference = plain.apply({"params": params}, tokens, pad(inputs),
+                            pad(targets))[:, length:]
+  real = targets > 0
+  np.testing.assert_allclose(np.asarray(adapted)[real],
+                             np.asarray(reference)[real], atol=1e-5,
+                             rtol=1e-5)
+  # and the prompt matters
+  assert not np.allclose(adapted, plain.apply({"params": params}, tokens,
+                                              inputs, targets), atol=1e-3)
+
+
+def _with_prompts(params, prompts):
+  out = jax.tree_util.tree_map(lambda x: x, params)
+  for name, prompt in prompts.items():
+    out["decoder"][name] = dict(out["decoder"][name], layer_prompt=prompt)
+  return out
+
+
+_DECODING_HOOKS = {
+    "prefixes": AdapterConfig(
+        lora_rank=2, lora_targets=("query", "value", "wo"),
+        ia3_targets=("key", "value", "wo"), prefix_length=2,
+        prefix_attentions=("encoder_self", "decoder_self", "cross")),
+    "layer_prompts": AdapterConfig(
+        lora_rank=2, lora_targets=("key", "value"), ia3_targets=("key",),
+        prefix_length=2, prefix_attentions=("cross",),
+        decoder_layer_prompt_length=3),
+}
+
+
+@pytest.mark.parametrize("hooks", sorted(_DECODING_HOOKS))
 @pytest.mark.parametrize("scan_layers", [False, True])
-def test_cached_decoding_with_every_hook_equals_teacher_forcing(scan_layers):
+def test_cached_decoding_with_every_hook_equals_teacher_forcing(scan_layers,
+                                                                hooks):
   """Prefixes on all three attentions (the decoder's self-attention ones in
-  front of the KV cache, with their position bias), LoRA and IA3: each
-  cached decoding step gives the teacher-forced logits."""
+  front of the KV cache, with their position bias), or decoder per-layer
+  prompts (a computed prefix), with LoRA and IA3: each cached decoding step
+  gives the teacher-forced logits."""
   from prompt_tuning.models import decoding  # pylint: disable=g-import-not-at-top
-  ad = AdapterConfig(lora_rank=2, lora_targets=("query", "value", "wo"),
-                     ia3_targets=("key", "value", "wo"), prefix_length=2,
-                     prefix_attentions=("encoder_self", "decoder_self",
-                                        "cross"))
+  ad = _DECODING_HOOKS[hooks]
   config = CONFIG.replace(adapters=ad, scan_layers=scan_layers)
   model = T5(config)
   tokens = np.array([[5, 6, 7, 1, 0], [3, 4, 1, 0, 0]], np.int32)
