@@ -10,10 +10,13 @@ Commands (each calls one function of `prompt_tuning.serving`):
               or --json)
   similarity  rank source prompts for a target prompt (SPoT measures)
   export-peft a prompt as a Hugging Face PEFT prompt-tuning adapter, or a
-              LoRA, IA3 or prefix run (--run) as that PEFT adapter
+              LoRA, IA3, prefix or multitask ('mpt') run (--run) as that
+              PEFT adapter (a multitask run's tasks are printed as PEFT's
+              task ids)
   import-peft a PEFT prompt-tuning adapter as a .npy prompt (--checkpoint:
-              checked against the frozen model first), or a LORA, IA3 or
-              PREFIX_TUNING adapter as a run directory for eval / infer
+              checked against the frozen model first), or a LORA, IA3,
+              PREFIX_TUNING or MULTITASK_PROMPT_TUNING adapter (--tasks names
+              the latter's tasks) as a run directory for eval / infer
   throughput  time a batch mixing 8 prompts against one prompt, same shapes
 
 Prompts are NAME=PATH (or NAME:TASK=PATH); PATH is a .npy file, a run
@@ -131,7 +134,8 @@ def _parser() -> argparse.ArgumentParser:
   source.add_argument("--run", metavar="RUN_DIR",
                       help="A run directory of any method PEFT can hold "
                       "(prompt, p_tuning, lora, ia3, prefix with layout "
-                      "'peft'): its best checkpoint, else the newest.")
+                      "'peft', multitask_prompt with mode 'mpt'): its best "
+                      "checkpoint, else the newest.")
   p.add_argument("--output_dir", required=True)
 
   p = commands.add_parser("import-peft",
@@ -140,14 +144,20 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--adapter", required=True)
   p.add_argument("--output", required=True,
                  help="The .npy file (PROMPT_TUNING), or the new run "
-                 "directory (LORA, IA3, PREFIX_TUNING).")
+                 "directory (LORA, IA3, PREFIX_TUNING, "
+                 "MULTITASK_PROMPT_TUNING).")
   p.add_argument("--checkpoint", default="",
                  help="The frozen T5 the adapter is for (T5X or Hugging "
                  "Face): a prompt's width is checked against it before "
-                 "writing; LORA, IA3 and PREFIX_TUNING need it.")
+                 "writing; the adapters that become run directories need "
+                 "it.")
   p.add_argument("--model", default="",
                  help="With a T5X --checkpoint: its preset, to also check "
                  "heads and layers.")
+  p.add_argument("--tasks", default="", metavar="NAME,NAME,...",
+                 help="A MULTITASK_PROMPT_TUNING adapter's task names, in "
+                 "PEFT's task-id order (0, 1, ...), one per task: the "
+                 "mixture's tasks that evaluation gives those prompts.")
 
   p = commands.add_parser("throughput", help="Mixed vs single prompt speed.")
   p.add_argument("--preset", default="t5_1_1_small")
@@ -238,11 +248,14 @@ def _run(args) -> int:
   elif args.command == "export-peft":
     if args.run is not None and not os.path.isdir(args.run):
       raise NotADirectoryError(f"--run {args.run}: not a run directory.")
-    out = analysis.export_peft(prompt_path=args.prompt or args.run,
-                               initial_checkpoint_path=args.checkpoint,
-                               output_dir=args.output_dir,
-                               model_config=_model_config(args))
-    print(f"wrote PEFT adapter {out}")
+    out, tasks = analysis.export_peft(prompt_path=args.prompt or args.run,
+                                      initial_checkpoint_path=args.checkpoint,
+                                      output_dir=args.output_dir,
+                                      model_config=_model_config(args))
+    # PEFT's adapter config has no field for task names: this line is
+    # where a PEFT user learns which task_ids to pass.
+    ids = ", ".join(f"{i}={name}" for i, name in enumerate(tasks))
+    print(f"wrote PEFT adapter {out}" + (f" (task_ids: {ids})" if ids else ""))
   elif args.command == "throughput":
     from prompt_tuning.serving import throughput  # pylint: disable=g-import-not-at-top
     print(json.dumps(throughput.compare(
@@ -250,11 +263,18 @@ def _run(args) -> int:
         args.targets, args.rounds, args.dtype), indent=1))
   elif args.command == "import-peft":
     from prompt_tuning.methods import peft_adapters  # pylint: disable=g-import-not-at-top
-    if peft_adapters.peft_type(args.adapter) in peft_adapters.RUN_TYPES:
+    from prompt_tuning.methods import peft_multitask  # pylint: disable=g-import-not-at-top
+    kind = peft_adapters.peft_type(args.adapter)
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    if tasks and kind != peft_multitask.MPT:
+      raise ValueError(f"--tasks names the tasks of a {peft_multitask.MPT} "
+                       f"adapter; {args.adapter} is {kind}: drop --tasks.")
+    if kind in peft_adapters.RUN_TYPES:
       name = analysis.import_peft_run(adapter_dir=args.adapter,
                                       output_dir=args.output,
                                       checkpoint=args.checkpoint,
-                                      model_config=_model_config(args))
+                                      model_config=_model_config(args),
+                                      tasks=tasks)
       print(f"wrote {name} run directory {args.output} (evaluate it with "
             f"--gin.PROMPT_PATH=\"'{args.output}'\")")
       return 0

@@ -2,12 +2,16 @@
 
 The bridge between a run (a `Method` and its trainable tree) and the
 per-format readers and writers: LoRA and IA3 go through `peft_io`, prefix
-tuning in PEFT's layout through `peft_prefix`, and prompt tuning and
-P-tuning through `prompts.peft` as PROMPT_TUNING of the (merged) prompt,
-which is what PEFT itself saves for P-tuning. What PEFT cannot represent is
-refused in one line saying why (`refusal`): deep prompts (PEFT has no
-per-layer encoder prompts), prefixes in Li & Liang's layout (PEFT's table
-feeds only the decoder's self-attention) and model tuning (not an adapter).
+tuning in PEFT's layout through `peft_prefix`, multitask prompts of mode
+'mpt' through `peft_multitask` (PEFT numbers tasks: the run's task index
+order is PEFT's task ids, and an imported adapter's tasks are named by the
+caller in that order), and prompt tuning and P-tuning through `prompts.peft`
+as PROMPT_TUNING of the (merged) prompt, which is what PEFT itself saves for
+P-tuning. What PEFT cannot represent is refused in one line saying why
+(`refusal`): deep prompts (PEFT has no per-layer encoder prompts), prefixes
+in Li & Liang's layout (PEFT's table feeds only the decoder's
+self-attention), multitask prompts of the other modes (PEFT's MPT is one
+combination) and model tuning (not an adapter).
 Trees are '/'-joined names -> arrays; scanned trees ([layers, ...]) are
 unscanned for export and scanned again on import for a scanned model.
 """
@@ -15,7 +19,7 @@ unscanned for export and scanned again on import for a scanned model.
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -23,6 +27,7 @@ import numpy as np
 from prompt_tuning import methods
 from prompt_tuning.methods import base
 from prompt_tuning.methods import peft_io
+from prompt_tuning.methods import peft_multitask
 from prompt_tuning.methods import peft_prefix
 from prompt_tuning.methods import prefix as prefix_lib
 from prompt_tuning.models import T5
@@ -31,7 +36,8 @@ from prompt_tuning.models.t5 import unscan_params
 from prompt_tuning.prompts import peft
 
 # PEFT types a run directory is made from (PROMPT_TUNING is a .npy prompt).
-RUN_TYPES = (peft_io.LORA, peft_io.IA3, peft_prefix.PREFIX_TUNING)
+RUN_TYPES = (peft_io.LORA, peft_io.IA3, peft_prefix.PREFIX_TUNING,
+             peft_multitask.MPT)
 _LAYER_RE = re.compile(r"^(encoder|decoder)/layers_(\d+)/(.*)$")
 
 
@@ -47,14 +53,24 @@ def refusal(method: methods.Method) -> Optional[str]:
             f"from one table of its own layout; {method.layout!r} prefixes "
             f"({', '.join(method.attentions)}) have no PEFT form: train with "
             "PrefixConfig.layout = 'peft'")
+  if isinstance(method, methods.MultitaskPromptConfig):
+    if method.mode != "mpt":
+      return ("PEFT's MULTITASK_PROMPT_TUNING is only the 'mpt' combination "
+              "(shared prompt * (U_t @ V_t)); a multitask prompt of mode "
+              f"{method.mode!r} has no PEFT form: train "
+              "MultitaskPromptConfig.mode = 'mpt'")
+    if method.placement != "prefix":
+      return ("PEFT prepends its MULTITASK_PROMPT_TUNING prompts to the "
+              f"encoder input; a {method.placement!r} placement has no PEFT "
+              "form: train with the prompt placement 'prefix'")
   if method.trains_everything:
     return ("model tuning changes every weight: there is no adapter; save "
             "the model itself (pretrained.hf_export)")
   if type(method) not in (methods.PromptTuning, methods.PTuningConfig,
-                          methods.LoraConfig, methods.IA3Config,
-                          methods.PrefixConfig):
-    return ("PEFT interchange here covers prompt, p_tuning, lora, ia3 and "
-            "prefix (layout 'peft') runs")
+                          methods.MultitaskPromptConfig, methods.LoraConfig,
+                          methods.IA3Config, methods.PrefixConfig):
+    return ("PEFT interchange here covers prompt, p_tuning, multitask_prompt "
+            "(mode 'mpt'), lora, ia3 and prefix (layout 'peft') runs")
   return None
 
 
@@ -71,7 +87,9 @@ def export_run(method: methods.Method, trainable: Mapping[str, Any],
     base_model_name_or_path: recorded for PEFT.
 
   Returns:
-    The PEFT type written (LORA, IA3, PREFIX_TUNING or PROMPT_TUNING).
+    The PEFT type written (LORA, IA3, PREFIX_TUNING, MULTITASK_PROMPT_TUNING
+    with num_transformer_submodules = 1 and the method's tasks as task ids
+    0, 1, ..., or PROMPT_TUNING).
 
   Raises:
     ValueError: one line, for a method PEFT cannot represent, or a tree that
@@ -100,6 +118,11 @@ def export_run(method: methods.Method, trainable: Mapping[str, Any],
     peft_prefix.export_prefix(table, config, directory,
                               base_model_name_or_path=base_path)
     return peft_prefix.PREFIX_TUNING
+  # Before PromptTuning: a multitask prompt is one, with a prompt per task.
+  if isinstance(method, methods.MultitaskPromptConfig):
+    peft_multitask.export_mpt(names, config, directory,
+                              base_model_name_or_path=base_path)
+    return peft_multitask.MPT
   if isinstance(method, methods.PromptTuning):
     prompt = np.asarray(method.input_prompt(base.nested(names)), np.float32)
     peft.export_adapter(prompt, config, directory, base_path or "")
@@ -112,10 +135,16 @@ def peft_type(directory: str) -> Any:
   return peft.read_adapter_config(directory)[1].get("peft_type")
 
 
-def import_run(directory: str, config: T5Config
+def import_run(directory: str, config: T5Config, tasks: Sequence[str] = ()
                ) -> Tuple[methods.Method, Dict[str, np.ndarray]]:
-  """Reads a PEFT LORA, IA3 or PREFIX_TUNING adapter as a method and its
-  trainable tree for the frozen model `config`.
+  """Reads a PEFT LORA, IA3, PREFIX_TUNING or MULTITASK_PROMPT_TUNING adapter
+  as a method and its trainable tree for the frozen model `config`.
+
+  Args:
+    directory: the adapter directory.
+    config: the frozen model's config.
+    tasks: an MPT adapter's task names in PEFT's task-id order, one per task
+      (PEFT's files number tasks and name none); unused by the other types.
 
   Returns:
     (method, trainable): '/'-joined names -> float32 arrays, exactly the tree
@@ -140,6 +169,17 @@ def import_run(directory: str, config: T5Config
     options, table = peft_prefix.import_prefix(directory, unscanned)
     method = methods.PrefixConfig(length=options["length"], layout="peft")
     names = {f"{prefix_lib.PREFIX}/table": table}
+  elif kind == peft_multitask.MPT:
+    options, names = peft_multitask.import_mpt(directory, unscanned)
+    count = options["num_tasks"]
+    if len(tasks) != count:
+      raise ValueError(
+          f"{directory}: the MPT adapter has {count} tasks (PEFT's task ids "
+          f"0..{count - 1}) but {len(tasks)} task names were given: name all "
+          f"{count}, in task-id order (--tasks NAME,NAME,...).")
+    method = methods.MultitaskPromptConfig(
+        mode="mpt", length=options["length"], rank=options["rank"],
+        tasks=tuple(tasks))
   else:
     raise ValueError(
         f"{directory}: peft_type is {kind!r}; a run directory is made from "

@@ -25,6 +25,13 @@ path says what it does:
   self-attention as a computed prefix (the same relative positions, the same
   KV-cache path), and no prompt position is run or decoded.
 
+With `per_example`, every hook's parameters get a leading batch axis [B, ...]
+(the batch of the activations they act on), so each example of a batch can
+carry its own adapters (mixed serving: `prompts.adapter_bank` gathers them
+from a bank by each example's id). Prefixes and per-layer prompts then also
+read a `prefix_mask` / `layer_prompt_mask` [B, P] (1 for an example's real
+rows), so examples may differ in length.
+
 Targets are matched against the '/'-joined module path of each projection
 (`encoder/layers_3/attention/query`; `encoder/layers/attention/query` under
 `scan_layers`): a target without '/' names the projection itself (`query`,
@@ -99,6 +106,8 @@ class AdapterConfig:
   # Per-layer decoder prompt length (replace only; see the module docstring);
   # 0 = off.
   decoder_layer_prompt_length: int = 0
+  # Parameters per example ([B, ...]) plus length masks; see the docstring.
+  per_example: bool = False
 
   def __post_init__(self):
     for name in ("lora_targets", "ia3_targets", "prefix_attentions"):
@@ -138,6 +147,11 @@ class AdapterConfig:
       return 0.0
     denominator = self.lora_rank ** 0.5 if self.lora_rslora else self.lora_rank
     return self.lora_alpha / denominator
+
+  def lead(self, batch: int) -> Tuple[Tuple[int, ...], Tuple[str, ...]]:
+    """The leading (shape, logical axes) of a hook's parameters: the batch
+    with `per_example`, nothing otherwise."""
+    return ((batch,), ("batch",)) if self.per_example else ((), ())
 
   def prefix_for(self, attention: str) -> int:
     """P for one kind of attention (0 when it has no prefix); the decoder's

@@ -93,9 +93,13 @@ class Dense(nn.Module):
     if ia3:
       axis = self.kernel_axes[0] if scale_input else self.kernel_axes[1]
       width = x.shape[-1] if scale_input else self.features
+      lead, lead_axes = ad.lead(x.shape[0])
       scaling = param_with_axes(self, "ia3_scaling", nn.initializers.ones,
-                                (width,), (axis,),
+                                lead + (width,), lead_axes + (axis,),
                                 self.param_dtype).astype(self.dtype)
+      if ad.per_example:  # [B, F] -> [B, 1, ..., F]
+        scaling = scaling.reshape(scaling.shape[:1] + (1,) * (x.ndim - 2) +
+                                  scaling.shape[1:])
       if scale_input:
         x = x * scaling
     y = jnp.dot(x, kernel.astype(self.dtype))
@@ -114,18 +118,23 @@ class Dense(nn.Module):
     bound = 1.0 / np.sqrt(x.shape[-1])
     init_a = lambda key, shape, dtype: jax.random.uniform(
         key, shape, dtype, -bound, bound)
-    lora_a = param_with_axes(self, "lora_a", init_a, (x.shape[-1], rank),
-                             (self.kernel_axes[0], "lora_rank"),
-                             self.param_dtype)
+    lead, lead_axes = ad.lead(x.shape[0])
+    lora_a = param_with_axes(self, "lora_a", init_a,
+                             lead + (x.shape[-1], rank),
+                             lead_axes + (self.kernel_axes[0], "lora_rank"),
+                             self.param_dtype).astype(self.dtype)
     lora_b = param_with_axes(self, "lora_b", nn.initializers.zeros,
-                             (rank, self.features),
-                             ("lora_rank", self.kernel_axes[1]),
-                             self.param_dtype)
+                             lead + (rank, self.features),
+                             lead_axes + ("lora_rank", self.kernel_axes[1]),
+                             self.param_dtype).astype(self.dtype)
     if not self.deterministic and ad.lora_dropout > 0:
       x = nn.Dropout(ad.lora_dropout)(x, deterministic=False)
-    h = jnp.dot(x, lora_a.astype(self.dtype))  # [..., in] -> [..., r]
-    return jnp.dot(h, lora_b.astype(self.dtype)) * jnp.asarray(
-        ad.lora_scaling, self.dtype)
+    scaling = jnp.asarray(ad.lora_scaling, self.dtype)
+    if ad.per_example:  # example b's own [in, r] and [r, out]
+      h = jnp.einsum("b...i,bir->b...r", x, lora_a)
+      return jnp.einsum("b...r,bro->b...o", h, lora_b) * scaling
+    h = jnp.dot(x, lora_a)  # [..., in] -> [..., r]
+    return jnp.dot(h, lora_b) * scaling
 
 
 class Embed(nn.Module):
@@ -366,7 +375,8 @@ class MultiHeadAttention(nn.Module):
   def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Optional[Array],
                mask: Array, decode_position: Optional[Array] = None,
                lengths: Optional[Tuple[Array, Array]] = None,
-               prefix_inputs: Optional[Array] = None) -> Array:
+               prefix_inputs: Optional[Array] = None,
+               prefix_mask: Optional[Array] = None) -> Array:
     """Attends `inputs_q` to `inputs_kv`.
 
     Args:
@@ -383,6 +393,8 @@ class MultiHeadAttention(nn.Module):
       prefix_inputs: [1 or B, P, H] normed stream rows whose keys and values
         (this attention's own projections) are the prefix, instead of
         learned `prefix_key` / `prefix_value` (decoder per-layer prompts).
+      prefix_mask: [B, P], which of `prefix_inputs`' rows are real (per-example
+        adapters of different lengths).
 
     Returns:
       [B, q, H] in `dtype`.
@@ -415,7 +427,8 @@ class MultiHeadAttention(nn.Module):
       key, value = self._update_cache(key, value, decode_position)
     if self.prefix_length:
       key, value, mask, lengths = self._prepend_prefix(key, value, mask,
-                                                       lengths, computed)
+                                                       lengths, computed,
+                                                       prefix_mask)
 
     weight_dropout = not self.deterministic and self.dropout_rate > 0
     # `init` takes the reference path: same parameters, and no cuDNN checks
@@ -443,10 +456,12 @@ class MultiHeadAttention(nn.Module):
 
   def _prepend_prefix(self, key: Array, value: Array, mask: Array,
                       lengths: Optional[Tuple[Array, Array]],
-                      computed: Optional[Tuple[Array, Array]] = None):
+                      computed: Optional[Tuple[Array, Array]] = None,
+                      prefix_mask: Optional[Array] = None):
     """Puts the prefix [P, heads, kv] in front of the keys/values: learned
-    (`prefix_key`, `prefix_value`), or `computed` ([1 or B, P, heads, kv]
-    keys and values).
+    (`prefix_key`, `prefix_value`; [B, P, ...] and a `prefix_mask` [B, P]
+    per example), or `computed` ([1 or B, P, heads, kv] keys and values,
+    with the caller's `prefix_mask`).
 
     Every query sees every prefix position (the mask gains P True columns).
     Right-padded key lengths stay right-padded (+P); a causal attention's
@@ -457,15 +472,30 @@ class MultiHeadAttention(nn.Module):
     axes = ("prompt", "heads", "kv")
     init = nn.initializers.normal(stddev=1.0)  # PEFT's nn.Embedding init
     batch = key.shape[0]
+    per_example = self.adapters is not None and self.adapters.per_example
     if computed is None:
+      lead, lead_axes = self.adapters.lead(batch)
       computed = tuple(
-          param_with_axes(self, name, init, shape, axes, self.param_dtype)[None]
+          param_with_axes(self, name, init, lead + shape, lead_axes + axes,
+                          self.param_dtype)
           for name in ("prefix_key", "prefix_value"))
+      computed = computed if per_example else tuple(p[None] for p in computed)
+      if per_example:
+        prefix_mask = param_with_axes(
+            self, "prefix_mask", nn.initializers.ones,
+            (batch, self.prefix_length), ("batch", "prompt"),
+            self.param_dtype)
     prefixes = [jnp.broadcast_to(p.astype(key.dtype), (batch,) + shape)
                 for p in computed]
     key = jnp.concatenate([prefixes[0], key], axis=1)  # [B, k, ...] -> [B, P + k, ...]
     value = jnp.concatenate([prefixes[1], value], axis=1)
-    seen = jnp.ones(mask.shape[:3] + (self.prefix_length,), bool)
+    if prefix_mask is None:
+      seen = jnp.ones(mask.shape[:3] + (self.prefix_length,), bool)
+    else:  # examples' own lengths: padding rows are never seen
+      mask = jnp.broadcast_to(mask, (batch,) + mask.shape[1:])
+      seen = jnp.broadcast_to(prefix_mask[:, None, None, :] > 0,
+                              mask.shape[:3] + (self.prefix_length,))
+      lengths = None
     mask = jnp.concatenate([seen, mask], axis=-1)  # [., 1, q, k] -> [., 1, q, P + k]
     if lengths is not None:
       lengths = None if self.causal else (lengths[0],

@@ -92,15 +92,31 @@ class EncoderLayer(nn.Module):
     per-layer prompt needs an input prompt of the same length in front.
     """
     length = ad.layer_prompt_length
-    prompt = layers.param_with_axes(
-        self, "layer_prompt", _uniform_half,
-        (length, x.shape[-1]), ("prompt", "prompt_embed"),
-        self.config.param_dtype)
-    prompt = jnp.broadcast_to(prompt.astype(x.dtype)[None],
-                              (x.shape[0],) + prompt.shape)
+    prompt, rows = _layer_prompt_params(self, ad, length, x.shape[0],
+                                        x.shape[-1])
+    prompt = jnp.broadcast_to(prompt.astype(x.dtype),
+                              (x.shape[0], length, x.shape[-1]))
     if ad.layer_prompt_mode == "add":
       prompt = prompt + x[:, :length]
+    if rows is not None:  # an example's prompt may be shorter than P
+      prompt = jnp.where(rows[:, :, None] > 0, prompt, x[:, :length])
     return jnp.concatenate([prompt, x[:, length:]], axis=1)
+
+
+def _layer_prompt_params(module: nn.Module, ad, length: int, batch: int,
+                         width: int) -> Tuple[Array, Optional[Array]]:
+  """A layer's `layer_prompt` ([1, P, H], or [B, P, H] per example) and,
+  per example, its `layer_prompt_mask` [B, P] (else None)."""
+  lead, lead_axes = ad.lead(batch)
+  prompt = layers.param_with_axes(
+      module, "layer_prompt", _uniform_half, lead + (length, width),
+      lead_axes + ("prompt", "prompt_embed"), module.config.param_dtype)
+  if not ad.per_example:
+    return prompt[None], None
+  rows = layers.param_with_axes(module, "layer_prompt_mask",
+                                nn.initializers.ones, (batch, length),
+                                ("batch", "prompt"), module.config.param_dtype)
+  return prompt, rows
 
 
 class DecoderLayer(nn.Module):
@@ -142,16 +158,15 @@ class DecoderLayer(nn.Module):
         prefix_length=ad.prefix_for(kind), name=name)
     self_norm = norm("pre_self_attention_layer_norm")
     y = self_norm(x)
-    prompt = None
+    prompt = rows = None
     if ad.decoder_layer_prompt_length:
+      prompt, rows = _layer_prompt_params(
+          self, ad, ad.decoder_layer_prompt_length, x.shape[0], x.shape[-1])
       # The replaced positions' layer input is the prompt itself.
-      prompt = self_norm(layers.param_with_axes(
-          self, "layer_prompt", _uniform_half,
-          (ad.decoder_layer_prompt_length, x.shape[-1]),
-          ("prompt", "prompt_embed"), cfg.param_dtype).astype(x.dtype)[None])
+      prompt = self_norm(prompt.astype(x.dtype))
     y = attention("self_attention", "decoder_self", causal=True)(
         y, y, self_bias, self_mask, decode_position, lengths=self_lengths,
-        prefix_inputs=prompt)
+        prefix_inputs=prompt, prefix_mask=rows)
     x = x + _dropout(cfg.dropout_rate, self.deterministic, y)
     y = norm("pre_cross_attention_layer_norm")(x)
     y = attention("encoder_decoder_attention", "cross")(

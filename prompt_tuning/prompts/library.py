@@ -18,7 +18,11 @@ Formats `read_prompt` recognises:
 
 Our run directories (best or newest prompt) belong to the training layer's
 checkpoint reader, one level up: `PromptLibrary.load` takes it as a
-`read_run` function, so this module stays jax/numpy-only. Files are read
+`read_run` function, so this module stays jax/numpy-only. Likewise a
+`read_entry` function may read what adds more than an input prompt (a run
+of deep prompts, prefixes, IA3 or LoRA; a PEFT LoRA/IA3/prefix adapter):
+such an entry carries its `AdapterConfig` and parameters, which mixed
+serving runs per example (`prompts.adapter_bank`). Files are read
 with `allow_pickle=False`: a prompt may come from anywhere.
 """
 
@@ -32,6 +36,7 @@ from typing import Tuple, Union
 
 import numpy as np
 
+from prompt_tuning.models.adapters import AdapterConfig
 from prompt_tuning.prompts import mixed
 from prompt_tuning.prompts import npy
 from prompt_tuning.prompts import peft
@@ -42,6 +47,10 @@ OFFICIAL_DIR = "numpy_checkpoints"
 
 # path -> [P, H] float32; for run directories.
 RunReader = Callable[[str], np.ndarray]
+# (path, task) -> (input prompt [P, H] (P may be 0), its adapters, their
+# parameters by '/'-joined unscanned model name), or None: not such an entry.
+EntryReader = Callable[[str, str], Optional[
+    Tuple[np.ndarray, AdapterConfig, Mapping[str, np.ndarray]]]]
 
 
 class UnknownPrompt(KeyError):
@@ -63,10 +72,18 @@ class LibraryPrompt:
   source: str
   # The task it serves ('' = none); a row that names this task gets it.
   task: str = ""
+  # What it adds beyond the input prompt (all off for a prompt).
+  adapters: AdapterConfig = AdapterConfig()
+  # Their parameters: '/'-joined unscanned model name -> float32 array.
+  params: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   @property
   def length(self) -> int:
     return int(self.value.shape[0])
+
+  @property
+  def has_adapters(self) -> bool:
+    return bool(self.params)
 
 
 def read_npy(path: str) -> np.ndarray:
@@ -187,13 +204,16 @@ class PromptLibrary:
   @classmethod
   def load(cls, specs: Union[Sequence[str], Mapping[str, str]],
            embed_dim: Optional[int] = None,
-           read_run: Optional[RunReader] = None) -> "PromptLibrary":
+           read_run: Optional[RunReader] = None,
+           read_entry: Optional[EntryReader] = None) -> "PromptLibrary":
     """Reads every prompt of `specs`.
 
     Args:
       specs: 'NAME=PATH' / 'NAME:TASK=PATH' strings, or {name: path}.
       embed_dim: the frozen model's width.
       read_run: reader for our run directories (see `read_prompt`).
+      read_entry: reader for entries with adapters, tried first (see the
+        module docstring); the task selects a multitask run's prompt.
     """
     if isinstance(specs, Mapping):
       parsed = [(name, "", path) for name, path in specs.items()]
@@ -201,9 +221,20 @@ class PromptLibrary:
       parsed = [parse_spec(s) for s in specs]
     entries = []
     for name, task, path in parsed:
+      read = read_entry(path, task) if read_entry is not None else None
+      if read is not None:
+        value, adapters, params = read
+        entries.append(LibraryPrompt(name, np.asarray(value, np.float32),
+                                     path, task, adapters, dict(params)))
+        continue
       value, source = read_prompt(path, read_run)
       entries.append(LibraryPrompt(name, value, source, task))
     return cls(entries, embed_dim)
+
+  @property
+  def has_adapters(self) -> bool:
+    """Whether any entry adds more than an input prompt."""
+    return any(p.has_adapters for p in self._prompts)
 
   @property
   def names(self) -> Tuple[str, ...]:

@@ -11,11 +11,16 @@ the frozen params are exactly T5's tree (no `encoder/prompt` slot): the
 prompt is data, not a parameter, and switching prompts never recompiles.
 Decoding, beam search and rank classification reuse `models.decoding`
 unchanged: they only see an encoder output and its mask.
+
+Entries that add more than a prompt (IA3, LoRA, prefixes, per-layer prompts)
+come as an `adapters` bank (`prompts.adapter_bank`): `model` is then the
+bank's per-example T5, and each row's adapters are gathered by its id, for
+the encoder and for every decoding row (beams included).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -23,11 +28,14 @@ import numpy as np
 
 from prompt_tuning.models import decoding
 from prompt_tuning.models.t5 import T5
+from prompt_tuning.prompts.adapter_bank import example_params
 from prompt_tuning.prompts.layer import PLACEMENTS
 from prompt_tuning.prompts.layer import insert_positions
 
 Array = jax.Array
 PyTree = Any
+# An adapter bank's arrays ('/'-joined name -> [K, ...]), or None.
+Bank = Optional[Mapping[str, Array]]
 
 
 def stack_prompts(prompts: Sequence[np.ndarray]) -> Tuple[np.ndarray,
@@ -125,7 +133,7 @@ def combine_ragged(prompts: Array, lengths: Array, embedded: Array,
 
 def encode(model: T5, frozen: PyTree, bank: Array, lengths: Array,
            prompt_ids: Array, tokens: Array, placement: str = "prefix",
-           eos_id: int = 1) -> Tuple[Array, Array]:
+           eos_id: int = 1, adapters: Bank = None) -> Tuple[Array, Array]:
   """Encodes a batch whose examples each name a prompt of the bank.
 
   Args:
@@ -137,11 +145,13 @@ def encode(model: T5, frozen: PyTree, bank: Array, lengths: Array,
     tokens: [B, T] int, 0 = padding.
     placement: 'prefix' or 'suffix'.
     eos_id: EOS id for 'suffix'.
+    adapters: the adapter bank's arrays, or None (see the module docstring).
 
   Returns:
     (encoded [B, P_max + T, H], mask [B, P_max + T] bool).
   """
-  apply = lambda *a, **k: model.apply({"params": frozen}, *a, **k)
+  params = example_params(frozen, adapters, prompt_ids)
+  apply = lambda *a, **k: model.apply({"params": params}, *a, **k)
   embedded = apply(tokens, method="embed")  # [B, T, H]
   prompts = jnp.take(bank, prompt_ids, axis=0)  # [B, P_max, H]
   x, mask = combine_ragged(prompts, jnp.take(lengths, prompt_ids), embedded,
@@ -152,26 +162,33 @@ def encode(model: T5, frozen: PyTree, bank: Array, lengths: Array,
 def logits(model: T5, frozen: PyTree, bank: Array, lengths: Array,
            prompt_ids: Array, encoder_input_tokens: Array,
            decoder_input_tokens: Array, decoder_target_tokens: Array,
-           placement: str = "prefix", eos_id: int = 1) -> Array:
+           placement: str = "prefix", eos_id: int = 1,
+           adapters: Bank = None) -> Array:
   """Teacher-forced logits [B, L, V] float32 with per-example prompts."""
   encoded, mask = encode(model, frozen, bank, lengths, prompt_ids,
-                         encoder_input_tokens, placement, eos_id)
-  return model.apply({"params": frozen}, encoded, mask, decoder_input_tokens,
+                         encoder_input_tokens, placement, eos_id, adapters)
+  return model.apply({"params": example_params(frozen, adapters, prompt_ids)},
+                     encoded, mask, decoder_input_tokens,
                      decoder_target_tokens, method="decode")
 
 
 def predict(model: T5, frozen: PyTree, bank: Array, lengths: Array,
             prompt_ids: Array, tokens: Array, *, max_decode_length: int,
             method: str = "greedy", beam_size: int = 4, alpha: float = 0.6,
-            eos_id: int = 1, placement: str = "prefix") -> Array:
+            eos_id: int = 1, placement: str = "prefix",
+            adapters: Bank = None) -> Array:
   """Decoded tokens [B, max_decode_length] (greedy, or the best beam)."""
   encoded, mask = encode(model, frozen, bank, lengths, prompt_ids, tokens,
-                         placement, eos_id)
+                         placement, eos_id, adapters)
   if method == "greedy":
-    return decoding.greedy_decode_encoded(model, frozen, encoded, mask,
-                                          max_decode_length, eos_id)
+    return decoding.greedy_decode_encoded(
+        model, example_params(frozen, adapters, prompt_ids), encoded, mask,
+        max_decode_length, eos_id)
   if method == "beam":
-    best, _ = decoding.beam_search_encoded(model, frozen, encoded, mask,
+    # Row b * K + k of the search is beam k of example b.
+    beams = example_params(frozen, adapters,
+                           jnp.repeat(prompt_ids, beam_size))
+    best, _ = decoding.beam_search_encoded(model, beams, encoded, mask,
                                            max_decode_length, beam_size,
                                            alpha, eos_id)
     return best[:, 0]
@@ -181,22 +198,24 @@ def predict(model: T5, frozen: PyTree, bank: Array, lengths: Array,
 
 def rank(model: T5, frozen: PyTree, bank: Array, lengths: Array,
          prompt_ids: Array, tokens: Array, candidates: Array,
-         placement: str = "prefix", eos_id: int = 1) -> Array:
+         placement: str = "prefix", eos_id: int = 1,
+         adapters: Bank = None) -> Array:
   """Log-likelihood of each example's candidate targets (rank classification).
 
   Args:
     model, frozen, bank, lengths, prompt_ids, tokens: as in `encode`.
     candidates: [B, C, L] int, each example's own label words as EOS-ended,
       0-padded target rows (an all-zero row is an absent candidate).
-    placement, eos_id: as in `encode`.
+    placement, eos_id, adapters: as in `encode`.
 
   Returns:
     [B, C] float32; absent candidates score -inf.
   """
   encoded, mask = encode(model, frozen, bank, lengths, prompt_ids, tokens,
-                         placement, eos_id)
+                         placement, eos_id, adapters)
+  params = example_params(frozen, adapters, prompt_ids)
   # C is small (label words): a static loop reuses one encoder pass.
-  scores = jnp.stack([decoding.score_encoded(model, frozen, encoded, mask,
+  scores = jnp.stack([decoding.score_encoded(model, params, encoded, mask,
                                              candidates[:, c])
                       for c in range(candidates.shape[1])], axis=-1)
   present = jnp.any(candidates > 0, axis=-1)  # [B, C]

@@ -6,8 +6,8 @@ included), the embedding table comes from the frozen checkpoint placed on
 its mesh (sharded as in training, never gathered), token text from the
 model's vocabulary, and label words from the task catalogue. PEFT
 interchange also covers the other methods' runs (`methods.peft_adapters`):
-a LoRA, IA3 or prefix run directory's checkpoint is exported as that PEFT
-adapter, and such an adapter is imported as a run directory that
+a LoRA, IA3, prefix or MPT multitask run directory's checkpoint is
+exported as that PEFT adapter, and such an adapter is imported as a run directory that
 evaluation and inference read (`training.runs`).
 """
 
@@ -106,23 +106,27 @@ def _config(initial_checkpoint_path: str,
 
 
 def export_peft(*, prompt_path: str, initial_checkpoint_path: str,
-                output_dir: str,
-                model_config: Optional[T5Config] = None) -> str:
+                output_dir: str, model_config: Optional[T5Config] = None
+                ) -> Tuple[str, Tuple[str, ...]]:
   """Writes what a run learned as a PEFT adapter for the frozen model's HF T5.
 
   Args:
     prompt_path: a prompt in any library format, a prompt or P-tuning run
       directory (its exported prompt, P-tuning's merged: PROMPT_TUNING), or
-      the run directory (or `checkpoint_<N>`) of a LoRA, IA3 or prefix
-      (layout 'peft') run: its best checkpoint, else the newest, as LORA,
-      IA3 or PREFIX_TUNING. Deep prompts, Li & Liang prefixes and model
-      tuning are refused in one line saying why.
+      the run directory (or `checkpoint_<N>`) of a LoRA, IA3, prefix
+      (layout 'peft') or multitask prompt (mode 'mpt') run: its best
+      checkpoint, else the newest, as LORA, IA3, PREFIX_TUNING or
+      MULTITASK_PROMPT_TUNING. Deep prompts, Li & Liang prefixes, the other
+      multitask modes and model tuning are refused in one line saying why.
     initial_checkpoint_path: the frozen model (only its config is read).
     output_dir: the adapter directory.
     model_config: for T5X checkpoints.
 
   Returns:
-    The adapter directory.
+    (the adapter directory, the tasks that PEFT's task ids 0, 1, ... stand
+    for: a multitask run's, in its task index order; () for the others).
+    PEFT's adapter config has no field for task names, so the caller says
+    them.
   """
   config = _config(initial_checkpoint_path, model_config)
   base_path = os.path.abspath(initial_checkpoint_path)
@@ -130,7 +134,7 @@ def export_peft(*, prompt_path: str, initial_checkpoint_path: str,
   if saved is None or (saved.step is None and
                        saved.method.name in runs.PROMPT_EXPORTED):
     return peft.export_adapter(read_prompt(prompt_path), config, output_dir,
-                               base_path)
+                               base_path), ()
   why = peft_adapters.refusal(saved.method)
   if why:
     raise ValueError(f"{prompt_path}: a {saved.method.name} run cannot be a "
@@ -141,7 +145,7 @@ def export_peft(*, prompt_path: str, initial_checkpoint_path: str,
                                   base_path)
   logging.info("%s: step %d as a PEFT %s adapter.", saved.directory, step,
                kind)
-  return output_dir
+  return output_dir, tuple(getattr(saved.method, "tasks", ()))
 
 
 def frozen_shape(checkpoint: str, model_config: Optional[T5Config] = None
@@ -205,8 +209,10 @@ def import_peft(*, adapter_dir: str, output_path: str, checkpoint: str = "",
 
 
 def import_peft_run(*, adapter_dir: str, output_dir: str, checkpoint: str,
-                    model_config: Optional[T5Config] = None) -> str:
-  """Saves a PEFT LORA, IA3 or PREFIX_TUNING adapter as a run directory.
+                    model_config: Optional[T5Config] = None,
+                    tasks: Sequence[str] = ()) -> str:
+  """Saves a PEFT LORA, IA3, PREFIX_TUNING or MULTITASK_PROMPT_TUNING adapter
+  as a run directory.
 
   The directory (`runs.write_adapter_run`: method.json and checkpoint_0) is
   what `python -m prompt_tuning.eval` / `infer` take as PROMPT_PATH, with
@@ -218,6 +224,9 @@ def import_peft_run(*, adapter_dir: str, output_dir: str, checkpoint: str,
     checkpoint: the frozen model it adapts (T5X or Hugging Face): its layers,
       heads and widths lay the parameters out, checked before writing.
     model_config: a T5X checkpoint's config (required for T5X).
+    tasks: an MPT adapter's task names, one per task in PEFT's task-id order
+      (the run's task index); evaluation matches them to the mixture's
+      tasks.
 
   Returns:
     The method's name.
@@ -231,6 +240,6 @@ def import_peft_run(*, adapter_dir: str, output_dir: str, checkpoint: str,
   if config is None:
     raise ValueError(f"{checkpoint}: not a Hugging Face checkpoint; pass its "
                      f"preset (--model) to lay out the {kind} adapter.")
-  method, names = peft_adapters.import_run(adapter_dir, config)
+  method, names = peft_adapters.import_run(adapter_dir, config, tasks)
   runs.write_adapter_run(output_dir, method, method_base.nested(names))
   return method.name

@@ -25,6 +25,7 @@ from prompt_tuning.models.t5 import T5
 from prompt_tuning.pretrained import load_pretrained
 from prompt_tuning.prompts import mixed
 from prompt_tuning.prompts.library import PromptLibrary
+from prompt_tuning.serving import library_entries
 from prompt_tuning.training import prompt_files
 from prompt_tuning.training.inference import DecodeConfig
 
@@ -88,32 +89,43 @@ def load_frozen(initial_checkpoint_path: str,
 
 
 def load_library(specs: Union[Sequence[str], Mapping[str, str]],
-                 embed_dim: Optional[int] = None) -> PromptLibrary:
+                 embed_dim: Optional[int] = None,
+                 config: Optional[T5Config] = None) -> PromptLibrary:
   """Reads prompts ('NAME=PATH', 'NAME:TASK=PATH' or {name: path}) in any
-  format, our run directories included, checked against `embed_dim`."""
-  return PromptLibrary.load(specs, embed_dim,
-                            read_run=prompt_files.load_prompt)
+  format, our run directories included, checked against `embed_dim`. With
+  the frozen model's `config`, also entries that add adapters (runs of any
+  method but model tuning, PEFT LoRA/IA3/prefix adapters;
+  `library_entries`)."""
+  read_entry = (library_entries.entry_reader(config) if config is not None
+                else None)
+  return PromptLibrary.load(
+      specs, embed_dim if config is None else config.emb_dim,
+      read_run=prompt_files.load_prompt, read_entry=read_entry)
 
 
-def _predict(frozen, bank, lengths, prompt_ids, tokens, *, model, decode,
-             length, placement):
+def _predict(frozen, adapters, bank, lengths, prompt_ids, tokens, *, model,
+             decode, length, placement):
   return mixed.predict(model, frozen, bank, lengths, prompt_ids, tokens,
                        max_decode_length=length, method=decode.method,
                        beam_size=decode.beam_size, alpha=decode.alpha,
-                       eos_id=decode.eos_id, placement=placement)
+                       eos_id=decode.eos_id, placement=placement,
+                       adapters=adapters)
 
 
-def _rank(frozen, bank, lengths, prompt_ids, tokens, candidates, *, model,
-          eos_id, placement):
+def _rank(frozen, adapters, bank, lengths, prompt_ids, tokens, candidates, *,
+          model, eos_id, placement):
   return mixed.rank(model, frozen, bank, lengths, prompt_ids, tokens,
-                    candidates, placement, eos_id)
+                    candidates, placement, eos_id, adapters)
 
 
 class MixedRunner:
   """Jitted mixed-prompt decoding and scoring for one frozen model and bank.
 
   Every call takes a full batch of `batch_size` rows (pad with zero rows and
-  prompt id 0), so each function compiles once per input shape.
+  prompt id 0), so each function compiles once per input shape. A library
+  with adapters (IA3, LoRA, prefixes, deep prompts) runs on the per-example
+  model of its adapter bank (`library_entries.build_bank`); a library of
+  prompts on the frozen model itself.
   """
 
   def __init__(self, frozen: FrozenModel, library: PromptLibrary,
@@ -132,12 +144,20 @@ class MixedRunner:
     # The bank is tiny ([K, P_max, H]) and read by every row: replicated.
     self._bank = jax.device_put(bank, replicated)
     self._lengths = jax.device_put(lengths, replicated)
+    adapters = library_entries.build_bank(library, frozen.config)
+    library_entries.check_placement(adapters, placement)
+    model = frozen.model
+    self._adapters = None
+    if adapters is not None:
+      model = T5(frozen.config.replace(adapters=adapters.config))
+      # Small next to the frozen model (K entries' adapters): replicated.
+      self._adapters = jax.device_put(adapters.arrays, replicated)
+      logging.info("Serving per-example adapters: %s.", adapters.config)
     self._predict = jax.jit(functools.partial(
-        _predict, model=frozen.model, decode=decode,
+        _predict, model=model, decode=decode,
         length=self.max_decode_length, placement=placement))
     self._rank = jax.jit(functools.partial(
-        _rank, model=frozen.model, eos_id=decode.eos_id,
-        placement=placement))
+        _rank, model=model, eos_id=decode.eos_id, placement=placement))
 
   def _shard(self, *arrays: np.ndarray):
     return partitioning.shard_global_batch(tuple(arrays), self.frozen.mesh)
@@ -147,8 +167,8 @@ class MixedRunner:
     with partitioning.mesh_context(self.frozen.mesh, self.frozen.rules):
       tokens, prompt_ids = self._shard(np.asarray(tokens, np.int32),
                                        np.asarray(prompt_ids, np.int32))
-      out = self._predict(self.frozen.params, self._bank, self._lengths,
-                          prompt_ids, tokens)
+      out = self._predict(self.frozen.params, self._adapters, self._bank,
+                          self._lengths, prompt_ids, tokens)
     return partitioning.to_host(out)
 
   def rank(self, tokens: np.ndarray, prompt_ids: np.ndarray,
@@ -159,8 +179,8 @@ class MixedRunner:
       tokens, prompt_ids, candidates = self._shard(
           np.asarray(tokens, np.int32), np.asarray(prompt_ids, np.int32),
           np.asarray(candidates, np.int32))
-      out = self._rank(self.frozen.params, self._bank, self._lengths,
-                       prompt_ids, tokens, candidates)
+      out = self._rank(self.frozen.params, self._adapters, self._bank,
+                       self._lengths, prompt_ids, tokens, candidates)
     return partitioning.to_host(out)
 
 

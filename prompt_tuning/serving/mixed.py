@@ -220,7 +220,7 @@ def infer_mixed(*, input_path: str, prompts: Sequence[str],
   rows = read_rows(input_path)
   model = frozen_lib.load_frozen(initial_checkpoint_path, model_config,
                                  mesh_shape, fsdp, frozen_dtype, dtype)
-  library = frozen_lib.load_library(prompts, model.config.emb_dim)
+  library = frozen_lib.load_library(prompts, config=model.config)
   vocab = resolve_vocabulary(vocabulary, rows, library)
   runner = frozen_lib.MixedRunner(model, library, decode, placement,
                                   task_feature_lengths["targets"])

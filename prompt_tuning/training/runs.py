@@ -13,7 +13,7 @@ shardings plus what was learned, taken from
   (`methods.records`), and the trainable tree of the best checkpoint (else
   the newest; or the `checkpoint_<N>` the path names) is restored into the
   rebuilt model's shardings. `prompt_tools import-peft` writes such a
-  directory for a PEFT LoRA, IA3 or prefix adapter (`write_adapter_run`).
+  directory for a PEFT LoRA, IA3, prefix or MPT adapter (`write_adapter_run`).
 
 A run directory without method.json (written before it existed) is read by
 its parameters.json `mode`: prompt tuning, or that method with its defaults.
