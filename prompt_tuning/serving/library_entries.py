@@ -7,7 +7,8 @@ beyond an input prompt:
   tuning, IA3, LoRA, multitask prompts; `method.json` and the best, else
   newest, checkpoint, as evaluation reads it), reparameterisations merged;
   a multitask run gives the prompt of the entry's task (`NAME:TASK=RUN`);
-- a Hugging Face PEFT LORA, IA3 or PREFIX_TUNING adapter directory.
+- a Hugging Face PEFT LORA, IA3 or PREFIX_TUNING adapter directory (an MPT
+  one numbers its tasks: it is refused, to be imported as a run first).
 
 Prompt and P-tuning run directories and prompt files stay plain prompts
 (`prompts.library` reads them). `build_bank` pads and stacks the entries'
@@ -26,6 +27,7 @@ import numpy as np
 from prompt_tuning import methods
 from prompt_tuning.methods import base
 from prompt_tuning.methods import peft_adapters
+from prompt_tuning.methods import peft_multitask
 from prompt_tuning.methods.prompt import PROMPT_PATH
 from prompt_tuning.models.adapters import AdapterConfig
 from prompt_tuning.models.config import T5Config
@@ -59,8 +61,14 @@ def read_entry(path: str, task: str, config: T5Config) -> Optional[Entry]:
     trainable, _ = runs.restore_trainable(saved)
     trainable = jax.tree_util.tree_map(np.asarray, trainable)
     return _split(saved.method, trainable, task, config, path)
-  if (saved is None and peft.is_adapter(path) and
-      peft_adapters.peft_type(path) in peft_adapters.RUN_TYPES):
+  kind = (peft_adapters.peft_type(path)
+          if saved is None and peft.is_adapter(path) else None)
+  if kind == peft_multitask.MPT:
+    raise ValueError(
+        f"{path}: a PEFT MPT adapter numbers its tasks; import it as a run "
+        "first (prompt_tools import-peft --adapter DIR --output RUN --tasks "
+        "NAME,...) and serve NAME:TASK=RUN.")
+  if kind in peft_adapters.RUN_TYPES:
     method, names = peft_adapters.import_run(path,
                                              config.replace(scan_layers=False))
     return _split(method, base.nested(names), task, config, path)
