@@ -76,12 +76,19 @@ class Dense(nn.Module):
   adapters: Optional[AdapterConfig] = None
   # LoRA dropout is on only in training.
   deterministic: bool = True
+  # A `bias` [out] after the kernel (T5 has none; Qwen2's q/k/v do).
+  use_bias: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """x: [..., in] -> [..., features]."""
     kernel = param_with_axes(self, "kernel", self.kernel_init,
                              (x.shape[-1], self.features), self.kernel_axes,
+                             self.param_dtype)
+    bias = None
+    if self.use_bias:
+      bias = param_with_axes(self, "bias", nn.initializers.zeros,
+                             (self.features,), self.kernel_axes[1:],
                              self.param_dtype)
     ad = self.adapters
     path = tuple(self.scope.path) if ad is not None else ()
@@ -103,6 +110,8 @@ class Dense(nn.Module):
       if scale_input:
         x = x * scaling
     y = jnp.dot(x, kernel.astype(self.dtype))
+    if bias is not None:
+      y = y + bias.astype(self.dtype)
     if ia3 and not scale_input:
       y = y * scaling
     if ad is not None and ad.lora_rank and adapters_lib.matches(

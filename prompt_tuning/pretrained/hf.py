@@ -303,7 +303,7 @@ def load_tensor(tensor: TensorEntry,
   return array
 
 
-def _index_tensors(path: str) -> Tuple[Dict[str, TensorEntry], str]:
+def index_tensors(path: str) -> Tuple[Dict[str, TensorEntry], str]:
   """All tensors of a checkpoint directory, and the file that lists them."""
   single = os.path.join(path, WEIGHTS_FILE)
   if os.path.isfile(single):  # transformers prefers it too
@@ -390,7 +390,7 @@ def param_map(config: T5Config) -> Dict[str, Tuple[str, Tuple[int, ...],
   return params
 
 
-def _load_param(tensor: TensorEntry, transpose: bool,
+def load_param(tensor: TensorEntry, transpose: bool,
                 index: Optional[Index] = None) -> np.ndarray:
   """Our layout's array, or its block `index` (in our layout: a transposed
   tensor is sliced by the reversed index, then transposed)."""
@@ -399,6 +399,44 @@ def _load_param(tensor: TensorEntry, transpose: bool,
   array = load_tensor(tensor, index)
   # Contiguous so that the caller's device_put / cast sees a plain array.
   return np.ascontiguousarray(array.T) if transpose else array
+
+
+def open_directory(path: str) -> Tuple[str, Dict, str]:
+  """A Hugging Face model directory's local path, its config.json (parsed)
+  and that file's path, after checking the weights are there.
+
+  A gs:// directory is first copied (its .json and .safetensors files) to a
+  local temporary directory that lives as long as the process: safetensors
+  maps files.
+
+  Raises:
+    ValueError: one line, for a missing or invalid config.json, missing
+      weights, or only a pickle (never opened).
+  """
+  if storage.is_remote(path) and storage.isdir(path):
+    path = storage.local_copy(path, [
+        n for n in storage.listdir(path)
+        if n.endswith((".json", ".safetensors"))])
+  config_file = os.path.join(path, CONFIG_FILE)
+  if not os.path.isfile(config_file):
+    raise ValueError(
+        f"No {CONFIG_FILE} in {path}: expected a Hugging Face model directory "
+        "as written by save_pretrained (config.json + model.safetensors).")
+  if not is_hf_checkpoint(path):
+    if os.path.isfile(os.path.join(path, PICKLE_FILE)):
+      raise ValueError(
+          f"{path} has only {PICKLE_FILE}, a pickle this reader never loads; "
+          "convert it to safetensors: <Model>.from_pretrained(path)"
+          ".save_pretrained(out, safe_serialization=True).")
+    raise ValueError(
+        f"No {WEIGHTS_FILE} or {INDEX_FILE} in {path}; copy the weights next "
+        "to config.json or re-save with save_pretrained.")
+  try:
+    with open(config_file) as f:
+      hf_config = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{config_file} is not valid JSON ({e}).") from None
+  return path, hf_config, config_file
 
 
 def read_hf(path: str) -> Tuple[T5Config, Dict[str, Loader]]:
@@ -426,32 +464,8 @@ def read_hf(path: str) -> Tuple[T5Config, Dict[str, Loader]]:
       corrupt header, a missing or mis-shaped parameter, or a config the
       weights contradict.
   """
-  if storage.is_remote(path) and storage.isdir(path):
-    path = storage.local_copy(path, [
-        n for n in storage.listdir(path)
-        if n.endswith((".json", ".safetensors"))])
-  config_file = os.path.join(path, CONFIG_FILE)
-  if not os.path.isfile(config_file):
-    raise ValueError(
-        f"No {CONFIG_FILE} in {path}: expected a Hugging Face T5 directory "
-        "as written by save_pretrained (config.json + model.safetensors).")
-  if not is_hf_checkpoint(path):
-    if os.path.isfile(os.path.join(path, PICKLE_FILE)):
-      raise ValueError(
-          f"{path} has only {PICKLE_FILE}, a pickle this reader never loads; "
-          "convert it to safetensors: T5ForConditionalGeneration"
-          ".from_pretrained(path).save_pretrained(out, "
-          "safe_serialization=True).")
-    raise ValueError(
-        f"No {WEIGHTS_FILE} or {INDEX_FILE} in {path}; copy the weights next "
-        "to config.json or re-save with save_pretrained.")
-  try:
-    with open(config_file) as f:
-      hf_config = json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{config_file} is not valid JSON ({e}).") from None
-
-  tensors, listing = _index_tensors(path)
+  path, hf_config, config_file = open_directory(path)
+  tensors, listing = index_tensors(path)
   config = config_from_hf(hf_config, has_lm_head="lm_head.weight" in tensors,
                           where=config_file)
   loaders = {}
@@ -469,6 +483,6 @@ def read_hf(path: str) -> Tuple[T5Config, Dict[str, Loader]]:
           f"{list(tensor.shape)} but config.json implies {list(hf_shape)}; "
           "config.json does not match the weights.")
     loaders[ours] = BlockLoader(
-        read=functools.partial(_load_param, tensor, transpose),
+        read=functools.partial(load_param, tensor, transpose),
         shape=functools.partial(tuple, shape))
   return config, loaders

@@ -1,0 +1,259 @@
+"""A frozen decoder-only LM (Llama, Mistral, Qwen2, Gemma 2) in flax.linen.
+
+Parameter names follow our T5's (T5X's) decoder, so the parameter-efficient
+methods' targets (`query`, `key`, `value`, `out`, `wi_0`, `wi_1`, `wo`) and
+the rules table's logical axes apply unchanged:
+
+  token_embedder/embedding                           [V, H]
+  decoder/layers_i/pre_self_attention_layer_norm/scale   [H]
+  decoder/layers_i/self_attention/{query,key,value}/kernel (+ bias)
+  decoder/layers_i/self_attention/out/kernel
+  decoder/layers_i/post_self_attention_layer_norm/scale  (Gemma 2)
+  decoder/layers_i/pre_mlp_layer_norm/scale
+  decoder/layers_i/mlp/{wi_0 (gate), wi_1 (up), wo (down)}/kernel
+  decoder/layers_i/post_mlp_layer_norm/scale              (Gemma 2)
+  decoder/decoder_norm/scale
+  decoder/logits_dense/kernel                        [H, V] (untied only)
+
+`__call__` takes token ids with an explicit mask: these vocabularies have no
+padding id (Llama 3's id 0 is a real token). `embed` and `forward_embedded`
+split the lookup from the stack, which is where a soft prompt joins.
+Positions count real rows (a prompt's too) and rotary embeddings use them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_tuning.models import layers
+from prompt_tuning.models.adapters import AdapterConfig
+from prompt_tuning.models.decoder_only.config import DecoderConfig
+
+Array = jax.Array
+
+
+def inverse_frequencies(config: DecoderConfig) -> np.ndarray:
+  """The rotary inverse frequencies [head_dim / 2] (float32), with the
+  config's scaling (linear, or Llama 3.1's piecewise one)."""
+  dim = config.head_dim
+  inv = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32)
+                                     / dim))
+  inv = inv.astype(np.float32)
+  if config.rope_type == "linear":
+    return (inv / config.rope_factor).astype(np.float32)
+  if config.rope_type == "llama3":
+    factor, old = config.rope_factor, config.rope_original_max_positions
+    low, high = config.rope_low_freq_factor, config.rope_high_freq_factor
+    wavelength = 2 * np.pi / inv
+    scaled = np.where(wavelength > old / low, inv / factor, inv)
+    smooth = (old / wavelength - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelength >= old / high) & (wavelength <= old / low)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+  return inv
+
+
+def rotate(x: Array, positions: Array, inverse: np.ndarray) -> Array:
+  """Rotary embedding of x [B, T, heads, d] at positions [B, T] (the
+  rotate-half convention of HF's Llama: pairs (i, i + d/2))."""
+  angles = positions.astype(jnp.float32)[..., None] * inverse  # [B, T, d/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  half = x.shape[-1] // 2
+  turned = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  return (x.astype(jnp.float32) * cos +
+          turned.astype(jnp.float32) * sin).astype(x.dtype)
+
+
+def softcap(x: Array, cap: float) -> Array:
+  return jnp.tanh(x / cap) * cap if cap else x
+
+
+class Norm(nn.Module):
+  """RMSNorm in float32; Gemma's scales by (1 + scale), stored as offsets."""
+
+  eps: float
+  offset: float = 0.0
+  dtype: str = "bfloat16"
+  param_dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = x.astype(jnp.float32)
+    y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), -1, keepdims=True) +
+                          self.eps)
+    scale = layers.param_with_axes(
+        self, "scale", nn.initializers.zeros if self.offset else
+        nn.initializers.ones, (x.shape[-1],), ("embed",), self.param_dtype)
+    return (y * (self.offset + scale.astype(jnp.float32))).astype(self.dtype)
+
+
+class SelfAttention(nn.Module):
+  """Causal grouped-query attention with rotary positions."""
+
+  config: DecoderConfig
+  # 0 for global attention, else the keys within this many positions.
+  window: int = 0
+  adapters: Optional[AdapterConfig] = None
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array, positions: Array) -> Array:
+    """x [B, T, H], mask [B, T] bool (real rows), positions [B, T] int ->
+    [B, T, H]."""
+    cfg = self.config
+    kv_heads, groups = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
+    dense = lambda features, name, bias: layers.Dense(
+        features, ("embed", "joined_kv"), dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype, adapters=self.adapters,
+        use_bias=bias, name=name)
+    split = lambda y, heads: y.reshape(y.shape[:2] + (heads, cfg.head_dim))
+    query = split(dense(cfg.num_heads * cfg.head_dim, "query",
+                        cfg.qkv_bias)(x), cfg.num_heads)
+    key = split(dense(kv_heads * cfg.head_dim, "key", cfg.qkv_bias)(x),
+                kv_heads)
+    value = split(dense(kv_heads * cfg.head_dim, "value", cfg.qkv_bias)(x),
+                  kv_heads)
+    inverse = inverse_frequencies(cfg)
+    query, key = rotate(query, positions, inverse), rotate(key, positions,
+                                                           inverse)
+    # [B, T, kv, groups, d]: each key/value head serves `groups` query heads.
+    query = query.reshape(query.shape[:2] + (kv_heads, groups, cfg.head_dim))
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", query, key,
+                        preferred_element_type=jnp.float32) * cfg.query_scale
+    scores = softcap(scores, cfg.attn_softcap)
+    length = x.shape[1]
+    q, k = jnp.arange(length)[:, None], jnp.arange(length)[None, :]
+    allowed = k <= q
+    if self.window:
+      allowed &= q - k < self.window
+    allowed = allowed[None] & mask[:, None, :]  # [B, q, k]
+    scores = jnp.where(allowed[:, None, None], scores,
+                       jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", weights, value)
+    out = out.reshape(out.shape[:2] + (cfg.num_heads * cfg.head_dim,))
+    return layers.Dense(cfg.emb_dim, ("joined_kv", "embed"), dtype=cfg.dtype,
+                        param_dtype=cfg.param_dtype, adapters=self.adapters,
+                        use_bias=cfg.out_bias, name="out")(out)
+
+
+class DecoderOnlyLayer(nn.Module):
+  """Pre-norm attention + gated MLP; Gemma 2 also norms each branch's
+  output before the residual add."""
+
+  config: DecoderConfig
+  window: int = 0
+  adapters: Optional[AdapterConfig] = None
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array, positions: Array) -> Array:
+    cfg = self.config
+    norm = lambda name: Norm(cfg.norm_eps, 1.0 if cfg.gemma else 0.0,
+                             cfg.dtype, cfg.param_dtype, name=name)
+    y = norm("pre_self_attention_layer_norm")(x)
+    y = SelfAttention(cfg, self.window, self.adapters,
+                      name="self_attention")(y, mask, positions)
+    if cfg.gemma:
+      y = norm("post_self_attention_layer_norm")(y)
+    x = x + y
+    y = norm("pre_mlp_layer_norm")(x)
+    y = layers.MlpBlock(cfg.mlp_dim, (cfg.activation, "linear"),
+                        dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                        adapters=self.adapters, name="mlp")(y)
+    if cfg.gemma:
+      y = norm("post_mlp_layer_norm")(y)
+    return layers.constrain(x + y, ("batch", "length", "embed"))
+
+
+class Decoder(nn.Module):
+  """The layer stack, final norm and (untied) output projection: the
+  `decoder` subtree, as in T5."""
+
+  config: DecoderConfig
+  adapters: Optional[AdapterConfig] = None
+
+  def setup(self):
+    cfg = self.config
+    self.layers = [DecoderOnlyLayer(cfg, cfg.sliding(i), self.adapters,
+                                    name=f"layers_{i}")
+                   for i in range(cfg.num_layers)]
+    self.decoder_norm = Norm(cfg.norm_eps, 1.0 if cfg.gemma else 0.0,
+                             cfg.dtype, cfg.param_dtype)
+    if not cfg.tie_embeddings:
+      self.logits_dense = layers.Dense(
+          cfg.vocab_size, ("embed", "vocab"), dtype=cfg.dtype,
+          param_dtype=cfg.param_dtype)
+
+  def __call__(self, x: Array, mask: Array, positions: Array) -> Array:
+    """[B, T, H] -> normed [B, T, H]."""
+    for layer in self.layers:
+      x = layer(x, mask, positions)
+    return self.decoder_norm(x)
+
+  def project(self, y: Array) -> Array:
+    """[B, T, H] -> [B, T, V] with the untied output kernel."""
+    return self.logits_dense(y)
+
+
+class DecoderOnlyLM(nn.Module):
+  """The frozen LM: tokens (and an optional embedded prefix) -> logits."""
+
+  config: DecoderConfig
+  adapters: Optional[AdapterConfig] = None
+
+  def setup(self):
+    cfg = self.config
+    self.token_embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim,
+                                       cfg.dtype, cfg.param_dtype)
+    self.decoder = Decoder(cfg, self.adapters)
+
+  def embed(self, tokens: Array) -> Array:
+    """[B, T] ids -> [B, T, H]; Gemma scales by sqrt(H), rounded to the
+    compute dtype first as HF does."""
+    x = self.token_embedder(tokens)
+    if self.config.gemma:
+      x = x * jnp.asarray(self.config.emb_dim ** 0.5, x.dtype)
+    return x
+
+  def forward_embedded(self, x: Array, mask: Array,
+                       positions: Optional[Array] = None) -> Array:
+    """x [B, T, H] embedded rows, mask [B, T] bool -> logits [B, T, V]
+    float32. Positions default to each row's count of real rows before it."""
+    if positions is None:
+      positions = default_positions(mask)
+    y = self.decoder(x, mask.astype(bool), positions)
+    if self.config.tie_embeddings:
+      logits = self.token_embedder.attend(y)
+    else:
+      logits = self.decoder.project(y)
+    return softcap(logits.astype(jnp.float32), self.config.final_softcap)
+
+  def __call__(self, tokens: Array, mask: Optional[Array] = None,
+               positions: Optional[Array] = None) -> Array:
+    """tokens [B, T] int, mask [B, T] (None: every row real) -> [B, T, V]."""
+    if mask is None:
+      mask = jnp.ones(tokens.shape, bool)
+    return self.forward_embedded(self.embed(tokens), mask, positions)
+
+
+def default_positions(mask: Array) -> Array:
+  """[B, T] int: the number of real rows before each row (left padding
+  keeps real rows at 0, 1, ...; right padding is arange)."""
+  mask = mask.astype(jnp.int32)
+  return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+
+
+def param_shapes(config: DecoderConfig) -> Tuple[Tuple[str, Tuple[int, ...]],
+                                                 ...]:
+  """('/'-joined name, shape) of every parameter, from an abstract init."""
+  tokens = jnp.ones((1, 1), jnp.int32)
+  tree = jax.eval_shape(lambda: DecoderOnlyLM(config).init(
+      jax.random.PRNGKey(0), tokens)["params"])
+  flat = jax.tree_util.tree_flatten_with_path(nn.unbox(tree))[0]
+  return tuple(("/".join(k.key for k in path), tuple(v.shape))
+               for path, v in flat)

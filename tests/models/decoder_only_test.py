@@ -1,0 +1,182 @@
+"""Decoder-only LMs against Hugging Face transformers, and their loader.
+
+Random HF models of each family and several shapes (GQA ratios, head dims,
+tied or untied embeddings, biases, rotary scalings, sliding windows,
+Gemma 2's soft-capping on and off) are saved with `save_pretrained` and
+read by `pretrained.hf_decoder`; our logits must equal HF's eager forward
+(float32, 1e-4) on right- and left-padded batches. Needs the torch extra;
+the loader's refusals do not.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from prompt_tuning.models.decoder_only import DecoderOnlyLM
+from prompt_tuning.models.decoder_only import config as config_lib
+from prompt_tuning.models.decoder_only import model as model_lib
+from prompt_tuning.pretrained import hf_decoder
+
+# name -> (HF config class name, its kwargs)
+SHAPES = {
+    "llama_gqa": ("LlamaConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+        intermediate_size=48, tie_word_embeddings=False)),
+    "llama3_rope_tied_bias": ("LlamaConfig", dict(
+        num_attention_heads=6, num_key_value_heads=3, hidden_size=36,
+        head_dim=10, intermediate_size=40, tie_word_embeddings=True,
+        attention_bias=True, rope_theta=500000.0, rope_scaling=dict(
+            rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+            high_freq_factor=4.0, original_max_position_embeddings=4))),
+    "mistral_window": ("MistralConfig", dict(
+        num_attention_heads=4, num_key_value_heads=1, hidden_size=32,
+        intermediate_size=64, sliding_window=3, tie_word_embeddings=False)),
+    "qwen2": ("Qwen2Config", dict(
+        num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+        intermediate_size=40, tie_word_embeddings=True,
+        rope_scaling=dict(rope_type="linear", factor=2.0))),
+    "gemma2": ("Gemma2Config", dict(
+        num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+        head_dim=12, intermediate_size=40, sliding_window=3,
+        query_pre_attn_scalar=20, attn_logit_softcapping=5.0,
+        final_logit_softcapping=3.0)),
+    "gemma2_no_caps": ("Gemma2Config", dict(
+        num_attention_heads=2, num_key_value_heads=2, hidden_size=24,
+        head_dim=8, intermediate_size=32, sliding_window=16,
+        query_pre_attn_scalar=8, attn_logit_softcapping=None,
+        final_logit_softcapping=None)),
+}
+VOCAB = 61
+
+
+def _torch():
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  return torch, transformers
+
+
+def _hf_model(name, directory):
+  torch, transformers = _torch()
+  cls, kwargs = SHAPES[name]
+  config = getattr(transformers, cls)(vocab_size=VOCAB, num_hidden_layers=3,
+                                      max_position_embeddings=64, **kwargs)
+  config._attn_implementation = "eager"  # pylint: disable=protected-access
+  torch.manual_seed(0)
+  model = getattr(transformers, cls.replace("Config", "ForCausalLM"))(
+      config).eval()
+  with torch.no_grad():
+    for name_, p in model.named_parameters():
+      # Far from the init's near-identity, so every piece matters.
+      p.copy_(torch.randn_like(p) * (0.3 if "norm" in name_ else 0.2) +
+              (1.0 if "norm" in name_ and "gemma" not in cls.lower() else 0))
+  model.save_pretrained(directory, safe_serialization=True)
+  return model
+
+
+def _batch(left):
+  rng = np.random.default_rng(4)
+  tokens = rng.integers(0, VOCAB, (3, 8)).astype(np.int32)
+  mask = np.ones((3, 8), bool)
+  if left:
+    mask[1, :3] = False
+    mask[2, :1] = False
+  else:
+    mask[1, 5:] = False
+    mask[2, 7:] = False
+  return tokens, mask
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_logits_equal_transformers(name, tmp_path):
+  torch, _ = _torch()
+  hf_model = _hf_model(name, str(tmp_path))
+  config, params = hf_decoder.load_host(str(tmp_path), dtype="float32")
+  config = config.replace(dtype="float32")
+  model = DecoderOnlyLM(config)
+  for left in (False, True):
+    tokens, mask = _batch(left)
+    positions = np.asarray(model_lib.default_positions(mask))
+    ours = np.asarray(model.apply({"params": params}, tokens, mask,
+                                  positions))
+    with torch.no_grad():
+      theirs = hf_model(
+          input_ids=torch.tensor(tokens, dtype=torch.long),
+          attention_mask=torch.tensor(mask, dtype=torch.long),
+          position_ids=torch.tensor(positions, dtype=torch.long)
+      ).logits.numpy()
+    np.testing.assert_allclose(ours[mask], theirs[mask], atol=1e-4,
+                               rtol=1e-4, err_msg=f"{name} left={left}")
+  assert np.abs(ours[mask]).max() > 0.1  # not a degenerate model
+
+
+def test_config_json_reading_refuses_what_is_not_implemented():
+  base = dict(model_type="llama", vocab_size=10, hidden_size=8,
+              num_attention_heads=2, intermediate_size=16,
+              num_hidden_layers=1)
+  assert config_lib.from_hf(base).num_kv_heads == 2
+  cases = [
+      (dict(model_type="gpt2"), "model_type 'gpt2' is not a decoder-only"),
+      (dict(rope_scaling={"rope_type": "yarn", "factor": 2}),
+       "rope_scaling type 'yarn' is not implemented"),
+      (dict(hidden_act="relu"), "activation 'relu' is not implemented"),
+      (dict(mlp_bias=True), "mlp_bias = true is not implemented"),
+      (dict(model_type="qwen2", use_sliding_window=True),
+       "use_sliding_window = true is not implemented"),
+      (dict(num_key_value_heads=3), "must be a multiple of num_kv_heads=3"),
+  ]
+  for change, message in cases:
+    with pytest.raises(ValueError, match=message) as error:
+      config_lib.from_hf(dict(base, **change), "x/config.json")
+    assert "\n" not in str(error.value)
+
+
+def test_presets_build_abstractly():
+  """Every preset's parameter count is its published size (abstract init:
+  nothing is allocated)."""
+  expected_billions = {"llama3_2_1b": 1.24, "llama3_1_8b": 8.03,
+                       "qwen2_5_0_5b": 0.49, "qwen2_5_7b": 7.62,
+                       "gemma2_2b": 2.61, "gemma2_9b": 9.24}
+  for name, billions in expected_billions.items():
+    shapes = model_lib.param_shapes(config_lib.decoder_config(name))
+    total = sum(int(np.prod(s)) for _, s in shapes) / 1e9
+    assert abs(total - billions) < 0.01, (name, total)
+
+
+def test_loader_refuses_missing_unexpected_and_misshaped_tensors(tmp_path):
+  from prompt_tuning.pretrained import hf_export  # pylint: disable=g-import-not-at-top
+  hf = dict(model_type="llama", vocab_size=10, hidden_size=8,
+            num_attention_heads=2, intermediate_size=16, num_hidden_layers=1,
+            tie_word_embeddings=True)
+  config = config_lib.from_hf(hf)
+  tensors = {}
+  for _, (theirs, shape, transpose) in hf_decoder.param_map(config).items():
+    tensors[theirs] = np.zeros(shape[::-1] if transpose else shape,
+                               np.float32)
+
+  def write(directory, table):
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+      json.dump(hf, f)
+    hf_export.write_safetensors(os.path.join(directory, "model.safetensors"),
+                                table)
+    return directory
+
+  good = write(str(tmp_path / "good"), tensors)
+  assert set(hf_decoder.read_hf_decoder(good)[1]) == set(
+      hf_decoder.param_map(config))
+  missing = dict(tensors)
+  del missing["model.norm.weight"]
+  extra = dict(tensors, **{"model.layers.0.mlp.extra.weight":
+                           np.zeros(2, np.float32)})
+  shaped = dict(tensors, **{"model.norm.weight": np.zeros(9, np.float32)})
+  for name, table, message in [
+      ("missing", missing, r"decoder/decoder_norm/scale \(Hugging Face "
+       r"model.norm.weight\) is missing"),
+      ("extra", extra, r"1 tensor\(s\) this llama model has no place for "
+       r"\(first: 'model.layers.0.mlp.extra.weight'\)"),
+      ("shaped", shaped, r"has shape \[9\] but config.json implies \[8\]")]:
+    with pytest.raises(ValueError, match=message) as error:
+      hf_decoder.read_hf_decoder(write(str(tmp_path / name), table))
+    assert "\n" not in str(error.value)
