@@ -7,14 +7,16 @@ targets (rank classification). The core functions (`*_encoded`) start from an
 encoder output and its mask rather than from tokens: a soft prompt changes only
 what is encoded, so the same decoding serves the plain and the prompted model.
 The thin token wrappers (`greedy_decode`, `beam_search`, `score`) run the
-encoder once and call them. To jit a wrapper, mark the model and the lengths
+encoder once and call them. The loops themselves (`greedy_steps`, which also
+samples with a temperature, and `beam_steps`) take any model's step
+function, so decoder-only LMs (`models.decoder_only.generate`) share them. To jit a wrapper, mark the model and the lengths
 static, e.g. `jax.jit(greedy_decode, static_argnames=('model',
 'max_decode_length', 'eos_id'))`: the model is a hashable flax module.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -124,6 +126,74 @@ class _GreedyState(NamedTuple):
   last: Array  # [B] int32 decoder input at `position`
   done: Array  # [B] bool: EOS already emitted
   cache: PyTree
+  rng: Array  # sampling's key (unused by argmax)
+
+
+# One decoding step: (cache, tokens [B] fed at `position`, position) ->
+# (logits [B, V] float32 for the next token, updated cache).
+StepFn = Callable[[PyTree, Array, Array], Tuple[Array, PyTree]]
+
+
+def greedy_steps(step: StepFn, cache: PyTree, start_tokens: Array,
+                 max_decode_length: int, eos_id: int = 1,
+                 temperature: float = 0.0,
+                 rng: Optional[Array] = None) -> Array:
+  """Argmax (or, with `temperature` > 0, sampled) decoding of any model
+  whose step is `step` (T5's decoder, a decoder-only LM's cached chunk).
+
+  Args:
+    step: see `StepFn`.
+    cache: the model's cache before the first step.
+    start_tokens: [B] int32, what is fed at position 0 (T5: 0; a
+      decoder-only LM: the prompt's last token).
+    max_decode_length: static number of tokens to produce at most.
+    eos_id: end-of-sequence id; it is kept in the output.
+    temperature: 0 takes the argmax; else tokens are drawn from
+      softmax(logits / temperature).
+    rng: the sampling key (required with a temperature).
+
+  Returns:
+    [B, max_decode_length] int32 tokens; positions after EOS are 0.
+  """
+  if temperature and rng is None:
+    raise ValueError("Sampling with a temperature needs an rng key.")
+  batch = start_tokens.shape[0]
+  init = _GreedyState(
+      position=jnp.zeros((), jnp.int32),
+      tokens=jnp.zeros((batch, max_decode_length), jnp.int32),
+      last=start_tokens.astype(jnp.int32),
+      done=jnp.zeros((batch,), bool),
+      cache=cache,
+      rng=rng if rng is not None else jax.random.PRNGKey(0))
+
+  def cond(state: _GreedyState) -> Array:
+    return (state.position < max_decode_length) & ~jnp.all(state.done)
+
+  def body(state: _GreedyState) -> _GreedyState:
+    logits, cache = step(state.cache, state.last, state.position)
+    rng, key = jax.random.split(state.rng)
+    if temperature:
+      token = jax.random.categorical(key, logits / temperature, axis=-1)
+    else:
+      token = jnp.argmax(logits, axis=-1)
+    token = token.astype(jnp.int32)
+    # Finished rows keep decoding (the batch moves together) but emit padding.
+    token = jnp.where(state.done, 0, token)
+    return _GreedyState(
+        position=state.position + 1,
+        tokens=state.tokens.at[:, state.position].set(token),
+        last=token,
+        done=state.done | (token == eos_id),
+        cache=cache, rng=rng)
+
+  return lax.while_loop(cond, body, init).tokens
+
+
+def _t5_step(model: nn.Module, params: PyTree, encoded: Array,
+             encoder_mask: Array, max_decode_length: int) -> StepFn:
+  return lambda cache, tokens, position: decode_step(
+      model, params, cache, encoded, encoder_mask, tokens, position,
+      max_decode_length)
 
 
 def greedy_decode_encoded(model: nn.Module, params: PyTree, encoded: Array,
@@ -142,33 +212,11 @@ def greedy_decode_encoded(model: nn.Module, params: PyTree, encoded: Array,
   Returns:
     [B, max_decode_length] int32 tokens; positions after EOS are 0.
   """
-  batch = encoded.shape[0]
   cache = init_cache(model, params, encoded, encoder_mask, max_decode_length)
-  init = _GreedyState(
-      position=jnp.zeros((), jnp.int32),
-      tokens=jnp.zeros((batch, max_decode_length), jnp.int32),
-      last=jnp.zeros((batch,), jnp.int32),
-      done=jnp.zeros((batch,), bool),
-      cache=cache)
-
-  def cond(state: _GreedyState) -> Array:
-    return (state.position < max_decode_length) & ~jnp.all(state.done)
-
-  def body(state: _GreedyState) -> _GreedyState:
-    logits, cache = decode_step(model, params, state.cache, encoded,
-                                encoder_mask, state.last, state.position,
-                                max_decode_length)
-    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    # Finished rows keep decoding (the batch moves together) but emit padding.
-    token = jnp.where(state.done, 0, token)
-    return _GreedyState(
-        position=state.position + 1,
-        tokens=state.tokens.at[:, state.position].set(token),
-        last=token,
-        done=state.done | (token == eos_id),
-        cache=cache)
-
-  return lax.while_loop(cond, body, init).tokens
+  return greedy_steps(
+      _t5_step(model, params, encoded, encoder_mask, max_decode_length),
+      cache, jnp.zeros((encoded.shape[0],), jnp.int32), max_decode_length,
+      eos_id)
 
 
 def brevity_penalty(alpha: float, length: Array) -> Array:
@@ -183,7 +231,7 @@ def _gather_beams(x: Array, indices: Array) -> Array:
 
 class _BeamState(NamedTuple):
   position: Array  # scalar int32: the decoder position fed next
-  # Sequences carry a leading start slot (id 0), so slot i is the decoder input
+  # Sequences carry a leading start slot (the start token), so slot i is the input
   # at position i and slot i + 1 receives the token chosen there.
   alive_seqs: Array  # [B, K, L + 1] int32, none has emitted EOS
   alive_log_probs: Array  # [B, K] float32, sorted best first
@@ -197,15 +245,8 @@ def beam_search_encoded(model: nn.Module, params: PyTree, encoded: Array,
                         encoder_mask: Array, max_decode_length: int,
                         beam_size: int = 4, alpha: float = 0.6,
                         eos_id: int = 1) -> Tuple[Array, Array]:
-  """Beam search from an encoder output, with T5X's semantics.
-
-  Each step extends the alive beams, keeps the 2K best candidates, moves those
-  ending in EOS into the finished set (scored log-prob / brevity_penalty(alpha,
-  length), length counting EOS) and keeps the K best others alive. The search
-  stops at `max_decode_length` or once no alive beam, even at the largest
-  length penalty, could beat the worst of K finished beams. An example with no
-  finished beam returns its alive beams with their raw log-probs; when fewer
-  than K beams finished, the empty slots score about NEG_INF.
+  """Beam search from an encoder output, with T5X's semantics
+  (`beam_steps`).
 
   Args:
     model: a `T5` module.
@@ -221,21 +262,61 @@ def beam_search_encoded(model: nn.Module, params: PyTree, encoded: Array,
     (tokens [B, K, max_decode_length] int32 with 0 after EOS, scores [B, K]
     float32), both sorted best first.
   """
-  batch, k, length = encoded.shape[0], beam_size, max_decode_length
+  k = beam_size
   # Beams are flattened into the batch, example-major, for the decoder.
   flat_encoded = jnp.repeat(encoded, k, axis=0)  # [B, T, H] -> [B*K, T, H]
   flat_mask = jnp.repeat(encoder_mask, k, axis=0)  # [B, T] -> [B*K, T]
-  axis = cache_batch_axis(model)
+  cache = init_cache(model, params, flat_encoded, flat_mask,
+                     max_decode_length)
+  return beam_steps(
+      _t5_step(model, params, flat_encoded, flat_mask, max_decode_length),
+      cache, jnp.zeros((encoded.shape[0],), jnp.int32), max_decode_length,
+      beam_size, alpha, eos_id, cache_batch_axis(model))
+
+
+def beam_steps(step: StepFn, cache: PyTree, start_tokens: Array,
+               max_decode_length: int, beam_size: int = 4,
+               alpha: float = 0.6, eos_id: int = 1,
+               cache_axis: int = 0) -> Tuple[Array, Array]:
+  """Beam search over any model's decoding step, with T5X's semantics.
+
+  Each step extends the alive beams, keeps the 2K best candidates, moves those
+  ending in EOS into the finished set (scored log-prob / brevity_penalty(alpha,
+  length), length counting EOS) and keeps the K best others alive. The search
+  stops at `max_decode_length` or once no alive beam, even at the largest
+  length penalty, could beat the worst of K finished beams. An example with no
+  finished beam returns its alive beams with their raw log-probs; when fewer
+  than K beams finished, the empty slots score about NEG_INF.
+
+  Args:
+    step: see `StepFn`; its batch is B * K rows (row b * K + k is beam k of
+      example b).
+    cache: the model's cache for those B * K rows.
+    start_tokens: [B] int32 fed at position 0 (every beam of an example).
+    max_decode_length: static number of tokens to produce at most.
+    beam_size: K, the beams kept alive and returned.
+    alpha: length-penalty exponent; 0 ranks by raw log-probability.
+    eos_id: end-of-sequence id; it is kept in the output.
+    cache_axis: the batch axis of the cache's leaves.
+
+  Returns:
+    (tokens [B, K, max_decode_length] int32 with 0 after EOS, scores [B, K]
+    float32), both sorted best first.
+  """
+  batch, k, length = start_tokens.shape[0], beam_size, max_decode_length
+  axis = cache_axis
+  start = jnp.zeros((batch, k, length + 1), jnp.int32).at[:, :, 0].set(
+      start_tokens.astype(jnp.int32)[:, None])
   # Only beam 0 starts alive: K identical beams would fill the set with copies.
   first = jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32)
   init = _BeamState(
       position=jnp.zeros((), jnp.int32),
-      alive_seqs=jnp.zeros((batch, k, length + 1), jnp.int32),
+      alive_seqs=start,
       alive_log_probs=jnp.tile(first, (batch, 1)),
       finished_seqs=jnp.zeros((batch, k, length + 1), jnp.int32),
       finished_scores=jnp.full((batch, k), NEG_INF, jnp.float32),
       finished_flags=jnp.zeros((batch, k), bool),
-      cache=init_cache(model, params, flat_encoded, flat_mask, length))
+      cache=cache)
 
   def cond(state: _BeamState) -> Array:
     # Log-probs only fall as a beam grows and the penalty only grows with
@@ -249,8 +330,7 @@ def beam_search_encoded(model: nn.Module, params: PyTree, encoded: Array,
   def body(state: _BeamState) -> _BeamState:
     i = state.position
     tokens = state.alive_seqs[:, :, i].reshape(batch * k)  # [B, K] -> [B*K]
-    logits, cache = decode_step(model, params, state.cache, flat_encoded,
-                                flat_mask, tokens, i, length)
+    logits, cache = step(state.cache, tokens, i)
     vocab = logits.shape[-1]
     log_probs = (jax.nn.log_softmax(logits).reshape(batch, k, vocab) +
                  state.alive_log_probs[:, :, None])  # [B, K, V]

@@ -102,9 +102,18 @@ class SelfAttention(nn.Module):
   adapters: Optional[AdapterConfig] = None
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, positions: Array) -> Array:
+  def __call__(self, x: Array, mask: Array, positions: Array,
+               decode_start: Optional[Array] = None,
+               cache_length: int = 0) -> Array:
     """x [B, T, H], mask [B, T] bool (real rows), positions [B, T] int ->
-    [B, T, H]."""
+    [B, T, H].
+
+    With `decode_start` (a scalar column), x is a chunk of the sequence at
+    columns [decode_start, decode_start + T): its keys and values are written
+    into the cache (`cache_length` columns, created by an `init` in this
+    mode) and its queries attend to every cached column up to their own.
+    Prefill is one chunk of the prompt; each decoding step a chunk of one.
+    """
     cfg = self.config
     kv_heads, groups = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
     dense = lambda features, name, bias: layers.Dense(
@@ -121,17 +130,23 @@ class SelfAttention(nn.Module):
     inverse = inverse_frequencies(cfg)
     query, key = rotate(query, positions, inverse), rotate(key, positions,
                                                            inverse)
+    length = x.shape[1]
+    q = jnp.arange(length)[:, None]  # query columns
+    key_mask = mask
+    if decode_start is not None:
+      key, value, key_mask = self._cached(key, value, mask, decode_start,
+                                          cache_length)
+      q = q + decode_start
+    k = jnp.arange(key.shape[1])[None, :]  # key columns
     # [B, T, kv, groups, d]: each key/value head serves `groups` query heads.
     query = query.reshape(query.shape[:2] + (kv_heads, groups, cfg.head_dim))
     scores = jnp.einsum("bqkgd,bskd->bkgqs", query, key,
                         preferred_element_type=jnp.float32) * cfg.query_scale
     scores = softcap(scores, cfg.attn_softcap)
-    length = x.shape[1]
-    q, k = jnp.arange(length)[:, None], jnp.arange(length)[None, :]
     allowed = k <= q
     if self.window:
       allowed &= q - k < self.window
-    allowed = allowed[None] & mask[:, None, :]  # [B, q, k]
+    allowed = allowed[None] & key_mask[:, None, :]  # [B, q, k]
     scores = jnp.where(allowed[:, None, None], scores,
                        jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
@@ -140,6 +155,27 @@ class SelfAttention(nn.Module):
     return layers.Dense(cfg.emb_dim, ("joined_kv", "embed"), dtype=cfg.dtype,
                         param_dtype=cfg.param_dtype, adapters=self.adapters,
                         use_bias=cfg.out_bias, name="out")(out)
+
+  def _cached(self, key: Array, value: Array, mask: Array, start: Array,
+              length: int) -> Tuple[Array, Array, Array]:
+    """Writes a chunk's keys/values [B, T, kv, d] and mask [B, T] at column
+    `start`; returns the whole cache ([B, length, ...], mask [B, length])."""
+    batch = key.shape[0]
+    shape = (batch, length) + key.shape[2:]
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, shape,
+                               key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, shape,
+                                 value.dtype)
+    cached_mask = self.variable("cache", "cached_mask", jnp.zeros,
+                                (batch, length), bool)
+    if self.is_initializing():
+      return cached_key.value, cached_value.value, cached_mask.value
+    write = lambda old, new: jax.lax.dynamic_update_slice_in_dim(
+        old, new.astype(old.dtype), start, axis=1)
+    cached_key.value = write(cached_key.value, key)
+    cached_value.value = write(cached_value.value, value)
+    cached_mask.value = write(cached_mask.value, mask.astype(bool))
+    return cached_key.value, cached_value.value, cached_mask.value
 
 
 class DecoderOnlyLayer(nn.Module):
@@ -151,13 +187,16 @@ class DecoderOnlyLayer(nn.Module):
   adapters: Optional[AdapterConfig] = None
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, positions: Array) -> Array:
+  def __call__(self, x: Array, mask: Array, positions: Array,
+               decode_start: Optional[Array] = None,
+               cache_length: int = 0) -> Array:
     cfg = self.config
     norm = lambda name: Norm(cfg.norm_eps, 1.0 if cfg.gemma else 0.0,
                              cfg.dtype, cfg.param_dtype, name=name)
     y = norm("pre_self_attention_layer_norm")(x)
     y = SelfAttention(cfg, self.window, self.adapters,
-                      name="self_attention")(y, mask, positions)
+                      name="self_attention")(y, mask, positions, decode_start,
+                                             cache_length)
     if cfg.gemma:
       y = norm("post_self_attention_layer_norm")(y)
     x = x + y
@@ -189,10 +228,12 @@ class Decoder(nn.Module):
           cfg.vocab_size, ("embed", "vocab"), dtype=cfg.dtype,
           param_dtype=cfg.param_dtype)
 
-  def __call__(self, x: Array, mask: Array, positions: Array) -> Array:
-    """[B, T, H] -> normed [B, T, H]."""
+  def __call__(self, x: Array, mask: Array, positions: Array,
+               decode_start: Optional[Array] = None,
+               cache_length: int = 0) -> Array:
+    """[B, T, H] -> normed [B, T, H] (decoding: see `SelfAttention`)."""
     for layer in self.layers:
-      x = layer(x, mask, positions)
+      x = layer(x, mask, positions, decode_start, cache_length)
     return self.decoder_norm(x)
 
   def project(self, y: Array) -> Array:
@@ -221,12 +262,17 @@ class DecoderOnlyLM(nn.Module):
     return x
 
   def forward_embedded(self, x: Array, mask: Array,
-                       positions: Optional[Array] = None) -> Array:
+                       positions: Optional[Array] = None,
+                       decode_start: Optional[Array] = None,
+                       cache_length: int = 0) -> Array:
     """x [B, T, H] embedded rows, mask [B, T] bool -> logits [B, T, V]
-    float32. Positions default to each row's count of real rows before it."""
+    float32. Positions default to each row's count of real rows before it.
+    With `decode_start`, x is a chunk at that column of a cached sequence
+    (`generate`); positions must then be given."""
     if positions is None:
       positions = default_positions(mask)
-    y = self.decoder(x, mask.astype(bool), positions)
+    y = self.decoder(x, mask.astype(bool), positions, decode_start,
+                     cache_length)
     if self.config.tie_embeddings:
       logits = self.token_embedder.attend(y)
     else:
