@@ -148,7 +148,7 @@ def insert_positions(placement: str, input_mask: Array, input_tokens: Array,
   return suffix_positions(input_mask, input_tokens, eos_id)
 
 
-def _suffix_source(start: Array, prompt_length: int,
+def splice_source(start: Array, prompt_length: int,
                    input_length: int) -> Array:
   """Gather indices into [inputs; prompt] that splice the prompt at `start`.
 
@@ -202,7 +202,7 @@ def combine(prompt: Array, embedded: Array, input_mask: Array,
     return jnp.concatenate([prompt, embedded], axis=1), mask  # [B, P + T, H]
   # A per-example gather rather than a dynamic slice: every example splices
   # at its own position, and shapes stay static.
-  source = _suffix_source(
+  source = splice_source(
       insert_positions(placement, input_mask, input_tokens, eos_id),
       prompt_length, length)  # [B, P + T]
   pool = jnp.concatenate([embedded, prompt], axis=1)  # [B, T + P, H]
@@ -235,7 +235,7 @@ def combine_mask(prompt_length: int, input_mask: Array, input_tokens: Array,
   prompt_mask = jnp.ones((batch, prompt_length), bool)
   if placement == "prefix":
     return jnp.concatenate([prompt_mask, input_mask], axis=1)  # [B, P + T]
-  source = _suffix_source(
+  source = splice_source(
       insert_positions(placement, input_mask, input_tokens, eos_id),
       prompt_length, length)
   mask_pool = jnp.concatenate([input_mask, prompt_mask], axis=1)  # [B, T + P]

@@ -1,7 +1,8 @@
 """Prompts as Hugging Face PEFT prompt-tuning adapters, both ways.
 
 `export_adapter` writes what `peft.PeftModel.from_pretrained` loads onto the
-Hugging Face T5 of the same frozen model: `adapter_config.json`
+Hugging Face T5 (or, with a `DecoderConfig`, the causal LM: task_type
+CAUSAL_LM, the prompt before the whole input) of the same frozen model: `adapter_config.json`
 (peft_type PROMPT_TUNING, task_type SEQ_2_SEQ_LM, one transformer submodule,
 i.e. the encoder only, as in our model) and `adapter_model.safetensors`
 holding `prompt_embeddings` [P, H]. PEFT's seq2seq prompt tuning prepends
@@ -21,13 +22,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import safetensors
 import safetensors.numpy
 
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.decoder_only.config import DecoderConfig
 from prompt_tuning.prompts import npy
 
 CONFIG_FILE = "adapter_config.json"
@@ -44,22 +46,32 @@ def is_adapter(path: str) -> bool:
                                                              CONFIG_FILE))
 
 
-def adapter_config(prompt_length: int, config: T5Config,
-                   base_model_name_or_path: str = "") -> Dict[str, Any]:
-  """The `adapter_config.json` of a prompt of `prompt_length` for `config`.
+def _frozen_shape(config: Union[T5Config, DecoderConfig]
+                  ) -> Tuple[str, int, int]:
+  """(PEFT task type, layers, heads) as PEFT fills them in: a T5's encoder,
+  a decoder-only LM's stack (CAUSAL_LM)."""
+  if isinstance(config, DecoderConfig):
+    return "CAUSAL_LM", config.num_layers, config.num_heads
+  return "SEQ_2_SEQ_LM", config.num_encoder_layers, config.num_heads
 
-  Heads and layers are the encoder's, as PEFT fills them in for T5.
-  """
+
+def adapter_config(prompt_length: int,
+                   config: Union[T5Config, DecoderConfig],
+                   base_model_name_or_path: str = "") -> Dict[str, Any]:
+  """The `adapter_config.json` of a prompt of `prompt_length` for `config`
+  (a T5: heads and layers are the encoder's, as PEFT fills them in; a
+  decoder-only LM: CAUSAL_LM, its stack's)."""
+  task_type, num_layers, num_heads = _frozen_shape(config)
   return {
       "peft_type": "PROMPT_TUNING",
-      "task_type": "SEQ_2_SEQ_LM",
+      "task_type": task_type,
       "num_virtual_tokens": int(prompt_length),
       "token_dim": int(config.emb_dim),
       # 1: a [P, H] table. PEFT's seq2seq default, 2, stores [2P, H] and
       # uses only its first P rows (the encoder's); 1 stores just those.
       "num_transformer_submodules": 1,
-      "num_attention_heads": int(config.num_heads),
-      "num_layers": int(config.num_encoder_layers),
+      "num_attention_heads": int(num_heads),
+      "num_layers": int(num_layers),
       "prompt_tuning_init": "RANDOM",
       "prompt_tuning_init_text": None,
       "tokenizer_name_or_path": None,
@@ -80,7 +92,8 @@ def _write_atomic_text(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
-def export_adapter(prompt: np.ndarray, config: T5Config, directory: str,
+def export_adapter(prompt: np.ndarray,
+                   config: Union[T5Config, DecoderConfig], directory: str,
                    base_model_name_or_path: str = "") -> str:
   """Writes `prompt` [P, H] as a PEFT prompt-tuning adapter directory.
 
@@ -186,11 +199,18 @@ def read_adapter_tensors(directory: str) -> Tuple[str, Dict[str, np.ndarray]]:
 
 
 def _check_model(config_file: str, adapter: Dict[str, Any],
-                 model: T5Config) -> None:
-  """Heads and layers PEFT recorded (its T5 encoder's) against the model's."""
+                 model: Union[T5Config, DecoderConfig]) -> None:
+  """Heads and layers PEFT recorded (a T5 encoder's, or a decoder-only
+  stack's) against the model's."""
+  task_type, num_layers, num_heads = _frozen_shape(model)
+  if adapter.get("task_type") not in (None, task_type):
+    raise ValueError(
+        f"{config_file}: task_type={adapter['task_type']} but the frozen "
+        f"model takes {task_type} adapters.")
+  layers = "encoder layers" if task_type == "SEQ_2_SEQ_LM" else "layers"
   for key, want, what in (
-      ("num_attention_heads", model.num_heads, "attention heads"),
-      ("num_layers", model.num_encoder_layers, "encoder layers")):
+      ("num_attention_heads", num_heads, "attention heads"),
+      ("num_layers", num_layers, layers)):
     if adapter.get(key) is not None and adapter[key] != want:
       raise ValueError(
           f"{config_file}: {key}={adapter[key]} but the frozen model has "
@@ -202,7 +222,8 @@ PROMPT_TYPES = ("PROMPT_TUNING", "P_TUNING")
 
 
 def import_adapter(directory: str, embed_dim: Optional[int] = None,
-                   model: Optional[T5Config] = None) -> np.ndarray:
+                   model: Optional[Union[T5Config, DecoderConfig]] = None
+                   ) -> np.ndarray:
   """Reads a PEFT prompt-tuning (or P-tuning) adapter as a prompt.
 
   Args:

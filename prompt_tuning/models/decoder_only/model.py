@@ -251,7 +251,11 @@ class DecoderOnlyLM(nn.Module):
     cfg = self.config
     self.token_embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim,
                                        cfg.dtype, cfg.param_dtype)
-    self.decoder = Decoder(cfg, self.adapters)
+    self.decoder = self.make_decoder()
+
+  def make_decoder(self) -> nn.Module:
+    """The `decoder` subtree (a prompted LM adds its prompt there)."""
+    return Decoder(self.config, self.adapters)
 
   def embed(self, tokens: Array) -> Array:
     """[B, T] ids -> [B, T, H]; Gemma scales by sqrt(H), rounded to the

@@ -1,0 +1,127 @@
+"""A frozen decoder-only LM with a soft prompt: what prompt tuning trains.
+
+`PromptedDecoderOnly` has exactly the LM's parameter tree plus
+`decoder/prompt/prompt` [P, H] (where the official code's decoder-only
+prompt lives). The prompt joins the embedded tokens
+
+- 'prefix': before every column, padding included (what PEFT's CAUSAL_LM
+  prompt tuning does), or
+- 'after_first': right after each row's first real token (its BOS, for
+  models whose tokenizer adds one),
+
+Gemma's scaling of input rows by sqrt(H) applies to the prompt's rows too,
+as HF applies it to PEFT's prompts. Positions (so rotary angles) count the
+prompt's rows: a token's
+position is the number of real rows, prompt rows included, before it.
+`__call__` returns the logits at the token columns only ([B, T, V], what the
+loss and scoring read); `prompted` gives the combined rows for decoding
+(`models.decoder_only.generate` takes embedded rows).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from prompt_tuning.models.decoder_only.model import Decoder
+from prompt_tuning.models.decoder_only.model import DecoderOnlyLM
+from prompt_tuning.prompts import initializers
+from prompt_tuning.prompts.layer import Prompt
+from prompt_tuning.prompts.layer import splice_source
+
+Array = jax.Array
+
+# Where a decoder-only prompt may go.
+DECODER_PLACEMENTS = ("prefix", "after_first")
+
+
+class PromptedDecoder(Decoder):
+  """The LM's `decoder` subtree plus its `prompt`."""
+
+  prompt_length: int = 1
+  prompt_init: initializers.Initializer = initializers.random_uniform()
+
+  def setup(self):
+    super().setup()
+    self.prompt = Prompt(self.prompt_length, self.config.emb_dim,
+                         self.prompt_init, self.config.param_dtype)
+
+
+class PromptedDecoderOnly(DecoderOnlyLM):
+  """A decoder-only LM whose input carries a soft prompt."""
+
+  # P, the number of prompt vectors.
+  prompt_length: int = 1
+  # Initializer of the [P, H] prompt (the paper's U[-0.5, 0.5] by default).
+  prompt_init: initializers.Initializer = initializers.random_uniform()
+  # 'prefix' or 'after_first' (see the module docstring).
+  placement: str = "prefix"
+
+  def make_decoder(self) -> nn.Module:
+    if self.placement not in DECODER_PLACEMENTS:
+      raise ValueError(f"A decoder-only prompt's placement is one of "
+                       f"{DECODER_PLACEMENTS}; got {self.placement!r}.")
+    if self.prompt_length < 1:
+      raise ValueError(f"prompt_length must be >= 1; got "
+                       f"{self.prompt_length}.")
+    return PromptedDecoder(self.config, self.adapters, self.prompt_length,
+                           self.prompt_init)
+
+  def prompted(self, tokens: Array, mask: Array,
+               prompt: Optional[Array] = None
+               ) -> Tuple[Array, Array, Array]:
+    """The rows the stack sees.
+
+    Args:
+      tokens: [B, T] int; mask: [B, T] bool, real tokens.
+      prompt: [P, H] or [B, P, H] to use instead of the learned one.
+
+    Returns:
+      (x [B, P + T, H], mask [B, P + T] bool, columns [B, T] int32: where
+      each token's row went).
+    """
+    mask = mask.astype(bool)
+    embedded = self.embed(tokens)
+    prompt = self.decoder.prompt() if prompt is None else prompt
+    batch, length, width = embedded.shape
+    if prompt.ndim == 2:
+      prompt = jnp.broadcast_to(prompt[None], (batch,) + prompt.shape)
+    if prompt.shape[0] != batch or prompt.shape[2] != width:
+      raise ValueError(f"A prompt must be [P, {width}] or [{batch}, P, "
+                       f"{width}]; got shape {tuple(prompt.shape)}.")
+    prompt = prompt.astype(embedded.dtype)
+    if self.config.gemma:
+      # Gemma scales every input row, inputs_embeds too, so PEFT's prompts
+      # are scaled; so are ours, alike.
+      prompt = prompt * jnp.asarray(self.config.emb_dim ** 0.5, prompt.dtype)
+    count = prompt.shape[1]
+    if self.placement == "prefix":
+      start = jnp.zeros((batch,), jnp.int32)
+    else:  # after each row's first real token
+      start = jnp.argmax(mask, axis=1).astype(jnp.int32) + 1
+    source = splice_source(start, count, length)  # [B, P + T]
+    pool = jnp.concatenate([embedded, prompt], axis=1)
+    x = jnp.take_along_axis(pool, source[:, :, None], axis=1)
+    mask_pool = jnp.concatenate([mask, jnp.ones((batch, count), bool)],
+                                axis=1)
+    full_mask = jnp.take_along_axis(mask_pool, source, axis=1)
+    token = jnp.arange(length, dtype=jnp.int32)[None]
+    columns = jnp.where(token < start[:, None], token, token + count)
+    return x, full_mask, columns
+
+  def __call__(self, tokens: Array, mask: Optional[Array] = None,
+               positions: Optional[Array] = None,
+               prompt: Optional[Array] = None) -> Array:
+    """Logits [B, T, V] float32 at the token columns (each predicts the
+    next token, as the LM's do)."""
+    if positions is not None:
+      raise ValueError("A prompted LM counts positions over its prompt "
+                       "itself; do not pass positions.")
+    if mask is None:
+      mask = jnp.ones(tokens.shape, bool)
+    x, full_mask, columns = self.prompted(tokens, mask, prompt)
+    logits = self.forward_embedded(x, full_mask)  # [B, P + T, V]
+    return jnp.take_along_axis(logits, columns[:, :, None], axis=1)
