@@ -24,10 +24,12 @@ import jax
 
 from prompt_tuning import partitioning
 from prompt_tuning.pretrained import hf
+from prompt_tuning.pretrained import hf_decoder
 from prompt_tuning.pretrained import t5x
 from prompt_tuning.pretrained.assemble import assemble_params
 from prompt_tuning.pretrained.assemble import LoadStats
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.decoder_only.config import DecoderConfig
 
 PyTree = Any
 
@@ -134,4 +136,37 @@ def load_pretrained(
   return config, params
 
 
-__all__ = ["load_pretrained", "assemble_params", "LoadStats"]
+def load_decoder_only(
+    path: str | os.PathLike,
+    mesh: Optional[jax.sharding.Mesh] = None,
+    rules: Optional[partitioning.Rules] = None,
+    param_dtype: Optional[str] = None, **overrides: Any,
+) -> Tuple[DecoderConfig, PyTree]:
+  """Loads a Hugging Face decoder-only LM (Llama, Mistral, Qwen2, Gemma 2).
+
+  As `load_pretrained` for T5: on a mesh each parameter is placed with the
+  sharding of the logical axis rules and each process reads only the
+  safetensors blocks its devices hold.
+
+  Args:
+    path: a `save_pretrained` directory (`pretrained.hf_decoder`).
+    mesh, rules, param_dtype: as for `load_pretrained`.
+    **overrides: DecoderConfig fields (e.g. dtype='float32').
+
+  Returns:
+    (config, params) for `DecoderOnlyLM(config)`.
+  """
+  path = os.fspath(path)
+  config, loaders = hf_decoder.read_hf_decoder(path, **overrides)
+  if param_dtype is not None:
+    config = config.replace(param_dtype=param_dtype)
+  stats = LoadStats()
+  start = time.perf_counter()
+  params = assemble_params(config, loaders, path, mesh, rules, stats)
+  if mesh is not None:
+    _log_load(stats, time.perf_counter() - start)
+  return config, params
+
+
+__all__ = ["load_pretrained", "load_decoder_only", "assemble_params",
+           "LoadStats"]

@@ -35,10 +35,14 @@ from flax import traverse_util
 
 from prompt_tuning import partitioning
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.decoder_only.config import DecoderConfig
+from prompt_tuning.models.decoder_only.model import DecoderOnlyLM
 from prompt_tuning.models.t5 import T5
 
 Loader = Callable[[], np.ndarray]
 PyTree = Any
+# The frozen models' configs (a decoder-only LM's has no scanned layers).
+Config = Any
 # A block of an array: one slice per dimension, as jax.Array shards give it.
 Index = Tuple[slice, ...]
 
@@ -83,16 +87,19 @@ class LoadStats:
 _SCANNED = re.compile(r"^(encoder|decoder)/layers/(.*)$")
 
 
-def abstract_params(config: T5Config) -> PyTree:
-  """Boxed (LogicallyPartitioned) ShapeDtypeStructs of the model's params.
+def abstract_params(config: Config) -> PyTree:
+  """Boxed (LogicallyPartitioned) ShapeDtypeStructs of the model's params
+  (a T5, or a decoder-only LM for a `DecoderConfig`).
 
   Nothing is allocated: `jax.eval_shape` traces `init` only.
   """
-  model = T5(config)
   tokens = jnp.ones((1, 1), jnp.int32)
-  variables = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), tokens, tokens, tokens))
-  return variables["params"]
+  if isinstance(config, DecoderConfig):
+    init = lambda: DecoderOnlyLM(config).init(jax.random.PRNGKey(0), tokens)
+  else:
+    init = lambda: T5(config).init(jax.random.PRNGKey(0), tokens, tokens,
+                                   tokens)
+  return jax.eval_shape(init)["params"]
 
 
 def flat_names(boxed_tree: PyTree) -> Dict[str, nn.LogicallyPartitioned]:
@@ -101,9 +108,10 @@ def flat_names(boxed_tree: PyTree) -> Dict[str, nn.LogicallyPartitioned]:
 
 
 def expected_checkpoint_params(
-    config: T5Config) -> Dict[str, Tuple[Tuple[int, ...], Tuple[str, ...]]]:
+    config: Config) -> Dict[str, Tuple[Tuple[int, ...], Tuple[str, ...]]]:
   """Unscanned (checkpoint) name -> (shape, logical axes) for a config."""
-  unscanned = config.replace(scan_layers=False, remat_policy="none")
+  unscanned = (config if isinstance(config, DecoderConfig) else
+               config.replace(scan_layers=False, remat_policy="none"))
   return {name: (tuple(box.value.shape), tuple(box.names))
           for name, box in flat_names(abstract_params(unscanned)).items()}
 
@@ -225,7 +233,7 @@ def announce_upcast(config: T5Config, stored_dtypes, source: str) -> None:
         " and ".join(narrower), held, " and ".join(narrower), config.dtype)
 
 
-def assemble_params(config: T5Config, loaders: Mapping[str, Loader],
+def assemble_params(config: Config, loaders: Mapping[str, Loader],
                     source: str, mesh: Optional[jax.sharding.Mesh] = None,
                     rules: Optional[partitioning.Rules] = None,
                     stats: Optional[LoadStats] = None) -> PyTree:
@@ -242,7 +250,8 @@ def assemble_params(config: T5Config, loaders: Mapping[str, Loader],
     stats: when given, counts what this process read into it.
 
   Returns:
-    Nested dict of arrays, as `T5(config).apply({'params': ...})` takes.
+    Nested dict of arrays, as `T5(config).apply({'params': ...})` (or the
+    decoder-only LM's) takes.
 
   Raises:
     ValueError: a missing, unexpected or mis-shaped parameter (named).

@@ -271,3 +271,40 @@ def test_score_is_the_teacher_forced_log_likelihood():
       seq = np.concatenate([seq, targets[b:b + 1, j:j + 1]], axis=1)
       seq_mask = np.concatenate([seq_mask, [[True]]], axis=1)
     np.testing.assert_allclose(got[b], want, rtol=1e-5, atol=1e-5)
+
+
+def test_loading_onto_a_mesh_reads_blocks_and_shards_by_the_rules(tmp_path):
+  """A checkpoint written without torch (our own random weights through the
+  loader's own name map) loads onto a (4, 2) mesh: every array equals the
+  host load and is sharded as the rules table says (heads and MLP over
+  `model`)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import partitioning  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.methods import base  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.pretrained import hf_export  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.pretrained import load_decoder_only  # pylint: disable=g-import-not-at-top
+  hf = dict(model_type="qwen2", vocab_size=VOCAB, hidden_size=16,
+            num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=24, num_hidden_layers=2,
+            tie_word_embeddings=False)
+  config = config_lib.from_hf(hf)
+  rng = np.random.default_rng(0)
+  tensors = {}
+  for theirs, shape, transpose in hf_decoder.param_map(config).values():
+    tensors[theirs] = rng.normal(size=shape[::-1] if transpose else shape
+                                 ).astype(np.float32)
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(hf, f)
+  hf_export.write_safetensors(str(tmp_path / "model.safetensors"), tensors)
+  _, host = hf_decoder.load_host(str(tmp_path))
+  mesh = partitioning.create_mesh((4, 2), jax.devices()[:8])
+  _, placed = load_decoder_only(str(tmp_path), mesh,
+                                partitioning.logical_axis_rules())
+  host, placed = base.flat(host), base.flat(placed)
+  assert set(host) == set(placed)
+  for name, array in placed.items():
+    np.testing.assert_array_equal(np.asarray(array), host[name], name)
+  spec = placed["decoder/layers_0/self_attention/query/kernel"].sharding.spec
+  assert tuple(spec) == (None, "model")
+  assert tuple(placed["decoder/layers_1/mlp/wo/kernel"].sharding.spec) == (
+      "model", None)
