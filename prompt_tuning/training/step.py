@@ -30,6 +30,8 @@ from prompt_tuning.training.state import TrainState
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
+# The feature that marks a decoder-only LM's batch (its real columns).
+DECODER_ONLY_FEATURE = "decoder_mask"
 
 
 def _loss_and_metrics(model: nn.Module, params: PyTree, batch: Batch,
@@ -39,11 +41,17 @@ def _loss_and_metrics(model: nn.Module, params: PyTree, batch: Batch,
   rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
   # A per-example prompt [B, P, H] (multitask prompts) replaces the model's.
   extra = {} if prompt is None else {"prompt": prompt}
-  logits = model.apply({"params": params}, batch["encoder_input_tokens"],
-                       batch["decoder_input_tokens"],
-                       batch["decoder_target_tokens"],
-                       enable_dropout=dropout_rng is not None, rngs=rngs,
-                       **extra)
+  if DECODER_ONLY_FEATURE in batch:
+    # A decoder-only LM's rows (`data.decoder_features`): logits at the
+    # token columns, each predicting the next token (the shifted targets).
+    logits = model.apply({"params": params}, batch["decoder_input_tokens"],
+                         batch[DECODER_ONLY_FEATURE], rngs=rngs, **extra)
+  else:
+    logits = model.apply({"params": params}, batch["encoder_input_tokens"],
+                         batch["decoder_input_tokens"],
+                         batch["decoder_target_tokens"],
+                         enable_dropout=dropout_rng is not None, rngs=rngs,
+                         **extra)
   return losses.cross_entropy_with_z_loss(
       logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
       z_loss, loss_normalizing_factor)
@@ -79,8 +87,10 @@ def train_step(state: TrainState, frozen: PyTree, batch: Batch, *,
     state: trainable params, optimizer state, step, rng.
     frozen: the frozen params (empty in model tuning).
     batch: `encoder_input_tokens` [B, T], `decoder_input_tokens` [B, L],
-      `decoder_target_tokens` [B, L], `decoder_loss_weights` [B, L].
-    model: T5 / PromptedT5 module (static).
+      `decoder_target_tokens` [B, L], `decoder_loss_weights` [B, L]; or a
+      decoder-only LM's rows (`data.decoder_features`: `decoder_input_tokens`,
+      `decoder_target_tokens`, `decoder_loss_weights`, `decoder_mask`).
+    model: T5 / PromptedT5 module, or a decoder-only LM (static).
     tx: the optax transformation (static).
     z_loss: T5X z-loss coefficient.
     loss_normalizing_factor: see `losses.cross_entropy_with_z_loss`.
