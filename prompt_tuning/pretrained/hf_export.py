@@ -1,4 +1,5 @@
-"""Writes our T5 parameters as a Hugging Face checkpoint (the inverse of hf.py).
+"""Writes our T5 parameters as a Hugging Face checkpoint (the inverse of hf.py),
+and a decoder-only LM's (`save_hf_decoder`, the inverse of hf_decoder.py).
 
 `save_hf(params, config, directory)` writes `config.json` (transformers 4.x
 dialect: `tie_word_embeddings` says both tying and logit scaling) and a single
@@ -13,6 +14,7 @@ frozen model, test fixtures): every parameter is fetched to host memory.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Dict, Mapping, Optional
@@ -25,7 +27,10 @@ import safetensors.numpy
 from flax import traverse_util
 
 from prompt_tuning.pretrained import hf
+from prompt_tuning.pretrained import hf_decoder
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.decoder_only import config as decoder_config_lib
+from prompt_tuning.models.decoder_only.config import DecoderConfig
 from prompt_tuning.models.t5 import unscan_params
 
 PyTree = Any
@@ -216,6 +221,132 @@ def save_hf(params: PyTree, config: T5Config, directory: str | os.PathLike,
                        f"the config implies {tuple(shape)}.")
     # Kernels [in, out] -> torch Linear weights [out, in].
     tensors[hf_name] = (array.T if transpose else array).astype(storage)
+  os.makedirs(directory, exist_ok=True)
+  write_safetensors(os.path.join(directory, hf.WEIGHTS_FILE), tensors,
+                    metadata={"format": "pt"})
+  text = json.dumps(hf_dict, indent=2, sort_keys=True) + "\n"
+  _write_atomic(os.path.join(directory, hf.CONFIG_FILE),
+                lambda f: f.write(text.encode("utf-8")))
+
+
+def _decoder_model_type(config: DecoderConfig) -> str:
+  """The HF model_type that holds exactly this architecture."""
+  if config.gemma:
+    return "gemma2"
+  if config.sliding_layers == "all":
+    return "mistral"
+  if config.qkv_bias and not config.out_bias:
+    return "qwen2"
+  return "llama"
+
+
+def hf_decoder_config(config: DecoderConfig,
+                      dtype: str = "float32") -> Dict[str, Any]:
+  """config.json for a decoder-only LM (Llama, Mistral, Qwen2, Gemma 2),
+  checked to read back as the same architecture.
+
+  Raises:
+    ValueError: one line, for a config no HF model type expresses.
+  """
+  model_type = _decoder_model_type(config)
+  out: Dict[str, Any] = {
+      "model_type": model_type,
+      "architectures": [{"llama": "LlamaForCausalLM",
+                         "mistral": "MistralForCausalLM",
+                         "qwen2": "Qwen2ForCausalLM",
+                         "gemma2": "Gemma2ForCausalLM"}[model_type]],
+      "vocab_size": config.vocab_size, "hidden_size": config.emb_dim,
+      "intermediate_size": config.mlp_dim,
+      "num_hidden_layers": config.num_layers,
+      "num_attention_heads": config.num_heads,
+      "num_key_value_heads": config.num_kv_heads,
+      "head_dim": config.head_dim, "rms_norm_eps": config.norm_eps,
+      "rope_theta": config.rope_theta,
+      "tie_word_embeddings": config.tie_embeddings,
+      "bos_token_id": config.bos_id, "eos_token_id": config.eos_id,
+      "max_position_embeddings": 8192, "torch_dtype": dtype,
+  }
+  if config.rope_type == "linear":
+    out["rope_scaling"] = {"rope_type": "linear",
+                           "factor": config.rope_factor}
+  elif config.rope_type == "llama3":
+    out["rope_scaling"] = {
+        "rope_type": "llama3", "factor": config.rope_factor,
+        "low_freq_factor": config.rope_low_freq_factor,
+        "high_freq_factor": config.rope_high_freq_factor,
+        "original_max_position_embeddings":
+            config.rope_original_max_positions}
+  if model_type == "gemma2":
+    out.update(hidden_activation="gelu_pytorch_tanh",
+               hidden_act="gelu_pytorch_tanh",
+               query_pre_attn_scalar=config.query_pre_attn_scalar or
+               config.head_dim,
+               attn_logit_softcapping=config.attn_softcap or None,
+               final_logit_softcapping=config.final_softcap or None,
+               sliding_window=config.sliding_window or None)
+  else:
+    out.update(hidden_act={"silu": "silu", "gelu": "gelu_pytorch_tanh"}.get(
+        config.activation, config.activation), mlp_bias=False,
+               sliding_window=config.sliding_window or None)
+    if model_type == "llama":
+      out["attention_bias"] = config.out_bias
+  found = decoder_config_lib.from_hf(out, "the written config.json")
+  # Gemma's scalar 0 means head_dim: compare the scale it gives.
+  ignored = ("dtype", "param_dtype", "query_pre_attn_scalar")
+  mismatch = [f for f in dataclasses.fields(DecoderConfig)
+              if f.name not in ignored
+              and getattr(found, f.name) != getattr(config, f.name)]
+  if found.query_scale != config.query_scale:
+    mismatch += [f for f in dataclasses.fields(DecoderConfig)
+                 if f.name == "query_pre_attn_scalar"]
+  if mismatch:
+    raise ValueError(
+        f"No Hugging Face {model_type} config expresses this model: "
+        f"{mismatch[0].name} would read back as "
+        f"{getattr(found, mismatch[0].name)!r}, not "
+        f"{getattr(config, mismatch[0].name)!r}.")
+  return out
+
+
+def save_hf_decoder(params: PyTree, config: DecoderConfig,
+                    directory: str | os.PathLike,
+                    dtype: str = "float32") -> None:
+  """Writes a decoder-only LM as a Hugging Face checkpoint directory that
+  `load_decoder_only` and transformers' `AutoModelForCausalLM` read back
+  (names and layouts from `hf_decoder.param_map`, the reader's table).
+
+  Args:
+    params: the LM's parameter tree (boxed or not; jax or numpy), without a
+      prompt.
+    config: its config (`hf_decoder_config` is written).
+    directory: created if needed; config.json and model.safetensors there
+      are replaced, each atomically.
+    dtype: 'float32' (exact for float32 params), 'bfloat16' or 'float16'.
+
+  Raises:
+    ValueError: one line, for params that do not match the config or a
+      config no HF model type expresses.
+  """
+  if dtype not in _SAFETENSORS_DTYPES:
+    raise ValueError(f"dtype={dtype!r}; use one of "
+                     f"{sorted(_SAFETENSORS_DTYPES)}.")
+  hf_dict = hf_decoder_config(config, dtype)
+  storage = _SAFETENSORS_DTYPES[dtype][1]
+  flat = _host_params(params)
+  table = hf_decoder.param_map(config)
+  missing = sorted(set(table) - set(flat))
+  unknown = sorted(set(flat) - set(table))
+  if missing or unknown:
+    raise ValueError(
+        f"The params do not match the config: missing {missing[:3]}, "
+        f"unknown {unknown[:3]} ({len(missing)} / {len(unknown)} in all).")
+  tensors = {}
+  for ours, (theirs, shape, transpose) in table.items():
+    array = flat[ours]
+    if tuple(array.shape) != tuple(shape):
+      raise ValueError(f"Parameter {ours} has shape {tuple(array.shape)} but "
+                       f"the config implies {tuple(shape)}.")
+    tensors[theirs] = (array.T if transpose else array).astype(storage)
   os.makedirs(directory, exist_ok=True)
   write_safetensors(os.path.join(directory, hf.WEIGHTS_FILE), tensors,
                     metadata={"format": "pt"})

@@ -308,3 +308,49 @@ def test_loading_onto_a_mesh_reads_blocks_and_shards_by_the_rules(tmp_path):
   assert tuple(spec) == (None, "model")
   assert tuple(placed["decoder/layers_1/mlp/wo/kernel"].sharding.spec) == (
       "model", None)
+
+
+EXPORTED = dict(CACHED, qwen2_biases=config_lib.DecoderConfig(
+    vocab_size=VOCAB, emb_dim=24, num_heads=4, num_kv_heads=2, head_dim=8,
+    mlp_dim=32, num_layers=2, qkv_bias=True, tie_embeddings=True,
+    rope_type="linear", rope_factor=2.0, dtype="float32"))
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTED))
+def test_export_reads_back_in_our_loader_and_in_transformers(name, tmp_path):
+  from prompt_tuning.pretrained import hf_export  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.methods import base  # pylint: disable=g-import-not-at-top
+  config = EXPORTED[name]
+  model = DecoderOnlyLM(config)
+  params = _random_params(model, seed=5)
+  hf_export.save_hf_decoder(params, config, str(tmp_path))
+  found, host = hf_decoder.load_host(str(tmp_path))
+  assert found.replace(dtype="float32") == config
+  for key, value in base.flat(params).items():
+    np.testing.assert_array_equal(base.flat(host)[key], np.asarray(value))
+  tokens, mask = _batch(left=False)
+  ours = np.asarray(model.apply({"params": params}, tokens, mask))
+  try:
+    torch, transformers = _torch()
+  except pytest.skip.Exception:
+    return  # the torch extra is absent: our own reader was checked above
+  hf_model = transformers.AutoModelForCausalLM.from_pretrained(
+      str(tmp_path), attn_implementation="eager").eval()
+  positions = np.asarray(model_lib.default_positions(mask))
+  with torch.no_grad():
+    theirs = hf_model(input_ids=torch.tensor(tokens, dtype=torch.long),
+                      attention_mask=torch.tensor(mask, dtype=torch.long),
+                      position_ids=torch.tensor(positions, dtype=torch.long)
+                      ).logits.float().numpy()
+  np.testing.assert_allclose(ours[mask], theirs[mask], atol=1e-4, rtol=1e-4)
+
+
+def test_export_refuses_what_no_hf_type_expresses(tmp_path):
+  from prompt_tuning.pretrained import hf_export  # pylint: disable=g-import-not-at-top
+  config = EXPORTED["qwen2_biases"].replace(sliding_window=4,
+                                            sliding_layers="even")
+  with pytest.raises(ValueError, match="No Hugging Face qwen2 config "
+                     "expresses this model: sliding_window would read back "
+                     "as 0, not 4") as error:
+    hf_export.hf_decoder_config(config)
+  assert "\n" not in str(error.value)
