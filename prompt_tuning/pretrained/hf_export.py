@@ -203,16 +203,24 @@ def save_hf(params: PyTree, config: T5Config, directory: str | os.PathLike,
                      f"{sorted(_SAFETENSORS_DTYPES)}.")
   hf_dict = hf_config(config, dtype)
   _check_reads_back(config, hf_dict)
+  _write_checkpoint(params, hf.param_map(config), hf_dict, directory, dtype,
+                    "; pass the T5Config the params were built with")
+
+
+def _write_checkpoint(params: PyTree, table: Mapping[str, Any],
+                      hf_dict: Mapping[str, Any], directory, dtype: str,
+                      hint: str = "") -> None:
+  """Writes model.safetensors (names and layouts from the reader's `table`:
+  ours -> (HF name, our shape, transposed?)) and config.json."""
   storage = _SAFETENSORS_DTYPES[dtype][1]
   flat = _host_params(params)
-  table = hf.param_map(config)
   missing = sorted(set(table) - set(flat))
   unknown = sorted(set(flat) - set(table))
   if missing or unknown:
     raise ValueError(
         f"The params do not match the config: missing {missing[:3]}, "
-        f"unknown {unknown[:3]} ({len(missing)} / {len(unknown)} in all); "
-        "pass the T5Config the params were built with.")
+        f"unknown {unknown[:3]} ({len(missing)} / {len(unknown)} in all)"
+        f"{hint}.")
   tensors = {}
   for ours, (hf_name, shape, transpose) in table.items():
     array = flat[ours]
@@ -224,7 +232,7 @@ def save_hf(params: PyTree, config: T5Config, directory: str | os.PathLike,
   os.makedirs(directory, exist_ok=True)
   write_safetensors(os.path.join(directory, hf.WEIGHTS_FILE), tensors,
                     metadata={"format": "pt"})
-  text = json.dumps(hf_dict, indent=2, sort_keys=True) + "\n"
+  text = json.dumps(dict(hf_dict), indent=2, sort_keys=True) + "\n"
   _write_atomic(os.path.join(directory, hf.CONFIG_FILE),
                 lambda f: f.write(text.encode("utf-8")))
 
@@ -331,25 +339,5 @@ def save_hf_decoder(params: PyTree, config: DecoderConfig,
     raise ValueError(f"dtype={dtype!r}; use one of "
                      f"{sorted(_SAFETENSORS_DTYPES)}.")
   hf_dict = hf_decoder_config(config, dtype)
-  storage = _SAFETENSORS_DTYPES[dtype][1]
-  flat = _host_params(params)
-  table = hf_decoder.param_map(config)
-  missing = sorted(set(table) - set(flat))
-  unknown = sorted(set(flat) - set(table))
-  if missing or unknown:
-    raise ValueError(
-        f"The params do not match the config: missing {missing[:3]}, "
-        f"unknown {unknown[:3]} ({len(missing)} / {len(unknown)} in all).")
-  tensors = {}
-  for ours, (theirs, shape, transpose) in table.items():
-    array = flat[ours]
-    if tuple(array.shape) != tuple(shape):
-      raise ValueError(f"Parameter {ours} has shape {tuple(array.shape)} but "
-                       f"the config implies {tuple(shape)}.")
-    tensors[theirs] = (array.T if transpose else array).astype(storage)
-  os.makedirs(directory, exist_ok=True)
-  write_safetensors(os.path.join(directory, hf.WEIGHTS_FILE), tensors,
-                    metadata={"format": "pt"})
-  text = json.dumps(hf_dict, indent=2, sort_keys=True) + "\n"
-  _write_atomic(os.path.join(directory, hf.CONFIG_FILE),
-                lambda f: f.write(text.encode("utf-8")))
+  _write_checkpoint(params, hf_decoder.param_map(config), hf_dict, directory,
+                    dtype)
