@@ -38,6 +38,14 @@ Array = jax.Array
 DECODER_PLACEMENTS = ("prefix", "after_first")
 
 
+def input_rows(config, prompt: Array) -> Array:
+  """A prompt as the stack's input rows: Gemma scales every input row by
+  sqrt(H), inputs_embeds too, so PEFT's prompts are scaled; ours alike."""
+  if config.gemma:
+    return prompt * jnp.asarray(config.emb_dim ** 0.5, prompt.dtype)
+  return prompt
+
+
 class PromptedDecoder(Decoder):
   """The LM's `decoder` subtree plus its `prompt`."""
 
@@ -92,11 +100,7 @@ class PromptedDecoderOnly(DecoderOnlyLM):
     if prompt.shape[0] != batch or prompt.shape[2] != width:
       raise ValueError(f"A prompt must be [P, {width}] or [{batch}, P, "
                        f"{width}]; got shape {tuple(prompt.shape)}.")
-    prompt = prompt.astype(embedded.dtype)
-    if self.config.gemma:
-      # Gemma scales every input row, inputs_embeds too, so PEFT's prompts
-      # are scaled; so are ours, alike.
-      prompt = prompt * jnp.asarray(self.config.emb_dim ** 0.5, prompt.dtype)
+    prompt = input_rows(self.config, prompt.astype(embedded.dtype))
     count = prompt.shape[1]
     if self.placement == "prefix":
       start = jnp.zeros((batch,), jnp.int32)
