@@ -49,14 +49,20 @@ class IA3Config(Method):
 def merge(params: PyTree) -> PyTree:
   """Folds every `ia3_scaling` into its kernel; the result is plain T5's tree.
 
-  Output scaling multiplies the kernel's columns, `wo`'s input scaling its
-  rows (kernels are [in, out]).
+  Output scaling multiplies the kernel's columns (and a bias, where the
+  projection has one), `wo`'s input scaling its rows (kernels are
+  [in, out]).
   """
   names = base.flat(params)
   out: Dict[str, Any] = {}
   for name, value in names.items():
     if name.endswith("/ia3_scaling"):
       continue
+    stem = name[:name.rfind("/") + 1]
+    if (name.endswith("/bias") and stem + "ia3_scaling" in names and
+        not name.endswith("/wo/bias")):
+      # An output scaling scales the bias too (Qwen2's q/k/v; as PEFT).
+      value = value * jnp.asarray(names[stem + "ia3_scaling"], value.dtype)
     scale_name = name[:-len("kernel")] + "ia3_scaling"
     if name.endswith("/kernel") and scale_name in names:
       scale = jnp.asarray(names[scale_name], value.dtype)

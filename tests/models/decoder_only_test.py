@@ -354,3 +354,45 @@ def test_export_refuses_what_no_hf_type_expresses(tmp_path):
                      "as 0, not 4") as error:
     hf_export.hf_decoder_config(config)
   assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["qwen2_biases", "gemma2"])
+def test_lora_and_ia3_hooks_on_decoder_only_models(name):
+  """The T5 methods' hooks apply by projection name: at their initial
+  values the LM is unchanged, and LoRA and IA3 merged into the kernels (and
+  the biases) equal the adapted LM."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.methods import base  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.methods import ia3 as ia3_lib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.methods import lora as lora_lib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.models.adapters import AdapterConfig  # pylint: disable=g-import-not-at-top
+  config = EXPORTED[name]
+  hooks = AdapterConfig(lora_rank=2, lora_alpha=4.0,
+                        lora_targets=("query", "value", "wi_0"),
+                        ia3_targets=("key", "value", "wo"))
+  plain, adapted = DecoderOnlyLM(config), DecoderOnlyLM(config, hooks)
+  frozen = _random_params(plain, seed=6)
+  tokens, mask = _batch(left=False)
+  init = nn.unbox(adapted.init(jax.random.PRNGKey(1), tokens)["params"])
+  new = {k: v for k, v in base.flat(init).items()
+         if k.rsplit("/", 1)[-1] in ("lora_a", "lora_b", "ia3_scaling")}
+  assert any(k.endswith("self_attention/key/ia3_scaling") for k in new)
+  assert any(k.endswith("mlp/wi_0/lora_b") for k in new)
+  full = base.nested(dict(base.flat(frozen), **new))
+  want = np.asarray(plain.apply({"params": frozen}, tokens, mask))
+  np.testing.assert_allclose(
+      np.asarray(adapted.apply({"params": full}, tokens, mask)), want,
+      atol=1e-5, rtol=1e-5)
+  rng = np.random.default_rng(2)
+  moved = {k: v + rng.normal(0, 0.3, v.shape).astype(np.float32)
+           for k, v in new.items()}
+  full = base.nested(dict(base.flat(frozen), **moved))
+  got = np.asarray(adapted.apply({"params": full}, tokens, mask))
+  assert not np.allclose(got, want, atol=1e-3)
+  # IA3 scales a projection's output before LoRA's update is added, so
+  # IA3 is folded first.
+  merged = lora_lib.merge(ia3_lib.merge(full), hooks.lora_scaling)
+  np.testing.assert_allclose(
+      np.asarray(plain.apply({"params": merged}, tokens, mask)), got,
+      atol=1e-4, rtol=1e-4)
