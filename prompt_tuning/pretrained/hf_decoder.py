@@ -59,6 +59,11 @@ def param_map(config: DecoderConfig) -> Dict[str, Tuple[str, Tuple[int, ...],
             f"{theirs}self_attn.{name}.bias", (width,), False)
     out[f"{ours}self_attention/out/kernel"] = (
         f"{theirs}self_attn.o_proj.weight", (q, h), True)
+    if config.qk_norm:
+      for name, our_name in (("q_norm", "query_norm"),
+                             ("k_norm", "key_norm")):
+        out[f"{ours}self_attention/{our_name}/scale"] = (
+            f"{theirs}self_attn.{name}.weight", (config.head_dim,), False)
     if config.out_bias:
       out[f"{ours}self_attention/out/bias"] = (
           f"{theirs}self_attn.o_proj.bias", (h,), False)

@@ -239,6 +239,8 @@ def _write_checkpoint(params: PyTree, table: Mapping[str, Any],
 
 def _decoder_model_type(config: DecoderConfig) -> str:
   """The HF model_type that holds exactly this architecture."""
+  if config.family == "gemma3":
+    return "gemma3_text"
   if config.gemma:
     return "gemma2"
   if config.sliding_layers == "all":
@@ -262,7 +264,8 @@ def hf_decoder_config(config: DecoderConfig,
       "architectures": [{"llama": "LlamaForCausalLM",
                          "mistral": "MistralForCausalLM",
                          "qwen2": "Qwen2ForCausalLM",
-                         "gemma2": "Gemma2ForCausalLM"}[model_type]],
+                         "gemma2": "Gemma2ForCausalLM",
+                         "gemma3_text": "Gemma3ForCausalLM"}[model_type]],
       "vocab_size": config.vocab_size, "hidden_size": config.emb_dim,
       "intermediate_size": config.mlp_dim,
       "num_hidden_layers": config.num_layers,
@@ -284,7 +287,12 @@ def hf_decoder_config(config: DecoderConfig,
         "high_freq_factor": config.rope_high_freq_factor,
         "original_max_position_embeddings":
             config.rope_original_max_positions}
-  if model_type == "gemma2":
+  if model_type == "gemma3_text":
+    out.update(rope_local_base_freq=config.rope_local_theta,
+               layer_types=[
+                   "sliding_attention" if config.sliding(i) else
+                   "full_attention" for i in range(config.num_layers)])
+  if model_type in ("gemma2", "gemma3_text"):
     out.update(hidden_activation="gelu_pytorch_tanh",
                hidden_act="gelu_pytorch_tanh",
                query_pre_attn_scalar=config.query_pre_attn_scalar or

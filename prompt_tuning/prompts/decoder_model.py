@@ -9,8 +9,9 @@ prompt lives). The prompt joins the embedded tokens
 - 'after_first': right after each row's first real token (its BOS, for
   models whose tokenizer adds one),
 
-Gemma's scaling of input rows by sqrt(H) applies to the prompt's rows too,
-as HF applies it to PEFT's prompts. Positions (so rotary angles) count the
+Gemma 2's scaling of input rows by sqrt(H) applies to the prompt's rows
+too, as HF applies it to PEFT's prompts (Gemma 3 scales inside its lookup,
+so not the prompt's). Positions (so rotary angles) count the
 prompt's rows: a token's
 position is the number of real rows, prompt rows included, before it.
 `__call__` returns the logits at the token columns only ([B, T, V], what the
@@ -39,9 +40,10 @@ DECODER_PLACEMENTS = ("prefix", "after_first")
 
 
 def input_rows(config, prompt: Array) -> Array:
-  """A prompt as the stack's input rows: Gemma scales every input row by
-  sqrt(H), inputs_embeds too, so PEFT's prompts are scaled; ours alike."""
-  if config.gemma:
+  """A prompt as the stack's input rows: Gemma 2 scales every input row by
+  sqrt(H), inputs_embeds too, so PEFT's prompts are scaled; ours alike.
+  Gemma 3 scales inside its embedding lookup, so prompts are not."""
+  if config.family == "gemma2":
     return prompt * jnp.asarray(config.emb_dim ** 0.5, prompt.dtype)
   return prompt
 

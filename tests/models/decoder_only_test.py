@@ -64,8 +64,9 @@ def _hf_model(name, directory):
                                       max_position_embeddings=64, **kwargs)
   config._attn_implementation = "eager"  # pylint: disable=protected-access
   torch.manual_seed(0)
-  model = getattr(transformers, cls.replace("Config", "ForCausalLM"))(
-      config).eval()
+  model_cls = {"Gemma3TextConfig": "Gemma3ForCausalLM"}.get(
+      cls, cls.replace("Config", "ForCausalLM"))
+  model = getattr(transformers, model_cls)(config).eval()
   with torch.no_grad():
     for name_, p in model.named_parameters():
       # Far from the init's near-identity, so every piece matters.
@@ -396,3 +397,67 @@ def test_lora_and_ia3_hooks_on_decoder_only_models(name):
   np.testing.assert_allclose(
       np.asarray(plain.apply({"params": merged}, tokens, mask)), got,
       atol=1e-4, rtol=1e-4)
+
+
+GEMMA3 = ("Gemma3TextConfig", dict(
+    num_attention_heads=4, num_key_value_heads=2, hidden_size=32, head_dim=8,
+    intermediate_size=40, sliding_window=3, query_pre_attn_scalar=12,
+    rope_local_base_freq=100.0, rope_theta=10000.0,
+    rope_scaling=dict(rope_type="linear", factor=4.0),
+    layer_types=["sliding_attention", "sliding_attention",
+                 "full_attention"]))
+
+
+def test_gemma3_logits_prompt_and_export_equal_transformers(tmp_path):
+  """Gemma 3's text model: q/k norms, local layers with their own rotary
+  base, global layers with linear scaling, every third layer global; and a
+  prompt, unscaled as PEFT's inputs_embeds are there."""
+  torch, transformers = _torch()
+  peft_lib = pytest.importorskip("peft")
+  SHAPES["gemma3"] = GEMMA3
+  try:
+    hf_model = _hf_model("gemma3", str(tmp_path / "base"))
+  finally:
+    del SHAPES["gemma3"]
+  config, params = hf_decoder.load_host(str(tmp_path / "base"))
+  assert (config.family, config.sliding_layers, config.sliding_pattern,
+          config.qk_norm) == ("gemma3", "pattern", 3, True)
+  config = config.replace(dtype="float32")
+  model = DecoderOnlyLM(config)
+  tokens, mask = _batch(left=False)
+  positions = np.asarray(model_lib.default_positions(mask))
+  ours = np.asarray(model.apply({"params": params}, tokens, mask, positions))
+  with torch.no_grad():
+    theirs = hf_model(input_ids=torch.tensor(tokens, dtype=torch.long),
+                      attention_mask=torch.tensor(mask, dtype=torch.long),
+                      position_ids=torch.tensor(positions, dtype=torch.long)
+                      ).logits.numpy()
+  np.testing.assert_allclose(ours[mask], theirs[mask], atol=1e-4, rtol=1e-4)
+  # A prompt through PEFT (exported by us, loaded by PEFT).
+  from prompt_tuning.prompts import peft  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.prompts.decoder_model import PromptedDecoderOnly  # pylint: disable=g-import-not-at-top
+  prompt = np.random.default_rng(2).normal(0, 0.5, (3, config.emb_dim)
+                                           ).astype(np.float32)
+  full = dict(params, decoder=dict(params["decoder"],
+                                   prompt={"prompt": prompt}))
+  prompted = np.asarray(PromptedDecoderOnly(config, prompt_length=3).apply(
+      {"params": full}, tokens, mask))
+  loaded = peft_lib.PeftModel.from_pretrained(
+      hf_model, peft.export_adapter(prompt, config, str(tmp_path / "a")))
+  with torch.no_grad():
+    via_peft = loaded(input_ids=torch.tensor(tokens, dtype=torch.long),
+                      attention_mask=torch.tensor(mask, dtype=torch.long)
+                      ).logits.numpy()[:, 3:]
+  np.testing.assert_allclose(prompted[mask], via_peft[mask], atol=1e-4,
+                             rtol=1e-4)
+  # Our export reads back in transformers.
+  from prompt_tuning.pretrained import hf_export  # pylint: disable=g-import-not-at-top
+  hf_export.save_hf_decoder(params, config, str(tmp_path / "out"))
+  again = transformers.AutoModelForCausalLM.from_pretrained(
+      str(tmp_path / "out"), attn_implementation="eager").eval()
+  with torch.no_grad():
+    back = again(input_ids=torch.tensor(tokens, dtype=torch.long),
+                 attention_mask=torch.tensor(mask, dtype=torch.long),
+                 position_ids=torch.tensor(positions, dtype=torch.long)
+                 ).logits.numpy()
+  np.testing.assert_allclose(back[mask], ours[mask], atol=1e-4, rtol=1e-4)

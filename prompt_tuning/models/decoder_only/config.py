@@ -11,6 +11,11 @@ One frozen dataclass covers two families:
   GeGLU MLP (tanh GELU), attention scaled by `query_pre_attn_scalar` and
   soft-capped, the final logits soft-capped, and sliding-window attention on
   every other layer (layer 0 local).
+- 'gemma3': Gemma 3's text model, Gemma 2's pieces plus an RMSNorm of each
+  query and key head (`qk_norm`), local layers in a pattern (five of every
+  six) with their own rotary base (`rope_local_theta`, unscaled), and the
+  sqrt(H) scaling inside the embedding lookup (so a prompt given as input
+  rows is not scaled, as HF does for PEFT's).
 
 `from_hf` reads a Hugging Face `config.json` (its `model_type` picks the
 family); a field this code does not implement is refused in one line rather
@@ -22,11 +27,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional
 
-FAMILIES = ("llama", "gemma2")
+FAMILIES = ("llama", "gemma2", "gemma3")
 ROPE_TYPES = ("default", "linear", "llama3")
 # HF model_type -> family.
 MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "llama",
-               "gemma2": "gemma2"}
+               "gemma2": "gemma2", "gemma3_text": "gemma3"}
 # HF activation names -> flax.linen names with the same maths.
 _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu",
                 "gelu_new": "gelu"}
@@ -62,9 +67,16 @@ class DecoderConfig:
   # The MLP's gate activation (flax.linen name): 'silu' or 'gelu' (tanh).
   activation: str = "silu"
   # Sliding-window attention: keys within `sliding_window` positions; which
-  # layers: 'none', 'all' (Mistral) or 'even' (Gemma 2: layers 0, 2, ...).
+  # layers: 'none', 'all' (Mistral), 'even' (Gemma 2: layers 0, 2, ...) or
+  # 'pattern' (Gemma 3: all but every `sliding_pattern`-th layer).
   sliding_window: int = 0
   sliding_layers: str = "none"
+  sliding_pattern: int = 6
+  # The rotary base of the local (sliding) layers, unscaled; 0: rope_theta
+  # with the config's scaling, as on global layers (Gemma 3 sets it).
+  rope_local_theta: float = 0.0
+  # An RMSNorm of every query and key head before the rotation (Gemma 3).
+  qk_norm: bool = False
   # Gemma 2's: 0 turns each off.
   query_pre_attn_scalar: float = 0.0
   attn_softcap: float = 0.0
@@ -84,13 +96,14 @@ class DecoderConfig:
     if self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
                        f"num_kv_heads={self.num_kv_heads}.")
-    if self.sliding_layers not in ("none", "all", "even"):
+    if self.sliding_layers not in ("none", "all", "even", "pattern"):
       raise ValueError(f"sliding_layers {self.sliding_layers!r} is not one "
-                       "of ('none', 'all', 'even').")
+                       "of ('none', 'all', 'even', 'pattern').")
 
   @property
   def gemma(self) -> bool:
-    return self.family == "gemma2"
+    """Gemma's norms, post norms, GeGLU and embedding scale (2 and 3)."""
+    return self.family in ("gemma2", "gemma3")
 
   def replace(self, **changes: Any) -> "DecoderConfig":
     return dataclasses.replace(self, **changes)
@@ -98,7 +111,9 @@ class DecoderConfig:
   def sliding(self, layer: int) -> int:
     """The window of layer `layer` (0: global attention)."""
     on = (self.sliding_layers == "all" or
-          (self.sliding_layers == "even" and layer % 2 == 0))
+          (self.sliding_layers == "even" and layer % 2 == 0) or
+          (self.sliding_layers == "pattern" and
+           (layer + 1) % self.sliding_pattern != 0))
     return self.sliding_window if on else 0
 
   @property
@@ -122,6 +137,21 @@ def _rope(hf: Mapping[str, Any], where: str) -> dict:
                 scaling["original_max_position_embeddings"])}
   raise ValueError(f"{where}: rope_scaling type {kind!r} is not implemented "
                    f"(have: {', '.join(ROPE_TYPES)}).")
+
+
+def _gemma3_pattern(hf: Mapping[str, Any], where: str):
+  """('pattern', N) from Gemma 3's layer_types (or sliding_window_pattern):
+  every N-th layer global, the others local."""
+  types = hf.get("layer_types")
+  if not types:
+    return "pattern", int(hf.get("sliding_window_pattern") or 6)
+  for n in range(1, len(types) + 2):
+    want = ["full_attention" if (i + 1) % n == 0 else "sliding_attention"
+            for i in range(len(types))]
+    if list(types) == want:
+      return ("none" if n == 1 else "pattern"), n
+  raise ValueError(f"{where}: layer_types is not 'every N-th layer global'; "
+                   "other layouts are not implemented.")
 
 
 def _token(value: Any) -> Optional[int]:
@@ -156,9 +186,12 @@ def from_hf(hf: Mapping[str, Any], where: str = "config.json",
   if float(hf.get("partial_rotary_factor", 1.0)) != 1.0:
     raise ValueError(f"{where}: partial_rotary_factor is not implemented.")
   window = int(hf.get("sliding_window") or 0)
-  sliding = "none"
+  sliding, pattern = "none", 6
   if family == "gemma2":
     sliding = "even" if window else "none"
+  elif family == "gemma3":
+    sliding, pattern = _gemma3_pattern(hf, where)
+    sliding = sliding if window else "none"
   elif model_type == "mistral":
     sliding = "all" if window else "none"
   elif model_type == "qwen2" and hf.get("use_sliding_window"):
@@ -176,18 +209,24 @@ def from_hf(hf: Mapping[str, Any], where: str = "config.json",
       qkv_bias=attention_bias or model_type == "qwen2",
       out_bias=attention_bias,
       tie_embeddings=bool(hf.get("tie_word_embeddings",
-                                 family == "gemma2")),
+                                 family in ("gemma2", "gemma3"))),
       activation=_ACTIVATIONS[activation_name],
       sliding_window=window if sliding != "none" else 0,
-      sliding_layers=sliding,
+      sliding_layers=sliding, sliding_pattern=pattern,
       bos_id=_token(hf.get("bos_token_id")),
       eos_id=_token(hf.get("eos_token_id")))
   fields.update(_rope(hf, where))
-  if family == "gemma2":
+  if family in ("gemma2", "gemma3"):
     fields.update(
         query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar") or 0.0),
         attn_softcap=float(hf.get("attn_logit_softcapping") or 0.0),
         final_softcap=float(hf.get("final_logit_softcapping") or 0.0))
+  if family == "gemma3":
+    if hf.get("use_bidirectional_attention"):
+      raise ValueError(f"{where}: use_bidirectional_attention = true is not "
+                       "implemented.")
+    fields.update(qk_norm=True, rope_local_theta=float(
+        hf.get("rope_local_base_freq") or 10000.0))
   fields.update(overrides)
   return DecoderConfig(**fields)
 

@@ -127,7 +127,15 @@ class SelfAttention(nn.Module):
                 kv_heads)
     value = split(dense(kv_heads * cfg.head_dim, "value", cfg.qkv_bias)(x),
                   kv_heads)
-    inverse = inverse_frequencies(cfg)
+    if cfg.qk_norm:  # per head, before the rotation (Gemma 3)
+      query = Norm(cfg.norm_eps, 1.0, cfg.dtype, cfg.param_dtype,
+                   name="query_norm")(query)
+      key = Norm(cfg.norm_eps, 1.0, cfg.dtype, cfg.param_dtype,
+                 name="key_norm")(key)
+    local = self.window and cfg.rope_local_theta
+    inverse = inverse_frequencies(
+        cfg.replace(rope_theta=cfg.rope_local_theta, rope_type="default")
+        if local else cfg)
     query, key = rotate(query, positions, inverse), rotate(key, positions,
                                                            inverse)
     length = x.shape[1]
