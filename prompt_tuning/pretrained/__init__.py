@@ -126,14 +126,7 @@ def load_pretrained(
     else:
       loaders = t5x.read_t5x_orbax(ckpt_dir)
     source = ckpt_dir
-  if param_dtype is not None:
-    config = config.replace(param_dtype=param_dtype)
-  stats = LoadStats()
-  start = time.perf_counter()
-  params = assemble_params(config, loaders, source, mesh, rules, stats)
-  if mesh is not None:
-    _log_load(stats, time.perf_counter() - start)
-  return config, params
+  return _assemble(config, loaders, source, mesh, rules, param_dtype)
 
 
 def load_decoder_only(
@@ -158,11 +151,20 @@ def load_decoder_only(
   """
   path = os.fspath(path)
   config, loaders = hf_decoder.read_hf_decoder(path, **overrides)
+  return _assemble(config, loaders, path, mesh, rules, param_dtype)
+
+
+def _assemble(config, loaders, source: str,
+              mesh: Optional[jax.sharding.Mesh],
+              rules: Optional[partitioning.Rules],
+              param_dtype: Optional[str]) -> Tuple[Any, PyTree]:
+  """The checkpoint's loaders assembled (on the mesh, one log line of what
+  this process read): the tail both families' loaders share."""
   if param_dtype is not None:
     config = config.replace(param_dtype=param_dtype)
   stats = LoadStats()
   start = time.perf_counter()
-  params = assemble_params(config, loaders, path, mesh, rules, stats)
+  params = assemble_params(config, loaders, source, mesh, rules, stats)
   if mesh is not None:
     _log_load(stats, time.perf_counter() - start)
   return config, params
