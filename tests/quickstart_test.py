@@ -13,6 +13,8 @@ import pytest
 import seqio
 
 from prompt_tuning.data import pipeline
+from prompt_tuning.pretrained import is_decoder_only
+from prompt_tuning.pretrained import load_decoder_only
 from prompt_tuning.pretrained import load_pretrained
 from prompt_tuning.tasks import quickstart
 
@@ -130,21 +132,26 @@ def test_committed_checkpoint_is_small_and_loads():
              for x in jax.tree_util.tree_leaves(params))
 
 
-def test_quickstart_command_shortened(tmp_path):
-  """runs/quickstart.gin exactly as the README runs it, for 20 steps."""
-  model_dir = str(tmp_path / "quickstart")
+def _run_shortened(gin_file: str, model_dir: str) -> str:
+  """The README's train command with `gin_file`, for 20 steps: its log."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
              TF_CPP_MIN_LOG_LEVEL="3")
   env.pop("XLA_FLAGS", None)  # one device, as a user's laptop
   result = subprocess.run(
       [sys.executable, "-m", "prompt_tuning.train",
-       "--gin_file=runs/quickstart.gin", f"--gin.MODEL_DIR='{model_dir}'",
+       f"--gin_file={gin_file}", f"--gin.MODEL_DIR='{model_dir}'",
        "--gin.TRAIN_STEPS=20", "--gin.TrainConfig.eval_period=20",
        "--gin.TrainConfig.checkpoint_period=20",
        "--gin.TrainConfig.log_period=10"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  log = result.stderr
+  return result.stderr
+
+
+def test_quickstart_command_shortened(tmp_path):
+  """runs/quickstart.gin exactly as the README runs it, for 20 steps."""
+  model_dir = str(tmp_path / "quickstart")
+  log = _run_shortened("runs/quickstart.gin", model_dir)
   metric = f"{quickstart.TASKLESS_TASK}/accuracy"
   assert "eval step 0: " in log and "eval step 20: " in log
   assert log.count(metric) >= 2
@@ -157,3 +164,32 @@ def test_quickstart_command_shortened(tmp_path):
   with open(os.path.join(model_dir, "best.json")) as f:
     best = json.load(f)
   assert best["metric"] == metric and 0.0 <= best["value"] <= 100.0
+
+
+DECODER_CHECKPOINT = os.path.join(ROOT, "tasks",
+                                  "quickstart_decoder_checkpoint")
+
+
+def test_committed_decoder_checkpoint_is_small_and_loads():
+  size = sum(os.path.getsize(os.path.join(DECODER_CHECKPOINT, f))
+             for f in os.listdir(DECODER_CHECKPOINT))
+  assert size < 2 * 1024 * 1024
+  assert is_decoder_only(DECODER_CHECKPOINT)
+  config, params = load_decoder_only(DECODER_CHECKPOINT)
+  assert (config.family, config.vocab_size, config.bos_id,
+          config.eos_id) == ("llama", 384, None, quickstart.VOCABULARY.eos_id)
+  assert all(np.isfinite(np.asarray(x)).all()
+             for x in jax.tree_util.tree_leaves(params))
+
+
+def test_decoder_quickstart_command_shortened(tmp_path):
+  """runs/quickstart_decoder.gin as the README runs it, for 20 steps."""
+  model_dir = str(tmp_path / "quickstart_decoder")
+  log = _run_shortened("runs/quickstart_decoder.gin", model_dir)
+  metric = "quickstart_first_taskless/accuracy"
+  assert "eval step 0: " in log and "eval step 20: " in log
+  assert log.count(metric) >= 2 and "step 20/20 | loss" in log
+  prompt = np.load(os.path.join(model_dir, "prompts", "step_20.npy"))
+  assert prompt.shape == (10, 64) and np.isfinite(prompt).all()
+  with open(os.path.join(model_dir, "best.json")) as f:
+    assert json.load(f)["metric"] == metric

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Mapping, Optional
 
+import seqio
 import tensorflow as tf
 
 FEATURES = ("decoder_input_tokens", "decoder_target_tokens",
@@ -65,7 +66,9 @@ def convert(ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int],
     row = tf.concat([inputs, targets], axis=0)
     real = tf.size(row)
     columns = tf.range(length)
-    pad = lambda x: tf.pad(x, [[0, length - tf.size(x)]])
+    # Static [L] shapes: the jitted step compiles once.
+    pad = lambda x: tf.reshape(tf.pad(x, [[0, length - tf.size(x)]]),
+                               [length])
     # Column j's logits predict row[j + 1]: targets are predicted from the
     # columns context - 1 .. context + count - 2.
     weights = (columns >= context - 1) & (columns < context + count - 1)
@@ -77,3 +80,37 @@ def convert(ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int],
     }
 
   return ds.map(one, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+class DecoderOnlyConverter(seqio.FeatureConverter):
+  """`convert` as a seqio feature converter, for seqio's `Evaluator` and the
+  input pipelines (`data.pipeline`), which take one.
+
+  Unpacked only: a soft prompt goes in front of each row. Its examples are
+  the task's trimmed, unpadded `inputs` and `targets`; its model features
+  are `FEATURES`, each of `row_length` columns.
+  """
+
+  TASK_FEATURES = {
+      "inputs": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+      "targets": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+  }
+  MODEL_FEATURES = {name: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
+                    for name in FEATURES}
+  PACKING_FEATURE_DTYPES = None
+
+  def __init__(self, row_bos_id: Optional[int] = None):
+    # seqio's own bos_id is a decoder start token, which these rows do not
+    # have; the model's BOS (if any) starts every row instead.
+    super().__init__(pack=False, apply_length_check=False)
+    self.row_bos_id = row_bos_id
+
+  def _convert_features(self, ds: tf.data.Dataset,
+                        task_feature_lengths: Mapping[str, int]
+                        ) -> tf.data.Dataset:
+    return convert(ds, task_feature_lengths, self.row_bos_id)
+
+  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
+                                ) -> Mapping[str, int]:
+    length = row_length(task_feature_lengths, self.row_bos_id)
+    return {name: length for name in FEATURES}

@@ -92,8 +92,8 @@ def check_feature_lengths(provider: TaskOrMixture,
   missing = [k for k in TASK_FEATURES if k not in features]
   if missing:
     raise ValueError(
-        f"{provider.name!r} has output features {sorted(features)}, but an "
-        f"encoder-decoder model needs {list(TASK_FEATURES)}.")
+        f"{provider.name!r} has output features {sorted(features)}, but "
+        f"prompt tuning needs {list(TASK_FEATURES)}.")
   expected = sorted(features)
   given = sorted(task_feature_lengths)
   if given != expected:
@@ -125,12 +125,14 @@ def feature_converter() -> seqio.EncDecFeatureConverter:
 
 def _check_example_shapes(ds: tf.data.Dataset,
                           task_feature_lengths: Mapping[str, int],
-                          task_ids: bool = False) -> None:
-  """Fails unless each converted example has exactly MODEL_FEATURES, static
-  (and the scalar task id when asked for)."""
-  expected = {"encoder_input_tokens": (task_feature_lengths["inputs"],)}
-  for key in MODEL_FEATURES[1:]:
-    expected[key] = (task_feature_lengths["targets"],)
+                          task_ids: bool = False,
+                          converter: Optional[seqio.FeatureConverter] = None
+                          ) -> None:
+  """Fails unless each converted example has exactly the converter's model
+  features, static (and the scalar task id when asked for)."""
+  converter = converter or feature_converter()
+  lengths = converter.get_model_feature_lengths(task_feature_lengths)
+  expected = {key: (lengths[key],) for key in converter.MODEL_FEATURES}
   if task_ids:
     expected[TASK_ID_FEATURE] = ()
   got = {k: tuple(v.shape) for k, v in ds.element_spec.items()}
@@ -196,7 +198,9 @@ def _with_task_id(ds: tf.data.Dataset, task_id: int) -> tf.data.Dataset:
 
 def _tagged_mixture(provider: TaskOrMixture, task_index: Mapping[str, int],
                     task_feature_lengths: Mapping[str, int],
-                    seed: Optional[int], **kwargs: Any) -> tf.data.Dataset:
+                    seed: Optional[int],
+                    converter: seqio.FeatureConverter,
+                    **kwargs: Any) -> tf.data.Dataset:
   """Converted examples tagged with their task's index, mixed at the
   mixture's rates (what seqio's Mixture does, keeping each example's task).
 
@@ -211,7 +215,7 @@ def _tagged_mixture(provider: TaskOrMixture, task_index: Mapping[str, int],
   for task in tasks:
     ds = _task_dataset(task, sequence_length=dict(task_feature_lengths),
                        seed=seed, **kwargs)
-    ds = feature_converter()(ds, task_feature_lengths=task_feature_lengths)
+    ds = converter(ds, task_feature_lengths=task_feature_lengths)
     datasets.append(_with_task_id(ds, task_id_of(task_index, task.name)))
   if len(datasets) == 1:
     return datasets[0]
@@ -265,7 +269,8 @@ def get_dataset(mixture_or_task_name: str,
                 skip_batches: int = 0,
                 use_cached: bool = False,
                 mesh: Optional[Mesh] = None,
-                task_index: Optional[Mapping[str, int]] = None
+                task_index: Optional[Mapping[str, int]] = None,
+                converter: Optional[seqio.FeatureConverter] = None
                 ) -> BatchIterator:
   """Training batches for this process, deterministic and resumable.
 
@@ -292,9 +297,13 @@ def get_dataset(mixture_or_task_name: str,
     task_index: task name -> index; given, each batch also has
       `TASK_ID_FEATURE` [B] int32, the index of each example's task, and a
       mixture is sampled by `_tagged_mixture`.
+    converter: turns task examples into the model's features; None is
+      `feature_converter()` (T5's), a decoder-only LM's is
+      `data.decoder_features.DecoderOnlyConverter`.
 
   Returns:
-    A `BatchIterator` of dicts with `MODEL_FEATURES`, each [B, T] or [B, L]
+    A `BatchIterator` of dicts with the converter's features (T5's
+    `MODEL_FEATURES`), each [B, T] or [B, L]
     int32, B = global_batch_size // num_shards; incomplete batches are
     dropped.
 
@@ -316,6 +325,7 @@ def get_dataset(mixture_or_task_name: str,
         "run's data seed.")
   provider = get_task_or_mixture(mixture_or_task_name)
   check_feature_lengths(provider, task_feature_lengths)
+  converter = converter or feature_converter()
 
   read = dict(
       split=split, use_cached=use_cached, shuffle=shuffle,
@@ -325,13 +335,14 @@ def get_dataset(mixture_or_task_name: str,
       num_epochs=None if repeat else 1)
   if task_index is not None:
     ds = _tagged_mixture(provider, task_index, task_feature_lengths, seed,
-                         **read)
+                         converter, **read)
   else:
     ds = _task_dataset(provider, sequence_length=dict(task_feature_lengths),
                        seed=seed, **read)
-    ds = feature_converter()(ds, task_feature_lengths=task_feature_lengths)
+    ds = converter(ds, task_feature_lengths=task_feature_lengths)
   # Static shapes for the jitted step: a short last batch would recompile.
-  _check_example_shapes(ds, task_feature_lengths, task_index is not None)
+  _check_example_shapes(ds, task_feature_lengths, task_index is not None,
+                        converter)
   ds = ds.batch(batch_size, drop_remainder=True)
   # Skipping whole batches of the deterministic stream lands exactly where a
   # run that consumed `skip_batches` batches stopped (it re-reads, not seeks).
@@ -381,7 +392,8 @@ def evaluation_dataset(mixture_or_task_name: str,
                        num_shards: Optional[int] = None,
                        use_cached: bool = False,
                        mesh: Optional[Mesh] = None,
-                       task_index: Optional[Mapping[str, int]] = None
+                       task_index: Optional[Mapping[str, int]] = None,
+                       converter: Optional[seqio.FeatureConverter] = None
                        ) -> Iterator[PaddedBatch]:
   """Every example of a split exactly once, in fixed-size host-local batches.
 
@@ -402,6 +414,7 @@ def evaluation_dataset(mixture_or_task_name: str,
     mesh: the mesh the batches feed; as for `get_dataset`.
     task_index: as for `get_dataset`: batches also carry each example's
       task index (padding rows: 0).
+    converter: as for `get_dataset`.
 
   Yields:
     `PaddedBatch`es: features [B, T] / [B, L] int32 with
@@ -415,6 +428,7 @@ def evaluation_dataset(mixture_or_task_name: str,
   batch_size = _host_batch_size(global_batch_size, num_shards)
   provider = get_task_or_mixture(mixture_or_task_name)
   check_feature_lengths(provider, task_feature_lengths)
+  converter = converter or feature_converter()
 
   tasks = [t for t in seqio.get_subtasks(provider) if split in t.splits]
   if not tasks:
@@ -430,14 +444,15 @@ def evaluation_dataset(mixture_or_task_name: str,
     ds = ds.map(lambda ex: {k: ex[k] for k in keys})
     # Converted per task (per example without packing: the same result),
     # so that each example can carry its task.
-    ds = feature_converter()(ds, task_feature_lengths=task_feature_lengths)
+    ds = converter(ds, task_feature_lengths=task_feature_lengths)
     if task_index is not None:
       ds = _with_task_id(ds, task_id_of(task_index, task.name))
     datasets.append(ds)
   ds = datasets[0]
   for other in datasets[1:]:
     ds = ds.concatenate(other)
-  _check_example_shapes(ds, task_feature_lengths, task_index is not None)
+  _check_example_shapes(ds, task_feature_lengths, task_index is not None,
+                        converter)
   ds = _deterministic(ds.batch(global_batch_size, drop_remainder=False))
 
   start = shard_id * batch_size

@@ -1,14 +1,15 @@
 """Prompt tuning (Lester et al. 2021): a [P, H] prompt before the input.
 
 The model is `PromptedT5`; the one trainable parameter is
-`encoder/prompt/prompt`. With `wayward_gamma` > 0 the loss also pulls the
+`encoder/prompt/prompt` (`decoder/prompt/prompt` on a decoder-only LM,
+`PromptedDecoderOnly`). With `wayward_gamma` > 0 the loss also pulls the
 prompt towards a discrete text prompt (`methods.wayward`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, Tuple
 
 import jax
 import numpy as np
@@ -20,6 +21,14 @@ Array = jax.Array
 PyTree = Any
 
 PROMPT_PATH = ("encoder", "prompt", "prompt")
+# A decoder-only LM's (`prompts.decoder_model.PromptedDecoderOnly`).
+DECODER_ONLY_PROMPT_PATH = ("decoder", "prompt", "prompt")
+
+
+def prompt_path(params: PyTree) -> Tuple[str, ...]:
+  """Where the input prompt is in a model's (or trainable) tree: T5's
+  encoder, else a decoder-only LM's decoder."""
+  return PROMPT_PATH if "encoder" in params else DECODER_ONLY_PROMPT_PATH
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +60,7 @@ class PromptTuning(Method):
   def input_prompt(self, trainable: PyTree) -> Array:
     """[P, H] the prompt the model prepends, from the trainable tree."""
     node = self.model_params(trainable)
-    for name in PROMPT_PATH:
+    for name in prompt_path(node):
       node = node[name]
     return node
 

@@ -14,6 +14,7 @@ numpy API: no torch); never `training/`,
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import resource
@@ -23,6 +24,7 @@ from typing import Any, Optional, Tuple
 import jax
 
 from prompt_tuning import partitioning
+from prompt_tuning import storage
 from prompt_tuning.pretrained import hf
 from prompt_tuning.pretrained import hf_decoder
 from prompt_tuning.pretrained import t5x
@@ -30,6 +32,7 @@ from prompt_tuning.pretrained.assemble import assemble_params
 from prompt_tuning.pretrained.assemble import LoadStats
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.decoder_only.config import DecoderConfig
+from prompt_tuning.models.decoder_only.config import MODEL_TYPES
 
 PyTree = Any
 
@@ -129,6 +132,22 @@ def load_pretrained(
   return _assemble(config, loaders, source, mesh, rules, param_dtype)
 
 
+def is_decoder_only(path: str | os.PathLike) -> bool:
+  """True if `path` is a Hugging Face directory whose config.json names a
+  decoder-only family this code implements (`load_decoder_only`); False for
+  T5 (HF or T5X) and anything unreadable, which `load_pretrained` explains."""
+  path = os.fspath(path)
+  config_file = storage.join(path, hf.CONFIG_FILE)
+  try:
+    if not storage.isfile(config_file):
+      return False
+    hf_config = json.loads(storage.read_text(config_file))
+  except (OSError, ValueError):
+    return False
+  return (isinstance(hf_config, dict) and
+          hf_config.get("model_type") in MODEL_TYPES)
+
+
 def load_decoder_only(
     path: str | os.PathLike,
     mesh: Optional[jax.sharding.Mesh] = None,
@@ -170,5 +189,5 @@ def _assemble(config, loaders, source: str,
   return config, params
 
 
-__all__ = ["load_pretrained", "load_decoder_only", "assemble_params",
+__all__ = ["load_pretrained", "load_decoder_only", "is_decoder_only", "assemble_params",
            "LoadStats"]

@@ -89,7 +89,7 @@ def _tagged(task_id: int, predict_batch: Optional[PredictBatchFn],
             rank_batch: Optional[RankBatchFn]):
   """The model functions with every batch tagged with `task_id`."""
   def tag(batch):
-    rows = len(batch["encoder_input_tokens"])
+    rows = len(next(iter(batch.values())))
     return dict(batch, **{pipeline.TASK_ID_FEATURE: np.full(
         (rows,), task_id, np.int32)})
   return (None if predict_batch is None else
@@ -298,7 +298,8 @@ class Evaluator:
                use_cached: bool = False,
                num_examples: Optional[int] = None,
                write_predictions: bool = True,
-               task_index: Optional[Mapping[str, int]] = None):
+               task_index: Optional[Mapping[str, int]] = None,
+               converter: Optional[seqio.FeatureConverter] = None):
     """Caches the evaluation examples of every task with metrics.
 
     Args:
@@ -318,6 +319,8 @@ class Evaluator:
       task_index: task name -> index (multitask prompts): every batch
         handed to the model functions also carries
         `pipeline.TASK_ID_FEATURE` [B], its task's index.
+      converter: the model's feature converter (`pipeline.get_dataset`'s);
+        None is T5's.
 
     Raises:
       ValueError: (one line) if an evaluated task's split has no examples.
@@ -344,7 +347,7 @@ class Evaluator:
                             enabled=write_predictions))
     self._evaluator = seqio.Evaluator(
         mixture_or_task_name=mixture_or_task_name,
-        feature_converter=pipeline.feature_converter(),
+        feature_converter=converter or pipeline.feature_converter(),
         eval_split=split,
         use_cached=use_cached,
         sequence_length=dict(task_feature_lengths),

@@ -28,6 +28,7 @@ from prompt_tuning import metrics
 from prompt_tuning import partitioning
 from prompt_tuning import storage
 from prompt_tuning.models import decoding
+from prompt_tuning.training import decoder_inference
 from prompt_tuning.training import losses
 from prompt_tuning.training import step as step_lib
 from prompt_tuning.training.setup import RunModel
@@ -49,7 +50,8 @@ class DecodeConfig:
   alpha: float = 0.6
   # Tokens to decode at most; 0 = the targets feature length.
   max_decode_length: int = 0
-  # End-of-sequence id of T5's vocabularies.
+  # End-of-sequence id of T5's vocabularies (a decoder-only LM stops at its
+  # config.json's eos_token_id instead).
   eos_id: int = 1
   # Predict classification tasks by the label word the model scores highest
   # (never an invalid prediction) instead of decoding; tasks without label
@@ -66,6 +68,11 @@ def _predict(params: PyTree, frozen: PyTree, batch: Mapping[str, jax.Array],
              *, model, decode: DecodeConfig, length: int,
              method=None) -> jax.Array:
   full = step_lib.full_params(method, params, frozen)
+  if step_lib.DECODER_ONLY_FEATURE in batch:
+    return decoder_inference.predict(
+        model, full, batch, length=length, method=decode.method,
+        eos_id=decode.eos_id, beam_size=decode.beam_size, alpha=decode.alpha,
+        prompt=step_lib.example_prompt(method, params, batch))
   encoded, mask = _encode(model, full, method, params, batch)
   if decode.method == "greedy":
     return decoding.greedy_decode_encoded(model, full, encoded, mask, length,
@@ -89,6 +96,10 @@ def _rank(params: PyTree, frozen: PyTree, batch: Mapping[str, jax.Array],
           candidates: jax.Array, *, model, method=None) -> jax.Array:
   """[B, C] log-likelihood of each candidate target row [C, L] per example."""
   full = step_lib.full_params(method, params, frozen)
+  if step_lib.DECODER_ONLY_FEATURE in batch:
+    return decoder_inference.rank(
+        model, full, batch, candidates,
+        prompt=step_lib.example_prompt(method, params, batch))
   encoded, mask = _encode(model, full, method, params, batch)
   batch_size = encoded.shape[0]
   # C is small (the label words): a static loop reuses one encoder pass.
@@ -112,6 +123,9 @@ class RunEvaluator:
     self._split = split
     self._batch_size = batch_size
     length = decode.max_decode_length or self._lengths["targets"]
+    if run.decoder_only and run.config.eos_id is not None:
+      # The LM's own end of text (T5's id 1 is a word in these vocabularies).
+      decode = dataclasses.replace(decode, eos_id=run.config.eos_id)
     self._eval_step = jax.jit(functools.partial(
         step_lib.eval_step, model=run.model, z_loss=z_loss,
         method=run.method))
@@ -129,7 +143,8 @@ class RunEvaluator:
     self._evaluator = evaluation.Evaluator(
         mixture_or_task_name, task_feature_lengths, batch_size, split=split,
         log_dir=log_dir, write_predictions=jax.process_index() == 0,
-        task_index=run.method.task_index())
+        task_index=run.method.task_index(),
+        converter=run.feature_converter())
     # The tasks with the split and metrics (what evaluate and predict cover).
     self.task_names = self._evaluator.task_names
 
@@ -164,7 +179,8 @@ class RunEvaluator:
     with partitioning.mesh_context(self._run.mesh, self._run.rules):
       for padded in pipeline.evaluation_dataset(
           self._name, self._lengths, self._split, self._batch_size,
-          mesh=self._run.mesh, task_index=self._run.method.task_index()):
+          mesh=self._run.mesh, task_index=self._run.method.task_index(),
+          converter=self._run.feature_converter()):
         # This process's slice of each global batch (see
         # `pipeline.evaluation_dataset`); the sums come back replicated.
         sums = jax.tree_util.tree_map(partitioning.to_host, self._eval_step(

@@ -161,6 +161,14 @@ def _tensorboard(model_dir: str, name: str) -> Optional[_Scalars]:
   return _Scalars(storage.join(model_dir, name))
 
 
+def _input_tokens(batch: Mapping[str, np.ndarray]) -> float:
+  """Real input tokens of a host batch: T5's encoder inputs, a decoder-only
+  LM's real row columns."""
+  if step_lib.DECODER_ONLY_FEATURE in batch:
+    return float(np.sum(batch[step_lib.DECODER_ONLY_FEATURE]))
+  return float(np.sum(batch["encoder_input_tokens"] > 0))
+
+
 def _format_eta(seconds: float) -> str:
   seconds = int(seconds)
   hours, rest = divmod(seconds, 3600)
@@ -191,6 +199,7 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
           mesh_shape: Tuple[int, int] = (-1, 1),
           fsdp: bool = False,
           frozen_dtype: Optional[str] = None,
+          dtype: Optional[str] = None,
           on_start: Optional[Callable[[], None]] = None) -> Dict[str, Any]:
   """Trains a prompt (or the whole model) and returns the final metrics.
 
@@ -215,6 +224,8 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
     frozen_dtype: prompt mode: store the frozen weights in this dtype (e.g.
       'bfloat16': half the memory, no float32 copy on the device); None keeps
       the config's param_dtype.
+    dtype: the compute dtype ('float32' or 'bfloat16'); None keeps the
+      model config's (bfloat16 from an HF config.json and in the presets).
     on_start: called once every check has passed and the run will train (or
       finish the bookkeeping of) at least its last step: not for a finished
       run, nor one that failed to start. The CLI writes config.gin here.
@@ -253,7 +264,7 @@ def train(*, model_dir: str, initial_checkpoint_path: str,
         task_feature_lengths=task_feature_lengths, mode=mode, prompt=prompt,
         method=method, optimizer=optimizer, schedule=schedule, decode=decode,
         dropout_rate=dropout_rate, mesh_shape=mesh_shape, fsdp=fsdp,
-        frozen_dtype=frozen_dtype, on_start=on_start)
+        frozen_dtype=frozen_dtype, dtype=dtype, on_start=on_start)
 
 
 def _start(*, model_dir: str, initial_checkpoint_path: str,
@@ -263,7 +274,7 @@ def _start(*, model_dir: str, initial_checkpoint_path: str,
            optimizer: optimizers.AdafactorConfig,
            schedule: TrainConfig, decode: DecodeConfig,
            dropout_rate: Optional[float], mesh_shape: Tuple[int, int],
-           fsdp: bool, frozen_dtype: Optional[str],
+           fsdp: bool, frozen_dtype: Optional[str], dtype: Optional[str],
            on_start: Optional[Callable[[], None]]) -> Dict[str, Any]:
   """`train` under the directory's lock: check, build, resume, then loop."""
   provider = pipeline.get_task_or_mixture(mixture_or_task_name)
@@ -291,7 +302,8 @@ def _start(*, model_dir: str, initial_checkpoint_path: str,
       initial_checkpoint_path=initial_checkpoint_path,
       model_config=model_config, mode=mode, prompt=prompt, mesh=mesh,
       rules=rules, vocabulary=_vocabulary(provider), rng=init_rng,
-      dropout_rate=dropout_rate, frozen_dtype=frozen_dtype, method=method)
+      dropout_rate=dropout_rate, frozen_dtype=frozen_dtype, dtype=dtype,
+      method=method)
   counts = parameter_summary(run.trainable, run.frozen)
   logging.info("Parameters: %s total, %s trainable (%.4f%%).",
                f"{counts['total']:,}", f"{counts['trainable']:,}",
@@ -307,7 +319,7 @@ def _start(*, model_dir: str, initial_checkpoint_path: str,
       model_dir, keep=schedule.keep_checkpoints,
       best_metric=schedule.best_metric or None,
       best_mode=schedule.best_mode, materialize=run.model_params,
-      prompt_path=(setup.PROMPT_PATH if run.method.exports_prompt
+      prompt_path=(run.prompt_path if run.method.exports_prompt
                    else None)) as ckpt:
     position = {"batches_consumed": 0, "seed": schedule.seed}
     resumed = ckpt.restore_newest(state)
@@ -445,7 +457,8 @@ def _loop(ckpt: checkpoints.Checkpointer, run: setup.RunModel,
       global_batch_size=schedule.batch_size, shuffle=True,
       seed=schedule.seed, repeat=True,
       skip_batches=position["batches_consumed"], mesh=mesh,
-      task_index=run.method.task_index())
+      task_index=run.method.task_index(),
+      converter=run.feature_converter())
   writer = _tensorboard(model_dir, "train")
 
   evaluator = None
@@ -533,8 +546,7 @@ def _loop(ckpt: checkpoints.Checkpointer, run: setup.RunModel,
       accumulated = metrics if accumulated is None else jax.tree_util.tree_map(
           lambda a, b: a + b, accumulated, metrics)
       window_steps += 1
-      window_tokens += float(np.sum(host_batch["encoder_input_tokens"] > 0)) * (
-          batches.num_shards)
+      window_tokens += _input_tokens(host_batch) * batches.num_shards
       done = step + 1
       if done % schedule.log_period == 0 or done == schedule.train_steps:
         elapsed = time.perf_counter() - window_start

@@ -282,7 +282,7 @@ def _build(prompt_path: str, initial_checkpoint_path: str,
       mesh=mesh, rules=partitioning.logical_axis_rules(fsdp),
       vocabulary=provider.output_features["inputs"].vocabulary,
       rng=jax.random.PRNGKey(0), frozen_dtype=frozen_dtype, dtype=dtype)
-  slot = run.trainable["encoder"]["prompt"]
+  slot = run.trainable[run.prompt_path[0]]["prompt"]
   if tuple(prompt.shape) != tuple(slot["prompt"].shape):
     raise ValueError(
         f"{prompt_path}: prompt shape {tuple(prompt.shape)} does not fit the "

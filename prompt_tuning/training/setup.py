@@ -22,12 +22,20 @@ import numpy as np
 
 from prompt_tuning import methods
 from prompt_tuning import partitioning
+from prompt_tuning.data import decoder_features
 from prompt_tuning.methods import base as method_base
 from prompt_tuning.methods import wayward
+from prompt_tuning.methods.prompt import DECODER_ONLY_PROMPT_PATH
+from prompt_tuning.pretrained import is_decoder_only
+from prompt_tuning.pretrained import load_decoder_only
 from prompt_tuning.pretrained import load_pretrained
 from prompt_tuning.models import T5
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.decoder_only.config import DecoderConfig
+from prompt_tuning.models.decoder_only.model import DecoderOnlyLM
 from prompt_tuning.prompts import PromptedT5
+from prompt_tuning.prompts.decoder_model import DECODER_PLACEMENTS
+from prompt_tuning.prompts.decoder_model import PromptedDecoderOnly
 from prompt_tuning.prompts import initializers
 from prompt_tuning.prompts.layer import FULL_ATTENTION
 from prompt_tuning.prompts.layer import check_prompt_attention
@@ -35,6 +43,9 @@ from prompt_tuning.training.state import PROMPT_PATH
 from prompt_tuning.training.state import TrainState
 
 PyTree = Any
+
+# The methods a decoder-only LM trains so far (the others are T5's).
+DECODER_ONLY_METHODS = ("prompt", "model", "ia3", "lora")
 
 PROMPT_INITS = ("class_labels", "sampled_vocab", "random_uniform", "from_text",
                 "from_file")
@@ -138,7 +149,8 @@ class RunModel:
   """Everything a run needs about its model, placed on the mesh."""
 
   model: nn.Module
-  config: T5Config
+  # A T5Config, or a DecoderConfig for a decoder-only LM.
+  config: Any
   trainable: PyTree
   frozen: PyTree
   mesh: jax.sharding.Mesh
@@ -151,6 +163,23 @@ class RunModel:
     """The model's parameters from trainable ones (reparameterisations
     merged), for `merge_params` with the frozen tree."""
     return self.method.model_params(trainable)
+
+  @property
+  def decoder_only(self) -> bool:
+    return isinstance(self.config, DecoderConfig)
+
+  @property
+  def prompt_path(self) -> Tuple[str, ...]:
+    """Where the input prompt is in the model's tree."""
+    return DECODER_ONLY_PROMPT_PATH if self.decoder_only else PROMPT_PATH
+
+  def feature_converter(self):
+    """What turns task examples into this model's batches
+    (`data.pipeline.get_dataset`): None is T5's; a decoder-only LM reads
+    `[BOS] inputs targets` rows."""
+    if self.decoder_only:
+      return decoder_features.DecoderOnlyConverter(self.config.bos_id)
+    return None
 
   def trainable_shardings(self) -> PyTree:
     return jax.tree_util.tree_map(lambda x: x.sharding, self.trainable)
@@ -171,15 +200,18 @@ def build_model(*, initial_checkpoint_path: str,
 
   Args:
     initial_checkpoint_path: the pretrained T5 (T5X or HF; see
-      `load_pretrained`).
-    model_config: its config (required for T5X checkpoints).
+      `load_pretrained`), or a Hugging Face decoder-only LM (Llama, Mistral,
+      Qwen2, Gemma 2/3: `load_decoder_only`), told apart by config.json.
+    model_config: its config (required for T5X checkpoints; for an HF
+      checkpoint None, or one equal to its config.json's).
     mode: a method name (`methods.METHODS`): 'prompt' trains the prompt
       only, 'model' every weight, the others their own parameters.
     prompt: the input prompt's configuration (prompt methods).
     mesh, rules: where and how to shard.
     vocabulary: the task's input vocabulary (class-label / text inits).
     rng: initialises the prompt.
-    dropout_rate: overrides the config's dropout (the paper: 0.1).
+    dropout_rate: overrides the config's dropout (the paper: 0.1); the
+      decoder-only LMs have no dropout.
     frozen_dtype: storage dtype of the frozen weights in prompt mode, e.g.
       'bfloat16' to halve their memory (the prompt stays float32); None
       keeps the config's `param_dtype`. Each weight is cast on the host as
@@ -194,7 +226,7 @@ def build_model(*, initial_checkpoint_path: str,
                      f"'float32' (None keeps the model config's).")
   if not initial_checkpoint_path:
     raise ValueError("INITIAL_CHECKPOINT_PATH is not set: prompt tuning needs "
-                     "a pretrained T5 to freeze (a T5X or Hugging Face "
+                     "a pretrained model to freeze (a T5X or Hugging Face "
                      "checkpoint).")
   if method is None:
     method = make_method(mode, prompt)
@@ -202,20 +234,68 @@ def build_model(*, initial_checkpoint_path: str,
     raise ValueError(
         f"frozen_dtype={frozen_dtype!r} is for prompt tuning: model tuning "
         f"freezes nothing (set the config's param_dtype instead).")
-  config, params = load_pretrained(initial_checkpoint_path, model_config,
-                                   mesh, rules, param_dtype=frozen_dtype)
+  if is_decoder_only(initial_checkpoint_path):
+    config, params = _load_decoder_only(initial_checkpoint_path,
+                                        model_config, method, prompt, mesh,
+                                        rules, frozen_dtype)
+  else:
+    config, params = load_pretrained(initial_checkpoint_path, model_config,
+                                     mesh, rules, param_dtype=frozen_dtype)
+    if dropout_rate is not None:
+      config = config.replace(dropout_rate=dropout_rate)
   if frozen_dtype is not None:
     # The model's own param_dtype is what the prompt is created in (float32
     # for the optimizer); the frozen arrays keep the dtype they were read in.
     config = config.replace(param_dtype=(model_config.param_dtype
                                          if model_config else "float32"))
-  if dropout_rate is not None:
-    config = config.replace(dropout_rate=dropout_rate)
   if dtype is not None:
     config = config.replace(dtype=dtype)
   return attach_method(config=config, params=params, method=method,
                        prompt=prompt, mesh=mesh, rules=rules,
                        vocabulary=vocabulary, rng=rng)
+
+
+def _load_decoder_only(path: str, model_config: Any,
+                       method: methods.Method, prompt: PromptConfig,
+                       mesh: jax.sharding.Mesh, rules: partitioning.Rules,
+                       frozen_dtype: Optional[str]):
+  """`load_decoder_only` after the checks that only this family needs (the
+  config, when one is given, must be the checkpoint's)."""
+  if method.name not in DECODER_ONLY_METHODS:
+    raise ValueError(
+        f"METHOD = {method.name!r} is not implemented for decoder-only LMs "
+        f"({path}); use one of {', '.join(DECODER_ONLY_METHODS)}.")
+  if method.prompt_length():
+    if prompt.placement not in DECODER_PLACEMENTS:
+      raise ValueError(
+          f"PromptConfig.placement = {prompt.placement!r}: a decoder-only "
+          f"LM's prompt goes at one of {DECODER_PLACEMENTS}.")
+    if prompt.attention != FULL_ATTENTION:
+      raise ValueError(
+          f"PromptConfig.attention = {prompt.attention!r} is for T5's "
+          f"encoder; a decoder-only LM's prompt is attended causally.")
+  if model_config is not None and not isinstance(model_config,
+                                                 DecoderConfig):
+    raise ValueError(
+        f"MODEL_CONFIG is a {type(model_config).__name__}, but {path} is a "
+        f"decoder-only checkpoint; include models/from_checkpoint.gin "
+        f"(MODEL_CONFIG = None: config.json decides).")
+  config, params = load_decoder_only(path, mesh, rules,
+                                     param_dtype=frozen_dtype)
+  if model_config is not None:
+    given = dataclasses.replace(model_config, dtype=config.dtype,
+                                param_dtype=config.param_dtype)
+    differ = [f.name for f in dataclasses.fields(config)
+              if getattr(given, f.name) != getattr(config, f.name)]
+    if differ:
+      raise ValueError(
+          f"MODEL_CONFIG differs from {path}/config.json in "
+          f"{', '.join(differ)}; set MODEL_CONFIG = None to use the "
+          f"checkpoint's.")
+    config = config.replace(dtype=model_config.dtype)
+    if frozen_dtype is None:
+      config = config.replace(param_dtype=model_config.param_dtype)
+  return config, params
 
 
 def attach_method(*, config: T5Config, params: PyTree,
@@ -238,9 +318,16 @@ def attach_method(*, config: T5Config, params: PyTree,
     prompt, mesh, rules, vocabulary, rng: as for `build_model`.
   """
   method = method.bind(config)
-  config = config.replace(adapters=method.adapters(config))
+  decoder_only = isinstance(config, DecoderConfig)
+  if decoder_only:
+    # The hooks are the LM module's field, not its config's.
+    adapters = method.adapters(config)
+    plain = DecoderOnlyLM(config, adapters)
+  else:
+    config = config.replace(adapters=method.adapters(config))
+    plain = T5(config)
   if method.trains_everything:
-    return RunModel(T5(config), config, params, {}, mesh, rules, method)
+    return RunModel(plain, config, params, {}, mesh, rules, method)
 
   length = method.prompt_length()
   init = None
@@ -256,10 +343,15 @@ def attach_method(*, config: T5Config, params: PyTree,
     if "prompt_init" in {f.name for f in dataclasses.fields(method)}:
       # Multitask prompts start their shared part from the run's init.
       method = dataclasses.replace(method, prompt_init=init)
-    model = PromptedT5(config, length, init, prompt.placement,
-                       attention=prompt.attention)
+    if decoder_only:
+      model = PromptedDecoderOnly(config, adapters, prompt_length=length,
+                                  prompt_init=init,
+                                  placement=prompt.placement)
+    else:
+      model = PromptedT5(config, length, init, prompt.placement,
+                         attention=prompt.attention)
   else:
-    model = T5(config)
+    model = plain
   trainable = _init_trainable(model, config, method, params, init, length,
                               mesh, rules, rng)
   return RunModel(model, config, trainable, params, mesh, rules, method)
@@ -278,11 +370,14 @@ def _init_trainable(model: nn.Module, config: T5Config,
   computed: the rest of `model.init` is dead code to XLA.
   """
   tokens = jnp.ones((1, 1), jnp.int32)
-  init_fn = lambda key: model.init(key, tokens, tokens, tokens)["params"]
+  decoder_only = isinstance(config, DecoderConfig)
+  args = (tokens,) if decoder_only else (tokens, tokens, tokens)
+  init_fn = lambda key: model.init(key, *args)["params"]
   boxed = method_base.flat(jax.eval_shape(init_fn, rng))
   frozen_names = method_base.flat(frozen)
   produced = set(method.produced(config))
-  prompt_name = "/".join(PROMPT_PATH)
+  prompt_name = "/".join(DECODER_ONLY_PROMPT_PATH if decoder_only
+                         else PROMPT_PATH)
   shapes = method_base.trainable_shapes(
       method, config, {n: getattr(b, "value", b).shape
                        for n, b in boxed.items()}, frozen_names)

@@ -1,0 +1,233 @@
+"""Runs on decoder-only HF checkpoints through the commands T5 runs use:
+training, the exported prompt, evaluation from the run directory, decoded
+predictions and label ranking against the plain prompted forward pass, and
+the one-line refusals of what the family does not take."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prompt_tuning import partitioning
+from prompt_tuning.data import decoder_features
+from prompt_tuning.data import pipeline
+from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.decoder_only import DecoderConfig
+from prompt_tuning.models.decoder_only import DecoderOnlyLM
+from prompt_tuning.pretrained import is_decoder_only
+from prompt_tuning.pretrained.hf_export import save_hf_decoder
+from prompt_tuning.training import inference
+from prompt_tuning.training import loop
+from prompt_tuning.training import records
+from prompt_tuning.training import runs
+from prompt_tuning.training import setup
+from prompt_tuning.training import step as step_lib
+from tests import tiny_tasks
+
+tiny_tasks.register()
+
+LENGTHS = {"inputs": 24, "targets": 8}
+CONFIGS = {
+    "llama": DecoderConfig(
+        vocab_size=128, emb_dim=16, num_heads=2, num_kv_heads=1, head_dim=8,
+        mlp_dim=32, num_layers=2, eos_id=1, dtype="float32"),
+    # Sliding windows shorter than the rows, soft caps, the sqrt(H) input
+    # scale (the prompt's rows too) and a BOS at the start of every row.
+    # Untied: tied random weights predict the last token (EOS) everywhere.
+    "gemma2": DecoderConfig(
+        vocab_size=128, emb_dim=24, num_heads=2, num_kv_heads=1, head_dim=12,
+        mlp_dim=32, num_layers=3, family="gemma2", activation="gelu",
+        sliding_window=5, sliding_layers="even", query_pre_attn_scalar=16.0,
+        attn_softcap=5.0, final_softcap=3.0, bos_id=2,
+        eos_id=1, dtype="float32"),
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoints_dir(tmp_path_factory):
+  out = {}
+  for name, config in CONFIGS.items():
+    path = str(tmp_path_factory.mktemp(name))
+    params = DecoderOnlyLM(config).init(
+        jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))["params"]
+    # Larger weights than the init's: predictions that depend on the prompt.
+    params = jax.tree_util.tree_map(lambda x: x * 3.0, params)
+    save_hf_decoder(params, config, path)
+    out[name] = path
+  return out
+
+
+def _build(path, mode="prompt", placement="prefix", length=3,
+           dtype="float32", **kw):
+  mesh = partitioning.create_mesh((-1, 1))
+  return setup.build_model(
+      initial_checkpoint_path=path, model_config=kw.pop("model_config", None),
+      mode=mode, prompt=setup.PromptConfig(
+          length=length, placement=placement, init="random_uniform"),
+      mesh=mesh, rules=partitioning.logical_axis_rules(),
+      vocabulary=tiny_tasks.VOCABULARY, rng=jax.random.PRNGKey(1),
+      dtype=dtype, **kw)
+
+
+def _batch(run, task="tiny_copy"):
+  padded = next(pipeline.evaluation_dataset(
+      task, LENGTHS, "validation", 8, converter=run.feature_converter()))
+  return {k: jnp.asarray(v) for k, v in padded.features.items()}
+
+
+def test_the_checkpoint_decides_the_family(checkpoints_dir, frozen):
+  assert is_decoder_only(checkpoints_dir["llama"])
+  assert not is_decoder_only(frozen)  # a T5X checkpoint
+  assert not is_decoder_only("/nonexistent/path")
+  run = _build(checkpoints_dir["gemma2"])
+  assert run.decoder_only and run.prompt_path == ("decoder", "prompt",
+                                                  "prompt")
+  assert jax.tree_util.tree_map(lambda x: x.shape, run.trainable) == {
+      "decoder": {"prompt": {"prompt": (3, 24)}}}
+  converter = run.feature_converter()
+  assert isinstance(converter, decoder_features.DecoderOnlyConverter)
+  assert converter.row_bos_id == 2
+  batch = _batch(run)
+  assert set(batch) == set(decoder_features.FEATURES)
+  assert batch["decoder_input_tokens"].shape == (8, 24 + 8 + 1)
+  assert np.all(np.asarray(batch["decoder_input_tokens"])[:, 0] == 2)
+
+
+def _greedy_reference(run, params, batch, steps):
+  """Greedy continuation of each row's context by the plain prompted
+  forward pass (no cache), one row at a time, one token at a time."""
+  full = step_lib.full_params(run.method, params, run.frozen)
+  tokens = np.asarray(batch["decoder_input_tokens"])
+  weights = np.asarray(batch["decoder_loss_weights"])
+  out = np.zeros((len(tokens), steps), np.int32)
+  for b in range(len(tokens)):
+    context = int(np.argmax(weights[b])) + 1
+    row = list(tokens[b, :context])
+    for i in range(steps):
+      logits = run.model.apply({"params": full}, jnp.asarray([row]))
+      token = int(jnp.argmax(logits[0, -1]))
+      out[b, i] = token
+      if token == 1:
+        break
+      row.append(token)
+  return out
+
+
+@pytest.mark.parametrize("name, placement", [("llama", "prefix"),
+                                             ("gemma2", "after_first")])
+def test_predictions_are_the_prompted_lm_greedy_choices(checkpoints_dir, name,
+                                                        placement):
+  run = _build(checkpoints_dir[name], placement=placement)
+  batch = _batch(run)
+  got = np.asarray(inference._predict(
+      run.trainable, run.frozen, batch, model=run.model,
+      decode=inference.DecodeConfig(), length=6, method=run.method))
+  want = _greedy_reference(run, run.trainable, batch, 6)
+  np.testing.assert_array_equal(got, want)
+  if name != "llama":
+    return  # this random Gemma predicts the same tokens whatever the input
+  # The prompt matters: another prompt predicts something else somewhere.
+  other = jax.tree_util.tree_map(lambda x: -x, run.trainable)
+  assert not np.array_equal(
+      got, np.asarray(inference._predict(
+          other, run.frozen, batch, model=run.model,
+          decode=inference.DecodeConfig(), length=6, method=run.method)))
+
+
+def test_ranking_scores_are_the_teacher_forced_log_likelihoods(
+    checkpoints_dir):
+  run = _build(checkpoints_dir["gemma2"])
+  batch = _batch(run, "tiny_classify")
+  # 'no' EOS and a candidate holding a token 0 before its EOS.
+  candidates = jnp.asarray([[113, 114, 1, 0], [0, 5, 1, 0]], jnp.int32)
+  got = np.asarray(inference._rank(run.trainable, run.frozen, batch,
+                                   candidates, model=run.model,
+                                   method=run.method))
+  full = step_lib.full_params(run.method, run.trainable, run.frozen)
+  tokens = np.asarray(batch["decoder_input_tokens"])
+  weights = np.asarray(batch["decoder_loss_weights"])
+  for b in range(len(tokens)):
+    context = list(tokens[b, :int(np.argmax(weights[b])) + 1])
+    for c, real in enumerate(([113, 114, 1], [0, 5, 1])):
+      logits = run.model.apply({"params": full},
+                               jnp.asarray([context + real[:-1]]))
+      log_probs = jax.nn.log_softmax(logits[0, len(context) - 1:])
+      want = sum(float(log_probs[i, t]) for i, t in enumerate(real))
+      np.testing.assert_allclose(got[b, c], want, rtol=1e-4, atol=1e-4)
+
+
+def _schedule(steps=4):
+  return loop.TrainConfig(train_steps=steps, batch_size=8, eval_period=steps,
+                          checkpoint_period=steps, log_period=2,
+                          eval_split="validation")
+
+
+def test_train_then_evaluate_the_run_directory(checkpoints_dir, tmp_path):
+  model_dir = str(tmp_path / "run")
+  result = loop.train(
+      model_dir=model_dir, initial_checkpoint_path=checkpoints_dir["llama"],
+      model_config=None, mixture_or_task_name="tiny_classify",
+      task_feature_lengths=LENGTHS, mode="prompt",
+      prompt=setup.PromptConfig(length=4, init="class_labels",
+                                class_labels=("yes", "no")),
+      schedule=_schedule(), decode=inference.DecodeConfig(
+          rank_classification=True))
+  assert result["step"] == 4
+  assert np.isfinite(result["train"]["loss"])
+  assert "tiny_classify/accuracy" in result["eval"]
+  prompt = np.load(os.path.join(model_dir, "prompts", "step_4.npy"))
+  assert prompt.shape == (4, 16)
+  # eval rebuilds the model from the run directory: the training's final
+  # evaluation, number for number.
+  flat = runs.evaluate(
+      prompt_path=model_dir, initial_checkpoint_path=checkpoints_dir["llama"],
+      model_config=None, mixture_or_task_name="tiny_classify",
+      task_feature_lengths=LENGTHS, batch_size=8,
+      decode=inference.DecodeConfig(rank_classification=True))
+  for key in ("eval/loss", "tiny_classify/accuracy"):
+    np.testing.assert_allclose(flat[key], result["eval"][key], rtol=1e-5)
+  # And the exported .npy file, as a prompt file.
+  from_file = runs.evaluate(
+      prompt_path=os.path.join(model_dir, "prompts", "step_4.npy"),
+      initial_checkpoint_path=checkpoints_dir["llama"], model_config=None,
+      mixture_or_task_name="tiny_classify", task_feature_lengths=LENGTHS,
+      batch_size=8, decode=inference.DecodeConfig(rank_classification=True))
+  np.testing.assert_allclose(from_file["eval/loss"], flat["eval/loss"],
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["lora", "ia3"])
+def test_adapter_methods_train_on_a_decoder_only_lm(checkpoints_dir, tmp_path,
+                                                    mode):
+  model_dir = str(tmp_path / mode)
+  result = loop.train(
+      model_dir=model_dir, initial_checkpoint_path=checkpoints_dir["gemma2"],
+      model_config=None, mixture_or_task_name="tiny_copy",
+      task_feature_lengths=LENGTHS, mode=mode, schedule=_schedule(2))
+  assert result["step"] == 2 and np.isfinite(result["train"]["loss"])
+  assert records.read_method(model_dir).name == mode
+  # eval rebuilds the adapted LM from the run directory's method.json.
+  flat = runs.evaluate(
+      prompt_path=model_dir, initial_checkpoint_path=checkpoints_dir["gemma2"],
+      model_config=None, mixture_or_task_name="tiny_copy",
+      task_feature_lengths=LENGTHS, batch_size=8)
+  np.testing.assert_allclose(flat["eval/loss"], result["eval"]["eval/loss"],
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(mode="prefix"), "METHOD = 'prefix' is not implemented for "
+     "decoder-only"),
+    (dict(placement="suffix"), "placement = 'suffix'"),
+    (dict(model_config=T5Config(vocab_size=128, emb_dim=16, num_heads=2,
+                                head_dim=8, mlp_dim=32, num_encoder_layers=1,
+                                num_decoder_layers=1)),
+     "MODEL_CONFIG is a T5Config"),
+    (dict(model_config=CONFIGS["llama"].replace(num_layers=3)),
+     "differs from .* in num_layers"),
+])
+def test_what_a_decoder_only_run_refuses(checkpoints_dir, change, message):
+  with pytest.raises(ValueError, match=message):
+    _build(checkpoints_dir["llama"], **change)
