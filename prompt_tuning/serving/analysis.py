@@ -23,7 +23,10 @@ from prompt_tuning.data import registry
 from prompt_tuning.methods import base as method_base
 from prompt_tuning.methods import peft_adapters
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.decoder_only.config import DecoderConfig
 from prompt_tuning.pretrained import hf
+from prompt_tuning.pretrained import hf_decoder
+from prompt_tuning.pretrained import is_decoder_only
 from prompt_tuning.pretrained import t5x
 from prompt_tuning.pretrained.assemble import BlockLoader
 from prompt_tuning.prompts import library as library_lib
@@ -95,10 +98,18 @@ def rank_sources(*, target_path: str, sources: Sequence[str],
       target, {name: read_prompt(path) for name, _, path in parsed}, measure)
 
 
+def _hf_config(path: str):
+  """A Hugging Face checkpoint's config, T5 or decoder-only, from its
+  config.json and safetensors headers (shapes checked, nothing loaded)."""
+  if is_decoder_only(path):
+    return hf_decoder.read_hf_decoder(path)[0]
+  return hf.read_hf(path)[0]
+
+
 def _config(initial_checkpoint_path: str,
             model_config: Optional[T5Config]) -> T5Config:
   if hf.is_hf_checkpoint(initial_checkpoint_path):
-    return hf.read_hf(initial_checkpoint_path)[0]  # headers only
+    return _hf_config(initial_checkpoint_path)
   if model_config is None:
     raise ValueError(f"{initial_checkpoint_path}: not a Hugging Face "
                      "checkpoint; pass the model config (--model).")
@@ -136,6 +147,9 @@ def export_peft(*, prompt_path: str, initial_checkpoint_path: str,
     return peft.export_adapter(read_prompt(prompt_path), config, output_dir,
                                base_path), ()
   why = peft_adapters.refusal(saved.method)
+  if why is None and isinstance(config, DecoderConfig):
+    why = ("on decoder-only LMs only prompts are PEFT adapters so far "
+           "(PROMPT_TUNING, CAUSAL_LM); evaluate the run directory itself")
   if why:
     raise ValueError(f"{prompt_path}: a {saved.method.name} run cannot be a "
                      f"PEFT adapter: {why}.")
@@ -158,7 +172,7 @@ def frozen_shape(checkpoint: str, model_config: Optional[T5Config] = None
   (msgpack) or orbax table is read whole, once.
   """
   if hf.is_hf_checkpoint(checkpoint):
-    config = hf.read_hf(checkpoint)[0]  # headers only; shapes checked
+    config = _hf_config(checkpoint)
     return (config.vocab_size, config.emb_dim), config
   ckpt_dir = t5x.find_t5x_checkpoint(checkpoint)
   loaders = (t5x.read_t5x_legacy(ckpt_dir) if t5x.is_t5x_legacy(ckpt_dir)
@@ -240,6 +254,10 @@ def import_peft_run(*, adapter_dir: str, output_dir: str, checkpoint: str,
   if config is None:
     raise ValueError(f"{checkpoint}: not a Hugging Face checkpoint; pass its "
                      f"preset (--model) to lay out the {kind} adapter.")
+  if isinstance(config, DecoderConfig):
+    raise ValueError(f"{adapter_dir}: {kind} adapters of decoder-only LMs "
+                     f"are not imported as runs yet; PROMPT_TUNING adapters "
+                     f"are (import-peft without --run).")
   method, names = peft_adapters.import_run(adapter_dir, config, tasks)
   runs.write_adapter_run(output_dir, method, method_base.nested(names))
   return method.name

@@ -22,6 +22,10 @@ import numpy as np
 from prompt_tuning import partitioning
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.t5 import T5
+from prompt_tuning.models.decoder_only.config import DecoderConfig
+from prompt_tuning.models.decoder_only.model import DecoderOnlyLM
+from prompt_tuning.pretrained import is_decoder_only
+from prompt_tuning.pretrained import load_decoder_only
 from prompt_tuning.pretrained import load_pretrained
 from prompt_tuning.prompts import mixed
 from prompt_tuning.prompts.library import PromptLibrary
@@ -37,10 +41,11 @@ SERVING_DTYPES = ("bfloat16", "float32")
 
 @dataclasses.dataclass
 class FrozenModel:
-  """A pretrained T5 placed on a mesh, for serving prompts."""
+  """A pretrained T5 (or decoder-only LM) placed on a mesh, for serving
+  prompts."""
 
-  model: T5
-  config: T5Config
+  model: Any  # T5, or DecoderOnlyLM with a DecoderConfig
+  config: Any
   params: PyTree
   mesh: jax.sharding.Mesh
   rules: partitioning.Rules
@@ -75,8 +80,12 @@ def load_frozen(initial_checkpoint_path: str,
                      f"{', '.join(SERVING_DTYPES)}.")
   mesh = partitioning.create_mesh(mesh_shape)
   rules = partitioning.logical_axis_rules(fsdp)
-  config, params = load_pretrained(initial_checkpoint_path, model_config,
-                                   mesh, rules, param_dtype=frozen_dtype)
+  if is_decoder_only(initial_checkpoint_path):
+    config, params = load_decoder_only(initial_checkpoint_path, mesh, rules,
+                                       param_dtype=frozen_dtype)
+  else:
+    config, params = load_pretrained(initial_checkpoint_path, model_config,
+                                     mesh, rules, param_dtype=frozen_dtype)
   if frozen_dtype is not None:
     config = config.replace(param_dtype=(model_config.param_dtype
                                          if model_config else "float32"))
@@ -85,7 +94,9 @@ def load_frozen(initial_checkpoint_path: str,
   logging.info("Serving %s: weights in %s, computing in %s.",
                initial_checkpoint_path, jax.tree_util.tree_leaves(params)[0]
                .dtype, config.dtype)
-  return FrozenModel(T5(config), config, params, mesh, rules)
+  model = (DecoderOnlyLM(config) if isinstance(config, DecoderConfig)
+           else T5(config))
+  return FrozenModel(model, config, params, mesh, rules)
 
 
 def load_library(specs: Union[Sequence[str], Mapping[str, str]],
@@ -131,6 +142,12 @@ class MixedRunner:
   def __init__(self, frozen: FrozenModel, library: PromptLibrary,
                decode: DecodeConfig = DecodeConfig(),
                placement: str = "prefix", max_decode_length: int = 8):
+    if isinstance(frozen.config, DecoderConfig):
+      raise ValueError(
+          "Mixed-prompt serving of decoder-only LMs from the CLI is not "
+          "there yet; evaluate or infer each prompt's run (python -m "
+          "prompt_tuning.eval / infer), or use "
+          "prompts.decoder_mixed.generate in Python.")
     if library.embed_dim != frozen.config.emb_dim:
       raise ValueError(f"The library's prompts are {library.embed_dim} wide "
                        f"but the frozen model is {frozen.config.emb_dim}.")

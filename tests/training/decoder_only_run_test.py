@@ -3,6 +3,7 @@ training, the exported prompt, evaluation from the run directory, decoded
 predictions and label ranking against the plain prompted forward pass, and
 the one-line refusals of what the family does not take."""
 
+import json
 import os
 
 import jax
@@ -18,6 +19,8 @@ from prompt_tuning.models.decoder_only import DecoderConfig
 from prompt_tuning.models.decoder_only import DecoderOnlyLM
 from prompt_tuning.pretrained import is_decoder_only
 from prompt_tuning.pretrained.hf_export import save_hf_decoder
+from prompt_tuning.serving import analysis
+from prompt_tuning.serving import frozen as frozen_lib
 from prompt_tuning.training import inference
 from prompt_tuning.training import loop
 from prompt_tuning.training import records
@@ -196,6 +199,29 @@ def test_train_then_evaluate_the_run_directory(checkpoints_dir, tmp_path):
       batch_size=8, decode=inference.DecodeConfig(rank_classification=True))
   np.testing.assert_allclose(from_file["eval/loss"], flat["eval/loss"],
                              rtol=1e-6)
+  # export-peft: a CAUSAL_LM prompt adapter of the run's prompt; import-peft
+  # checked against the same checkpoint gives it back.
+  adapter, _ = analysis.export_peft(
+      prompt_path=model_dir, initial_checkpoint_path=checkpoints_dir["llama"],
+      output_dir=str(tmp_path / "adapter"))
+  with open(os.path.join(adapter, "adapter_config.json")) as f:
+    assert json.load(f)["task_type"] == "CAUSAL_LM"
+  back = str(tmp_path / "back.npy")
+  assert analysis.import_peft(adapter_dir=adapter, output_path=back,
+                              checkpoint=checkpoints_dir["llama"]) == (4, 16)
+  np.testing.assert_array_equal(np.load(back), prompt)
+  # Nearest tokens read the LM's embedding table.
+  near = analysis.nearest_tokens(
+      prompt_path=model_dir, initial_checkpoint_path=checkpoints_dir["llama"],
+      k=2, task="tiny_classify")
+  assert len(near) == 4
+
+
+def test_serving_refusals_are_one_line(checkpoints_dir, tmp_path):
+  frozen = frozen_lib.load_frozen(checkpoints_dir["llama"])
+  assert isinstance(frozen.model, DecoderOnlyLM)
+  with pytest.raises(ValueError, match="Mixed-prompt serving of decoder-only"):
+    frozen_lib.MixedRunner(frozen, None)
 
 
 @pytest.mark.parametrize("mode", ["lora", "ia3"])
@@ -215,6 +241,10 @@ def test_adapter_methods_train_on_a_decoder_only_lm(checkpoints_dir, tmp_path,
       task_feature_lengths=LENGTHS, batch_size=8)
   np.testing.assert_allclose(flat["eval/loss"], result["eval"]["eval/loss"],
                              rtol=1e-5)
+  with pytest.raises(ValueError, match="only prompts are PEFT adapters"):
+    analysis.export_peft(prompt_path=model_dir,
+                         initial_checkpoint_path=checkpoints_dir["gemma2"],
+                         output_dir=str(tmp_path / "adapter"))
 
 
 @pytest.mark.parametrize("change, message", [
