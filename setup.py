@@ -35,6 +35,9 @@ INSTALL_REQUIRES = [
     # Hugging Face checkpoints and PEFT adapters, through its numpy API (no
     # torch); 0.8 reads and writes bfloat16 as ml_dtypes.bfloat16.
     "safetensors>=0.8.0,<0.9",
+    # Llama 3's and Qwen2's tokenizer.json as a seqio vocabulary
+    # (`data/hf_vocabulary.py`); < 0.23 as transformers 4.57 requires.
+    "tokenizers>=0.22.2,<0.23",
     "numpy>=1.26",
     # The sweep report's figures (Agg backend, no display).
     "matplotlib>=3.8,<4",
