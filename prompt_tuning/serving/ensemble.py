@@ -39,7 +39,7 @@ class _Recorder:
   batch is checked to be the recorded one.
   """
 
-  def __init__(self, runner: frozen_lib.MixedRunner, num_prompts: int,
+  def __init__(self, runner: Any, num_prompts: int,
                eos_id: int):
     self._runner = runner
     self._k = num_prompts
@@ -47,35 +47,43 @@ class _Recorder:
     self._records: List[Tuple[np.ndarray, np.ndarray]] = []
     self._cursor = 0
 
-  def _replicated(self, batch: Batch) -> Tuple[np.ndarray, np.ndarray]:
-    rows = ensemble.replicate({"tokens": batch["encoder_input_tokens"]},
-                              self._k)
-    return rows["tokens"], rows["prompt_ids"]
+  def _replicated(self, batch: Batch):
+    """(tokens, prompt ids, mask or None), each example once per prompt."""
+    tokens, mask = self._runner.context(batch)
+    features = {"tokens": tokens}
+    if mask is not None:
+      features["mask"] = mask
+    rows = ensemble.replicate(features, self._k)
+    return rows["tokens"], rows["prompt_ids"], rows.get("mask")
 
   def record_predict(self, batch: Batch) -> np.ndarray:
-    tokens, ids = self._replicated(batch)
-    out = evaluation.clear_after_eos(self._runner.predict(tokens, ids),
+    tokens, ids, mask = self._replicated(batch)
+    out = evaluation.clear_after_eos(self._runner.predict(tokens, ids, mask),
                                      self._eos_id)
     per_prompt = ensemble.split_outputs(out, self._k)  # [B, K, L]
-    self._records.append((batch["encoder_input_tokens"], per_prompt))
+    self._records.append((self._key(batch), per_prompt))
     return per_prompt[:, 0]
 
   def record_rank(self, batch: Batch, candidates: np.ndarray) -> np.ndarray:
-    tokens, ids = self._replicated(batch)
+    tokens, ids, mask = self._replicated(batch)
     rows = tokens.shape[0]
     scores = self._runner.rank(tokens, ids, np.broadcast_to(
-        candidates, (rows,) + candidates.shape))
+        candidates, (rows,) + candidates.shape), mask)
     # The best label per prompt, as one-hot scores: argmax picks it back.
     best = np.argmax(ensemble.split_outputs(scores, self._k), axis=-1)
-    self._records.append((batch["encoder_input_tokens"], best))  # [B, K]
+    self._records.append((self._key(batch), best))  # [B, K]
     return _one_hot(best[:, 0], len(candidates))
+
+  def _key(self, batch: Batch) -> np.ndarray:
+    """What identifies a batch on replay: its model inputs."""
+    return np.asarray(self._runner.context(batch)[0])
 
   def _next(self, batch: Batch) -> np.ndarray:
     if self._cursor >= len(self._records):
       raise RuntimeError("The ensemble replay ran past the recorded batches.")
     tokens, outputs = self._records[self._cursor]
     self._cursor += 1
-    if not np.array_equal(tokens, batch["encoder_input_tokens"]):
+    if not np.array_equal(tokens, self._key(batch)):
       raise RuntimeError("The ensemble replay saw batches in another order "
                          "than recorded.")
     return outputs
@@ -110,7 +118,7 @@ def _one_hot(index: np.ndarray, size: int) -> np.ndarray:
   return np.eye(size, dtype=np.float32)[np.asarray(index)]
 
 
-def evaluate_prompts(runner: frozen_lib.MixedRunner,
+def evaluate_prompts(runner: Any,
                      mixture_or_task_name: str,
                      task_feature_lengths: Mapping[str, int], split: str,
                      batch_size: int,
@@ -132,7 +140,8 @@ def evaluate_prompts(runner: frozen_lib.MixedRunner,
   rank = runner.decode.rank_classification
   evaluator = evaluation.Evaluator(mixture_or_task_name, task_feature_lengths,
                                    batch_size, split=split,
-                                   num_examples=num_examples)
+                                   num_examples=num_examples,
+                                   converter=runner.feature_converter())
   recorder = _Recorder(runner, len(library), runner.decode.eos_id)
   first = evaluator.evaluate(recorder.record_predict,
                              rank_batch=recorder.record_rank if rank else None)
@@ -169,7 +178,7 @@ def evaluate_ensemble(*, prompts: Sequence[str], initial_checkpoint_path: str,
   model = frozen_lib.load_frozen(initial_checkpoint_path, model_config,
                                  mesh_shape, fsdp, frozen_dtype, dtype)
   library = frozen_lib.load_library(prompts, model.config.emb_dim)
-  runner = frozen_lib.MixedRunner(model, library, decode, placement,
+  runner = frozen_lib.make_runner(model, library, decode, placement,
                                   task_feature_lengths["targets"])
   report = evaluate_prompts(runner, mixture_or_task_name,
                             task_feature_lengths, split, batch_size)

@@ -129,6 +129,19 @@ def _rank(frozen, adapters, bank, lengths, prompt_ids, tokens, candidates, *,
                     candidates, placement, eos_id, adapters)
 
 
+def placed_bank(frozen: FrozenModel, library: PromptLibrary):
+  """The library's prompt bank [K, P_max, H] and lengths [K] on the mesh,
+  checked against the model's width."""
+  if library.embed_dim != frozen.config.emb_dim:
+    raise ValueError(f"The library's prompts are {library.embed_dim} wide "
+                     f"but the frozen model is {frozen.config.emb_dim}.")
+  # The bank is tiny and read by every row: replicated.
+  replicated = jax.sharding.NamedSharding(frozen.mesh,
+                                          jax.sharding.PartitionSpec())
+  bank, lengths = library.bank()
+  return jax.device_put(bank, replicated), jax.device_put(lengths, replicated)
+
+
 class MixedRunner:
   """Jitted mixed-prompt decoding and scoring for one frozen model and bank.
 
@@ -143,24 +156,15 @@ class MixedRunner:
                decode: DecodeConfig = DecodeConfig(),
                placement: str = "prefix", max_decode_length: int = 8):
     if isinstance(frozen.config, DecoderConfig):
-      raise ValueError(
-          "Mixed-prompt serving of decoder-only LMs from the CLI is not "
-          "there yet; evaluate or infer each prompt's run (python -m "
-          "prompt_tuning.eval / infer), or use "
-          "prompts.decoder_mixed.generate in Python.")
-    if library.embed_dim != frozen.config.emb_dim:
-      raise ValueError(f"The library's prompts are {library.embed_dim} wide "
-                       f"but the frozen model is {frozen.config.emb_dim}.")
+      raise ValueError("A decoder-only LM is served by "
+                       "decoder_runner.DecoderMixedRunner (make_runner).")
     self.frozen = frozen
     self.library = library
     self.decode = decode
     self.max_decode_length = decode.max_decode_length or max_decode_length
+    self._bank, self._lengths = placed_bank(frozen, library)
     replicated = jax.sharding.NamedSharding(frozen.mesh,
                                             jax.sharding.PartitionSpec())
-    bank, lengths = library.bank()
-    # The bank is tiny ([K, P_max, H]) and read by every row: replicated.
-    self._bank = jax.device_put(bank, replicated)
-    self._lengths = jax.device_put(lengths, replicated)
     adapters = library_entries.build_bank(library, frozen.config)
     library_entries.check_placement(adapters, placement)
     model = frozen.model
@@ -179,8 +183,28 @@ class MixedRunner:
   def _shard(self, *arrays: np.ndarray):
     return partitioning.shard_global_batch(tuple(arrays), self.frozen.mesh)
 
-  def predict(self, tokens: np.ndarray, prompt_ids: np.ndarray) -> np.ndarray:
+  def feature_converter(self) -> None:
+    """The evaluation batches' converter: T5's (`data.pipeline`)."""
+    return None
+
+  def context(self, batch: Mapping[str, np.ndarray]
+              ) -> Tuple[np.ndarray, None]:
+    """An evaluation batch's model inputs: (encoder tokens, no mask)."""
+    return np.asarray(batch["encoder_input_tokens"]), None
+
+  def layout(self, encoded: Sequence[Sequence[int]], length: int
+             ) -> Tuple[np.ndarray, None]:
+    """Rows of input ids right-padded with 0 (T5's padding) to `length`:
+    (tokens [B, T] int32, no mask)."""
+    tokens = np.zeros((len(encoded), length), np.int32)
+    for i, ids in enumerate(encoded):
+      tokens[i, :len(ids)] = ids
+    return tokens, None
+
+  def predict(self, tokens: np.ndarray, prompt_ids: np.ndarray,
+              mask: None = None) -> np.ndarray:
     """tokens [B, T], prompt_ids [B] -> decoded [B, L] int32 (host)."""
+    del mask  # 0 is T5's padding
     with partitioning.mesh_context(self.frozen.mesh, self.frozen.rules):
       tokens, prompt_ids = self._shard(np.asarray(tokens, np.int32),
                                        np.asarray(prompt_ids, np.int32))
@@ -189,9 +213,10 @@ class MixedRunner:
     return partitioning.to_host(out)
 
   def rank(self, tokens: np.ndarray, prompt_ids: np.ndarray,
-           candidates: np.ndarray) -> np.ndarray:
+           candidates: np.ndarray, mask: None = None) -> np.ndarray:
     """tokens [B, T], prompt_ids [B], candidates [B, C, L] -> [B, C] scores
     (host; -inf for absent candidates)."""
+    del mask
     with partitioning.mesh_context(self.frozen.mesh, self.frozen.rules):
       tokens, prompt_ids, candidates = self._shard(
           np.asarray(tokens, np.int32), np.asarray(prompt_ids, np.int32),
@@ -201,8 +226,21 @@ class MixedRunner:
     return partitioning.to_host(out)
 
 
-def pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
-  """Zero rows appended along axis 0 up to `rows`."""
+def make_runner(frozen: FrozenModel, library: PromptLibrary,
+                decode: DecodeConfig = DecodeConfig(),
+                placement: str = "prefix", max_decode_length: int = 8):
+  """The mixed-prompt runner of the frozen model's family."""
+  if isinstance(frozen.config, DecoderConfig):
+    from prompt_tuning.serving import decoder_runner  # pylint: disable=g-import-not-at-top
+    return decoder_runner.DecoderMixedRunner(frozen, library, decode,
+                                             placement, max_decode_length)
+  return MixedRunner(frozen, library, decode, placement, max_decode_length)
+
+
+def pad_rows(array: Optional[np.ndarray], rows: int) -> Optional[np.ndarray]:
+  """Zero rows appended along axis 0 up to `rows` (None stays None)."""
+  if array is None:
+    return None
   array = np.asarray(array)
   return np.pad(array, [(0, rows - array.shape[0])] +
                 [(0, 0)] * (array.ndim - 1))

@@ -28,6 +28,7 @@ import seqio
 from prompt_tuning.data import registry
 from prompt_tuning.data import vocabularies
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.decoder_only.config import DecoderConfig
 from prompt_tuning.prompts.library import PromptLibrary
 from prompt_tuning.serving import frozen as frozen_lib
 from prompt_tuning.training import eval_logs
@@ -125,13 +126,13 @@ def _row_labels(row: Row, library: PromptLibrary, prompt_id: int
     return ()  # not a registered task: decoded
 
 
-def predict_rows(runner: frozen_lib.MixedRunner, rows: Sequence[Row],
+def predict_rows(runner: Any, rows: Sequence[Row],
                  vocabulary: seqio.Vocabulary, inputs_length: int,
                  targets_length: int, batch_size: int) -> List[Row]:
   """Predictions for in-memory rows, in their order.
 
   Args:
-    runner: the frozen model and its library (`MixedRunner`).
+    runner: the frozen model and its library (`frozen.make_runner`).
     rows: as in the module docstring.
     vocabulary: the frozen model's vocabulary.
     inputs_length: T, tokens per input (longer inputs are truncated).
@@ -146,10 +147,11 @@ def predict_rows(runner: frozen_lib.MixedRunner, rows: Sequence[Row],
     check_row(row, f"row {i}")
   ids = np.array([library.resolve(r.get("prompt", ""), r.get("task", ""))
                   for r in rows], np.int32)
-  tokens = np.zeros((len(rows), inputs_length), np.int32)
-  for i, row in enumerate(rows):
-    encoded = _encode(vocabulary, row["inputs"], inputs_length)
-    tokens[i, :len(encoded)] = encoded
+  tokens, mask = runner.layout(
+      [_encode(vocabulary, row["inputs"], inputs_length) for row in rows],
+      inputs_length)
+  pick = lambda array, chunk: (None if array is None else
+                               frozen_lib.pad_rows(array[chunk], batch_size))
   labels = [(_row_labels(r, library, k) if runner.decode.rank_classification
              else ()) for r, k in zip(rows, ids)]
   predictions: List[str] = [""] * len(rows)
@@ -162,15 +164,14 @@ def predict_rows(runner: frozen_lib.MixedRunner, rows: Sequence[Row],
       candidates[i, :len(labels[i])] = evaluation.label_candidates(
           labels[i], vocabulary, targets_length)
     for chunk in _chunks(ranked, batch_size):
-      scores = runner.rank(frozen_lib.pad_rows(tokens[chunk], batch_size),
-                           frozen_lib.pad_rows(ids[chunk], batch_size),
-                           frozen_lib.pad_rows(candidates[chunk], batch_size))
+      scores = runner.rank(pick(tokens, chunk), pick(ids, chunk),
+                           pick(candidates, chunk), pick(mask, chunk))
       # Ties go to the first label, as in rank-classified evaluation.
       for i, best in zip(chunk, np.argmax(scores[:len(chunk)], axis=-1)):
         predictions[i] = labels[i][int(best)]
   for chunk in _chunks(decoded, batch_size):
-    out = runner.predict(frozen_lib.pad_rows(tokens[chunk], batch_size),
-                         frozen_lib.pad_rows(ids[chunk], batch_size))
+    out = runner.predict(pick(tokens, chunk), pick(ids, chunk),
+                         pick(mask, chunk))
     out = evaluation.clear_after_eos(out[:len(chunk)], vocabulary.eos_id)
     for i, row_tokens in zip(chunk, out):
       text = vocabulary.decode(row_tokens.tolist())
@@ -220,9 +221,13 @@ def infer_mixed(*, input_path: str, prompts: Sequence[str],
   rows = read_rows(input_path)
   model = frozen_lib.load_frozen(initial_checkpoint_path, model_config,
                                  mesh_shape, fsdp, frozen_dtype, dtype)
-  library = frozen_lib.load_library(prompts, config=model.config)
+  if isinstance(model.config, DecoderConfig):
+    # Prompts only (run directories of prompt runs, .npy, PEFT prompts).
+    library = frozen_lib.load_library(prompts, model.config.emb_dim)
+  else:
+    library = frozen_lib.load_library(prompts, config=model.config)
   vocab = resolve_vocabulary(vocabulary, rows, library)
-  runner = frozen_lib.MixedRunner(model, library, decode, placement,
+  runner = frozen_lib.make_runner(model, library, decode, placement,
                                   task_feature_lengths["targets"])
   logging.info("Serving %d prompts (%s) for %d rows.", len(library),
                ", ".join(library.names), len(rows))

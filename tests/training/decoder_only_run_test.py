@@ -20,7 +20,9 @@ from prompt_tuning.models.decoder_only import DecoderOnlyLM
 from prompt_tuning.pretrained import is_decoder_only
 from prompt_tuning.pretrained.hf_export import save_hf_decoder
 from prompt_tuning.serving import analysis
+from prompt_tuning.serving import ensemble as ensemble_lib
 from prompt_tuning.serving import frozen as frozen_lib
+from prompt_tuning.serving import mixed
 from prompt_tuning.training import inference
 from prompt_tuning.training import loop
 from prompt_tuning.training import records
@@ -217,11 +219,73 @@ def test_train_then_evaluate_the_run_directory(checkpoints_dir, tmp_path):
   assert len(near) == 4
 
 
+def _read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("rank", [False, True])
+def test_mixed_serving_and_ensembles_equal_each_prompt_alone(
+    checkpoints_dir, tmp_path, rank):
+  """Rows naming two prompts, served in one batch stream, predict what
+  `infer` predicts with each prompt alone; the ensemble's per-prompt
+  scores are each prompt's `eval` scores."""
+  path = checkpoints_dir["llama"]
+  rng = np.random.RandomState(0)
+  files = {}
+  for name in ("a", "b"):
+    files[name] = str(tmp_path / f"{name}.npy")
+    np.save(files[name], rng.uniform(-3, 3, (2 + (name == "b"), 16))
+            .astype(np.float32))
+  task = "tiny_classify"
+  decode = inference.DecodeConfig(rank_classification=rank)
+  alone = {}
+  for name, prompt in files.items():
+    out = str(tmp_path / f"infer_{name}.jsonl")
+    runs.infer(prompt_path=prompt, initial_checkpoint_path=path,
+               model_config=None, mixture_or_task_name=task,
+               task_feature_lengths=LENGTHS, output_path=out, batch_size=8,
+               decode=decode, placement="after_first", dtype="float32")
+    alone[name] = _read_jsonl(out)
+  rows = [{"inputs": r["inputs"], "prompt": "ab"[i % 2], "task": task}
+          for i, r in enumerate(alone["a"])]
+  with open(tmp_path / "rows.jsonl", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  served = str(tmp_path / "served.jsonl")
+  mixed.infer_mixed(
+      input_path=str(tmp_path / "rows.jsonl"),
+      prompts=[f"a={files['a']}", f"b={files['b']}"],
+      initial_checkpoint_path=path, output_path=served,
+      task_feature_lengths=LENGTHS, batch_size=8, decode=decode,
+      placement="after_first", dtype="float32")
+  got = _read_jsonl(served)
+  assert [r["prediction"] for r in got] == [
+      alone[r["prompt"]][i]["prediction"] for i, r in enumerate(rows)]
+  # The two prompts disagree somewhere: the rows really used their own.
+  assert any(x["prediction"] != y["prediction"]
+             for x, y in zip(alone["a"], alone["b"]))
+  report = ensemble_lib.evaluate_ensemble(
+      prompts=[f"a={files['a']}", f"b={files['b']}"],
+      initial_checkpoint_path=path, mixture_or_task_name=task,
+      task_feature_lengths=LENGTHS, batch_size=8, decode=decode,
+      placement="after_first", dtype="float32")[task]
+  for name, prompt in files.items():
+    flat = runs.evaluate(
+        prompt_path=prompt, initial_checkpoint_path=path, model_config=None,
+        mixture_or_task_name=task, task_feature_lengths=LENGTHS,
+        batch_size=8, decode=decode, placement="after_first",
+        dtype="float32")
+    assert report["prompts"][name]["accuracy"] == pytest.approx(
+        flat[f"{task}/accuracy"])
+
+
 def test_serving_refusals_are_one_line(checkpoints_dir, tmp_path):
   frozen = frozen_lib.load_frozen(checkpoints_dir["llama"])
   assert isinstance(frozen.model, DecoderOnlyLM)
-  with pytest.raises(ValueError, match="Mixed-prompt serving of decoder-only"):
-    frozen_lib.MixedRunner(frozen, None)
+  np.save(tmp_path / "p.npy", np.zeros((2, 16), np.float32))
+  library = frozen_lib.load_library([f"p={tmp_path / 'p.npy'}"], 16)
+  with pytest.raises(ValueError, match="prompts go at one of"):
+    frozen_lib.make_runner(frozen, library, placement="suffix")
 
 
 @pytest.mark.parametrize("mode", ["lora", "ia3"])
