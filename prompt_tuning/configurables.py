@@ -34,6 +34,8 @@ from prompt_tuning.models.config import PRESETS
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.data import registry
 from prompt_tuning.models.config import t5_config
+from prompt_tuning.models.decoder_only import DecoderConfig
+from prompt_tuning.models.decoder_only import decoder_config
 from prompt_tuning.training import inference
 from prompt_tuning.training import loop
 from prompt_tuning.training import optimizers
@@ -53,6 +55,14 @@ def model_config(name: str, dtype: str = "bfloat16",
   return t5_config(name, dtype=dtype, param_dtype=param_dtype,
                    scan_layers=scan_layers, remat_policy=remat_policy,
                    attention_impl=attention_impl)
+
+
+def decoder_model_config(name: str, dtype: str = "bfloat16",
+                         param_dtype: str = "float32") -> DecoderConfig:
+  """A named decoder-only preset (`models.decoder_only.PRESETS`, e.g.
+  'qwen2_5_0_5b'): the run checks that its checkpoint's config.json is
+  this architecture, so a sweep's size axis cannot mix up checkpoints."""
+  return decoder_config(name, dtype=dtype, param_dtype=param_dtype)
 
 
 def task_class_labels(task: str) -> Tuple[str, ...]:
@@ -92,6 +102,7 @@ _REGISTERED = False
 # Gin name -> the library object it configures.
 _CONFIGURABLES = {
     "model_config": model_config,
+    "decoder_model_config": decoder_model_config,
     "train": loop.train,
     "evaluate": runs.evaluate,
     "infer": runs.infer,

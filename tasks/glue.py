@@ -30,7 +30,7 @@ from prompt_tuning.data import registry
 from prompt_tuning.data import vocabularies
 
 VERSION = "1.0.0"
-OUTPUT_FEATURES = vocabularies.output_features(vocabularies.t5_vocabulary())
+OUTPUT_FEATURES = vocabularies.output_features(vocabularies.task_vocabulary())
 _MNLI = ("entailment", "neutral", "contradiction")
 # Label word of each class id (TFDS's class names); STS-B is a regression.
 LABELS = {

@@ -36,7 +36,7 @@ from prompt_tuning.data import registry
 from prompt_tuning.data import vocabularies
 
 VERSION = "1.0.0"
-OUTPUT_FEATURES = vocabularies.output_features(vocabularies.t5_vocabulary())
+OUTPUT_FEATURES = vocabularies.output_features(vocabularies.task_vocabulary())
 IN_DOMAIN = ("squad", "news_qa", "trivia_qa", "search_qa", "hotpot_qa",
              "natural_questions")
 OUT_OF_DOMAIN = ("bio_asq", "drop", "duo_rc", "race", "relation_extraction",

@@ -28,7 +28,7 @@ from prompt_tuning.data import registry
 from prompt_tuning.data import vocabularies
 
 VERSION = "2.0.0"
-OUTPUT_FEATURES = vocabularies.output_features(vocabularies.t5_vocabulary())
+OUTPUT_FEATURES = vocabularies.output_features(vocabularies.task_vocabulary())
 # One label set for both: class 0 = not a paraphrase, 1 = a paraphrase.
 LABELS = ("not_equivalent", "equivalent")
 FIELDS = ("sentence1", "sentence2")

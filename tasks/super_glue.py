@@ -26,7 +26,7 @@ accuracy of "did it name the referent"; DPR accuracy of the candidate's text;
 AX-b and AX-g none (only test sets, labels hidden). Classification tasks
 with metrics also report `invalid_prediction_rate` (not in T5: a diagnostic
 that changes no T5 number). Data: TFDS `super_glue/<config>:1.0.2`;
-vocabulary: T5's SentencePiece model (`prompt_tuning.data.vocabularies`).
+vocabulary: T5's SentencePiece model, or $HF_TOKENIZER's (`prompt_tuning.data.vocabularies`).
 Importing this module registers everything, once per process.
 """
 
@@ -43,7 +43,7 @@ from prompt_tuning.data import vocabularies
 
 VERSION = "1.0.2"
 SPLITS = ("train", "validation", "test")
-OUTPUT_FEATURES = vocabularies.output_features(vocabularies.t5_vocabulary())
+OUTPUT_FEATURES = vocabularies.output_features(vocabularies.task_vocabulary())
 # Label word of each class id (TFDS's class names).
 LABELS = {
     "boolq": ("False", "True"),

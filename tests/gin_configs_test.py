@@ -42,10 +42,16 @@ def _run_function(run_file):
 
 @pytest.mark.parametrize("model_file", _files("models"))
 def test_every_model_file_parses(model_file):
-  _parse([model_file, "runs/prompt_tune.gin"])
+  decoder = model_file.endswith("decoder_preset.gin")
+  _parse([model_file, "runs/prompt_tune.gin"],
+         ["DECODER_PRESET = 'qwen2_5_0_5b'"] if decoder else [])
   config = gin.query_parameter("MODEL_CONFIG/macro.value")
   if model_file.endswith("from_checkpoint.gin"):
     assert config is None
+  elif decoder:
+    assert gin.query_parameter("DECODER_PRESET/macro.value") == "qwen2_5_0_5b"
+    made = configurables.decoder_model_config("qwen2_5_0_5b")
+    assert (made.family, made.num_layers, made.emb_dim) == ("llama", 24, 896)
   else:
     name = os.path.basename(model_file)[:-len(".gin")]
     assert gin.query_parameter("model_config.name") == name

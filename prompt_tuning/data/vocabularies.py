@@ -4,7 +4,9 @@ Task modules build their output features from these functions when they are
 imported. The default paths are the public T5 ones on Google Cloud Storage;
 machines without access to them (tests, air-gapped clusters) point the
 environment variables `T5_VOCABULARY` / `MT5_VOCABULARY` at a local copy
-before any task module is imported. seqio loads a SentencePiece model lazily,
+before any task module is imported. `HF_TOKENIZER` (a Hugging Face model
+directory) makes the task modules tokenize for a decoder-only LM instead
+(`task_vocabulary`). seqio loads a SentencePiece model lazily,
 on first use, so building a vocabulary object never touches the file.
 """
 
@@ -21,6 +23,9 @@ DEFAULT_T5_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model
 DEFAULT_MT5_PATH = "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model"
 T5_ENV = "T5_VOCABULARY"
 MT5_ENV = "MT5_VOCABULARY"
+# A Hugging Face model directory (or its tokenizer.json) whose tokenizer the
+# registered task modules use instead of T5's: for decoder-only LMs.
+HF_TOKENIZER_ENV = "HF_TOKENIZER"
 # T5's vocabularies reserve 100 ids for span-corruption sentinels.
 EXTRA_IDS = 100
 
@@ -43,6 +48,17 @@ def t5_vocabulary(path: Optional[str] = None) -> seqio.Vocabulary:
 def mt5_vocabulary(path: Optional[str] = None) -> seqio.Vocabulary:
   """mT5's vocabulary (`path` overrides the configured one)."""
   return seqio.SentencePieceVocabulary(path or mt5_path(), EXTRA_IDS)
+
+
+def task_vocabulary() -> seqio.Vocabulary:
+  """What the registered task modules (tasks/: SuperGLUE, GLUE, MRQA, ...)
+  tokenize with: the Hugging Face tokenizer at $HF_TOKENIZER when set (a
+  decoder-only LM's, `hf_vocabulary.HFTokenizerVocabulary`), else T5's."""
+  path = os.environ.get(HF_TOKENIZER_ENV)
+  if path:
+    from prompt_tuning.data.hf_vocabulary import HFTokenizerVocabulary  # pylint: disable=g-import-not-at-top
+    return HFTokenizerVocabulary(path)
+  return t5_vocabulary()
 
 
 def output_features(vocabulary: seqio.Vocabulary

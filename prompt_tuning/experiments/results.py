@@ -96,7 +96,8 @@ def _frozen_model(path: str) -> str:
       continue
     checkpoint = (_gin_value(text, "train.initial_checkpoint_path") or
                   _gin_value(text, "INITIAL_CHECKPOINT_PATH") or "")
-    preset = _gin_value(text, "model_config.name") or ""
+    preset = (_gin_value(text, "model_config.name") or
+              _gin_value(text, "decoder_model_config.name") or "")
     checkpoint, preset = checkpoint.strip("'\""), preset.strip("'\"")
     if checkpoint in ("", "None"):
       checkpoint = "random initialisation"

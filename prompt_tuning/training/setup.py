@@ -44,6 +44,10 @@ from prompt_tuning.training.state import TrainState
 
 PyTree = Any
 
+# What a decoder-only MODEL_CONFIG (a preset) must share with config.json.
+_DECODER_ARCHITECTURE = ("family", "vocab_size", "emb_dim", "num_heads",
+                         "num_kv_heads", "head_dim", "mlp_dim", "num_layers",
+                         "qkv_bias", "out_bias", "tie_embeddings")
 # The methods a decoder-only LM trains so far (the others are T5's).
 DECODER_ONLY_METHODS = ("prompt", "model", "ia3", "lora")
 
@@ -283,15 +287,15 @@ def _load_decoder_only(path: str, model_config: Any,
   config, params = load_decoder_only(path, mesh, rules,
                                      param_dtype=frozen_dtype)
   if model_config is not None:
-    given = dataclasses.replace(model_config, dtype=config.dtype,
-                                param_dtype=config.param_dtype)
-    differ = [f.name for f in dataclasses.fields(config)
-              if getattr(given, f.name) != getattr(config, f.name)]
+    # A preset names the architecture (a sweep's size axis); config.json
+    # decides everything else (rope, norms, special tokens).
+    differ = [f for f in _DECODER_ARCHITECTURE
+              if getattr(model_config, f) != getattr(config, f)]
     if differ:
       raise ValueError(
           f"MODEL_CONFIG differs from {path}/config.json in "
-          f"{', '.join(differ)}; set MODEL_CONFIG = None to use the "
-          f"checkpoint's.")
+          f"{', '.join(differ)}: another model's checkpoint? Set "
+          f"MODEL_CONFIG = None to use the checkpoint's.")
     config = config.replace(dtype=model_config.dtype)
     if frozen_dtype is None:
       config = config.replace(param_dtype=model_config.param_dtype)

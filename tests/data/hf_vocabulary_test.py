@@ -106,3 +106,13 @@ def test_one_line_errors(tmp_path, model_dir):
   assert HFTokenizerVocabulary(str(plain), eos_token="<|end|>").eos_id == 1
   with pytest.raises(ValueError, match="'<nope>' is not in the vocabulary"):
     _ = HFTokenizerVocabulary(str(plain), eos_token="<nope>").eos_id
+
+
+def test_task_modules_take_the_tokenizer_from_the_environment(model_dir,
+                                                              monkeypatch):
+  from prompt_tuning.data import vocabularies  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv(vocabularies.HF_TOKENIZER_ENV, model_dir)
+  assert vocabularies.task_vocabulary() == HFTokenizerVocabulary(model_dir)
+  monkeypatch.delenv(vocabularies.HF_TOKENIZER_ENV)
+  assert isinstance(vocabularies.task_vocabulary(),
+                    seqio.SentencePieceVocabulary)

@@ -472,3 +472,12 @@ def test_report_on_a_root_without_runs_writes_nothing(tmp_path, content):
   assert errors[0].endswith("nothing written.")
   assert ("not started" in errors[0]) == (content == "planned")
   assert sorted(os.listdir(root)) == before
+
+
+def test_a_decoder_only_preset_names_the_frozen_model(tmp_path):
+  with open(tmp_path / "operative_config.gin", "w") as f:
+    f.write("INITIAL_CHECKPOINT_PATH = '/models/Qwen2.5-0.5B'\n"
+            "train.initial_checkpoint_path = %INITIAL_CHECKPOINT_PATH\n"
+            "MODEL_CONFIG/decoder_model_config.name = 'qwen2_5_0_5b'\n")
+  assert results._frozen_model(str(tmp_path)) == (  # pylint: disable=protected-access
+      "qwen2_5_0_5b from /models/Qwen2.5-0.5B")

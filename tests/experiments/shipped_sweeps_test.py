@@ -16,7 +16,9 @@ FILES = sorted(glob.glob(os.path.join(ROOT, "gin_configs", "sweeps",
                                       "*.toml")))
 PAPER_STUDIES = ("size_curve", "prompt_length", "prompt_init",
                  "lm_adaptation", "mrqa_domain_shift",
-                 "paraphrase_domain_shift", "mini_study")
+                 "paraphrase_domain_shift", "mini_study",
+                 # Figure 1's question on decoder-only LMs.
+                 "decoder_size_curve")
 
 
 def test_one_file_per_paper_study():
@@ -28,6 +30,7 @@ def test_one_file_per_paper_study():
 def test_sweep_file_checks(path, monkeypatch):
   monkeypatch.setenv("LM10K_CHECKPOINTS", "/lm10k")
   monkeypatch.setenv("LM50K_CHECKPOINTS", "/lm50k")
+  monkeypatch.setenv("QWEN_CHECKPOINTS", "/qwen")
   sweep = sweeps.load(path)
   assert sweep.reproduces and sweep.checkpoints
   runs = sweeps.expand(sweep)
@@ -64,6 +67,19 @@ def test_size_curve_covers_the_paper_grid():
   assert "models/t5_1_1_lm100k_xxl.gin" in xxl.gin_files
   wsc = next(r for r in runs if "wsc" in r.task)
   assert wsc.best_metric == "taskless_super_glue_wsc_v102_simple_eval/score"
+
+
+def test_decoder_size_curve_names_each_preset_with_its_checkpoint(
+    monkeypatch):
+  monkeypatch.setenv("QWEN_CHECKPOINTS", "/qwen")
+  sweep = sweeps.load(os.path.join(ROOT, "gin_configs", "sweeps",
+                                   "decoder_size_curve.toml"))
+  runs = sweeps.expand(sweep)
+  assert len(runs) == 7 * 4 * 8 * 3
+  big = next(r for r in runs if r.point["model"] == "72b")
+  assert "DECODER_PRESET = 'qwen2_5_72b'" in big.bindings
+  assert "INITIAL_CHECKPOINT_PATH = '/qwen/Qwen2.5-72B'" in big.bindings
+  assert big.gin_files[0] == "models/decoder_preset.gin"
 
 
 def test_mini_study_ladder_is_committed_and_small():
