@@ -242,9 +242,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       help="print every method's trainable parameters as a share of T5.1.1 "
            "Small ... XXL (the paper's Figure 4), counted from the configs; "
            "needs no run directory")
+  parser.add_argument(
+      "--family", choices=("t5", "decoder"), default="t5",
+      help="--parameter_share's models: T5.1.1, or the decoder-only "
+           "Qwen2.5 0.5B ... 72B presets")
   args = parser.parse_args(argv)
   if args.parameter_share:
-    print(parameter_share.text(parameter_share.table()), end="")
+    presets = (parameter_share.QWEN_PRESETS if args.family == "decoder"
+               else parameter_share.PRESETS)
+    print(parameter_share.text(parameter_share.table(presets)), end="")
     if not args.root:
       return 0
   elif not args.root:

@@ -33,7 +33,12 @@ from prompt_tuning.methods import base
 from prompt_tuning.models import T5
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.config import t5_config
+from prompt_tuning.models.decoder_only import PRESETS as DECODER_PRESETS
+from prompt_tuning.models.decoder_only import DecoderConfig
+from prompt_tuning.models.decoder_only import DecoderOnlyLM
+from prompt_tuning.models.decoder_only import decoder_config
 from prompt_tuning.prompts import PromptedT5
+from prompt_tuning.prompts.decoder_model import PromptedDecoderOnly
 
 # No display: pyplot (imported in `draw`) draws into files only.
 matplotlib.use("Agg")
@@ -41,6 +46,12 @@ matplotlib.use("Agg")
 # The paper's x axis: T5.1.1 Small, Base, Large, XL, XXL.
 SIZES = ("small", "base", "large", "xl", "xxl")
 PRESETS = tuple(f"t5_1_1_{size}" for size in SIZES)
+# The same question on decoder-only LMs (`--parameter_share --family
+# decoder`): the Qwen2.5 ladder, one tokenizer for every size.
+QWEN_PRESETS = ("qwen2_5_0_5b", "qwen2_5_1_5b", "qwen2_5_3b", "qwen2_5_7b",
+                "qwen2_5_14b", "qwen2_5_32b", "qwen2_5_72b")
+# The methods a decoder-only LM trains (`training.setup`).
+DECODER_ONLY_METHODS = ("prompt", "ia3", "lora")
 # The paper's prompt length (and its figure's longest prompt and prefix).
 PAPER_LENGTH = 100
 
@@ -92,6 +103,8 @@ def _shapes(model) -> Dict[str, Tuple[int, ...]]:
   """'/'-joined name -> shape of every parameter `model.init` creates."""
   def init(key):
     tokens = jnp.ones((1, 1), jnp.int32)
+    if isinstance(model, DecoderOnlyLM):
+      return model.init(key, tokens)["params"]
     return model.init(key, tokens, tokens, tokens)["params"]
   # An abstract key and tokens made inside the trace: no array is ever put on
   # a device, so no backend starts (the report may run beside a training run
@@ -113,15 +126,21 @@ def _product(shape: Sequence[int]) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _model_shapes(config: T5Config, length: int = 0,
-                  placement: str = "prefix") -> Dict[str, Tuple[int, ...]]:
-  """The parameters of T5 (`length` 0; with no adapters, the checkpoint's
-  tree) or of a `PromptedT5` with a P = `length` prompt; cached per model."""
+def _model_shapes(config, length: int = 0, placement: str = "prefix",
+                  adapters=None) -> Dict[str, Tuple[int, ...]]:
+  """The parameters of T5 or a decoder-only LM (`length` 0; with no
+  adapters, the checkpoint's tree) or of the model with a P = `length`
+  prompt; cached per model. A decoder-only LM's hooks are `adapters` (a
+  T5's are in its config)."""
+  if isinstance(config, DecoderConfig):
+    return _shapes(PromptedDecoderOnly(config, adapters, prompt_length=length,
+                                       placement=placement) if length
+                   else DecoderOnlyLM(config, adapters))
   return _shapes(PromptedT5(config, length, placement=placement) if length
                  else T5(config))
 
 
-def trainable_shapes(method: methods.Method, config: T5Config,
+def trainable_shapes(method: methods.Method, config,
                      scan_layers: bool = True
                      ) -> Dict[str, Tuple[int, ...]]:
   """What `method` trains on a frozen `config` (name -> shape), as the run
@@ -129,18 +148,26 @@ def trainable_shapes(method: methods.Method, config: T5Config,
 
   Args:
     method: the method and its options.
-    config: the frozen model's config (no adapters).
-    scan_layers: trace the layers scanned: one layer body instead of 24
+    config: the frozen model's config (no adapters): a T5Config, or a
+      DecoderConfig for a decoder-only LM.
+    scan_layers: trace T5's layers scanned: one layer body instead of 24
       (seconds faster for XXL), the same parameters with a leading [layers]
       axis, so the same counts; False gives the builder's own names for an
-      unscanned config.
+      unscanned config. (Decoder-only LMs are not scanned.)
   """
+  placement = getattr(method, "placement", "prefix")
+  if isinstance(config, DecoderConfig):
+    method = method.bind(config)
+    adapters = method.adapters(config)
+    return base.trainable_shapes(
+        method, config,
+        _model_shapes(config, method.prompt_length(), placement, adapters),
+        _model_shapes(config))
   config = config.replace(scan_layers=scan_layers)
   method = method.bind(config)
   frozen = _model_shapes(config)
   adapted = config.replace(adapters=method.adapters(config))
-  model = _model_shapes(adapted, method.prompt_length(),
-                        getattr(method, "placement", "prefix"))
+  model = _model_shapes(adapted, method.prompt_length(), placement)
   return base.trainable_shapes(method, adapted, model, frozen)
 
 
@@ -160,19 +187,27 @@ class Share:
 
 
 def count(label: str, method: methods.Method, preset: str) -> Share:
-  config = t5_config(preset)
-  trainable = trainable_shapes(method, config)
-  return Share(label, preset,
-               _size(_model_shapes(config.replace(scan_layers=True))),
-               _size(trainable))
+  """`method` on the T5 or decoder-only preset named `preset`."""
+  if preset in DECODER_PRESETS:
+    config = decoder_config(preset)
+    frozen = _model_shapes(config)
+  else:
+    config = t5_config(preset)
+    frozen = _model_shapes(config.replace(scan_layers=True))
+  return Share(label, preset, _size(frozen),
+               _size(trainable_shapes(method, config)))
 
 
 @functools.lru_cache(maxsize=None)
 def table(presets: Tuple[str, ...] = PRESETS,
           comparisons: bool = True) -> Tuple[Share, ...]:
   """Every default method (then the paper's comparison points) on every
-  preset, in that order; cached (a few seconds of tracing)."""
+  preset, in that order; cached (a few seconds of tracing). Decoder-only
+  presets take the methods they train, without comparison points."""
   rows = default_methods() + (comparison_methods() if comparisons else [])
+  if all(p in DECODER_PRESETS for p in presets):
+    rows = [(label, method) for label, method in default_methods()
+            if method.name in DECODER_ONLY_METHODS]
   return tuple(count(label, method, preset) for label, method in rows
                for preset in presets)
 
@@ -206,6 +241,13 @@ def markdown(shares: Sequence[Share]) -> List[str]:
 def text(shares: Sequence[Share]) -> str:
   """The table with its caption, as the CLI prints it and the report
   writes it."""
+  if shares and all(s.preset in DECODER_PRESETS for s in shares):
+    return "\n".join([
+        "Trainable parameters per method and their share of the frozen "
+        "decoder-only LM (cf. Lester et al. 2021, Figure 4), counted from "
+        "the presets' configs (jax.eval_shape; nothing trained or loaded). "
+        "Defaults: prompt P=100; LoRA r=8 on q, v; IA3 on k, v and the MLP's "
+        "down projection input.", ""] + markdown(shares)) + "\n"
   return "\n".join([
       "Trainable parameters per method and their share of the frozen model "
       "(Lester et al. 2021, Figure 4), counted from the T5.1.1 configs "

@@ -225,3 +225,26 @@ def test_run_points():
   assert parameter_share.run_points(
       [("lora", 1000, 10), ("old", None, 5), ("x", 1000, None)]) == [
           ("lora", 1000.0, 1.0)]
+
+
+def test_decoder_only_presets_by_hand(capsys, monkeypatch):
+  """Qwen2.5-0.5B (24 layers, H 896, 2 KV heads x 64, MLP 4864, tied):
+  the published 494,032,768 parameters; a P=100 prompt, LoRA r=8 on q
+  [896->896] and v [896->128], IA3 on k, v (128 each) and wo's input."""
+  share = parameter_share.count("prompt", methods.PromptTuning(length=100),
+                                "qwen2_5_0_5b")
+  assert share.model_parameters == 494_032_768
+  assert share.trainable_parameters == 100 * 896
+  lora = parameter_share.count("lora", methods.LoraConfig(), "qwen2_5_0_5b")
+  assert lora.trainable_parameters == 24 * 8 * ((896 + 896) + (896 + 128))
+  ia3 = parameter_share.count("ia3", methods.IA3Config(), "qwen2_5_0_5b")
+  assert ia3.trainable_parameters == 24 * (128 + 128 + 4864)
+  # The report's CLI prints the decoder-only table (one preset here: the
+  # whole ladder takes half a minute to trace).
+  monkeypatch.setattr(parameter_share, "QWEN_PRESETS", ("qwen2_5_0_5b",))
+  assert report.main(["--parameter_share", "--family", "decoder"]) == 0
+  out = capsys.readouterr().out
+  assert "decoder-only LM" in out
+  assert "| prompt | 89,600 (0.0181%) |" in out
+  assert "| lora | 540,672 (0.109%) |" in out
+  assert "deep_prompt" not in out
