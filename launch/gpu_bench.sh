@@ -15,7 +15,7 @@
 #   shapes: checks the script itself on a CPU in about three minutes),
 #   ONLY=name,name (run only these steps, e.g. the ones a first call
 #   skipped: xl base xxl methods xl_attention xl_remat xxl_peft hf_full
-#   xl_frozen_f32 xxl_selective base_xla methods_ours).
+#   xl_frozen_f32 xxl_selective base_xla methods_ours decoder).
 # Writes: $OUT/bench.jsonl (one JSON line per run, then ratio lines),
 #   $OUT/log.txt (all output), $OUT/device.txt (GPU, driver, versions).
 # Run (repository root): OUT=/tmp/bench bash launch/gpu_bench.sh
@@ -34,10 +34,17 @@ LOG="$OUT/log.txt"
 SHAPES=(--batch 32 --inputs 512 --prompt 100 --targets 8
         --steps "$STEPS" --warmup 2)
 XL=t5_1_1_xl BASE=t5_1_1_base XXL=t5_1_1_xxl
+# The decoder-only step (issue 28): Llama 3.2 1B's shapes, bfloat16.
+DECODER=(--preset llama3_2_1b --batch 32 --inputs 512 --prompt 100
+         --targets 8 --steps "$STEPS" --warmup 2 --dtype bfloat16
+         --frozen_dtype bfloat16)
 if [[ "${SMOKE:-0}" == 1 ]]; then
   SHAPES=(--batch 2 --inputs 8 --prompt 2 --targets 2 --steps 2 --warmup 1
           --matmul_size 256)
   XL=t5_1_1_tiny BASE=t5_1_1_tiny XXL=t5_1_1_tiny
+  DECODER=(--layers 2 --width 64 --heads 4 --kv_heads 2 --head_dim 16
+           --mlp 128 --vocab 512 --batch 2 --inputs 8 --prompt 2
+           --targets 2 --steps 2 --warmup 1)
 fi
 PEER=()
 [[ -n "${PEER_PYTHON:-}" ]] && PEER=(--peer_python "$PEER_PYTHON")
@@ -73,6 +80,25 @@ bench() {
   log "end $name (exit $?)"
 }
 
+# bench_decoder NAME LIMIT_S: the decoder-only prompt step against PEFT's
+# CAUSAL_LM prompt tuning (python -m prompt_tuning.bench.decoder), its JSON
+# lines appended to the results.
+bench_decoder() {
+  local name=$1 limit=$2
+  [[ -n "${ONLY:-}" && ",$ONLY," != *",$name,"* ]] && return
+  local left=$(( BUDGET_S - ($(date +%s) - START) ))
+  if (( left < 45 )); then
+    log "skip $name: ${left}s of the budget left"
+    echo "{\"kind\": \"skipped\", \"name\": \"$name\"}" >> "$RESULTS"
+    return
+  fi
+  (( limit > left )) && limit=$left
+  log "start $name (limit ${limit}s): ${DECODER[*]}"
+  timeout -k 10 "$limit" "$PY" -m prompt_tuning.bench.decoder \
+    "${DECODER[@]}" --peer peft "${PEER[@]}" >> "$RESULTS" 2>> "$LOG"
+  log "end $name (exit $?)"
+}
+
 # 1. XL: prompt >= 3.5x PEFT's tokens/s at <= 0.25x its memory; our prompt
 #    step <= 0.70x our model step.
 bench xl 210 --preset "$XL" --mode prompt,model --scan \
@@ -89,6 +115,8 @@ bench xxl 120 --preset "$XXL" --mode prompt --scan --remat full \
 #    like-for-like row; our default layout is step 7).
 bench methods 150 --preset "$BASE" --method p_tuning,ia3,lora,prefix \
   --prefix_layout peft --scan --attention fused --peer peft
+# 3c. A decoder-only LM's prompt step against PEFT's (Llama 3.2 1B shapes).
+bench_decoder decoder 150
 # 4. What each option buys, at XL prompt: fused attention (vs the reference
 #    path), the remat policy (none may not fit an 80 GB card), bfloat16
 #    frozen weights.

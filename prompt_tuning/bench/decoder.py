@@ -69,7 +69,20 @@ class DecoderBench:
   frozen_dtype: str = "float32"
   mesh: Tuple[int, int] = (1, 1)
   fsdp: bool = False
+  # Gradient accumulation over this many slices of the batch (training's
+  # TrainConfig.num_microbatches): what bounds a large step's activations.
+  microbatches: int = 1
   compile_only: bool = False
+
+  def describe(self) -> Dict[str, Any]:
+    """The configuration as a record: a preset's own shapes, not the
+    shape flags' defaults."""
+    out = dataclasses.asdict(self)
+    config = self.config()
+    for name in ("vocab_size", "emb_dim", "num_heads", "num_kv_heads",
+                 "head_dim", "mlp_dim", "num_layers", "family"):
+      out[name] = getattr(config, name)
+    return out
 
   def config(self):
     """Our DecoderConfig of this configuration."""
@@ -177,7 +190,8 @@ def run_ours(bench: DecoderBench) -> Dict[str, Any]:
       mesh, jax.sharding.PartitionSpec("data"))
   step = step_lib.jit_train_step(built.model, tx, state_shardings,
                                  frozen_shardings, batch_sharding,
-                                 method=built.method)
+                                 method=built.method,
+                                 num_microbatches=bench.microbatches)
   batch = _our_batch(bench)
   if bench.compile_only:
     frozen = jax.tree_util.tree_map(
@@ -195,7 +209,7 @@ def run_ours(bench: DecoderBench) -> Dict[str, Any]:
     compiled = step.lower(state, frozen, batch).compile()
     compile_s = time.perf_counter() - start
   result = {
-      "impl": "ours", **dataclasses.asdict(bench),
+      "impl": "ours", **bench.describe(),
       "backend": jax.devices()[0].platform,
       "devices": int(np.prod(bench.mesh)), "compile_s": compile_s,
       "params_trainable": count_params(state.params),
@@ -256,6 +270,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
                      ("num_layers", "layers"), ("batch", "batch"),
                      ("inputs", "inputs"), ("targets", "targets"),
                      ("prompt", "prompt"), ("steps", "steps"),
+                     ("microbatches", "microbatches"),
                      ("warmup", "warmup"), ("seed", "seed")):
     p.add_argument(f"--{flag}", dest=name, type=int,
                    default=getattr(defaults, name))
