@@ -48,6 +48,18 @@ def input_rows(config, prompt: Array) -> Array:
   return prompt
 
 
+def prompt_space_table(config, embedding):
+  """The token table [V, H] in the prompt's own units, for initialisers
+  (class labels, text, sampled vocabulary) and nearest tokens: Gemma 3
+  scales tokens by sqrt(H) inside its lookup but not the prompt, so its
+  table rows are scaled here (PEFT's text init reads the scaled lookup);
+  for the others a prompt row and a table row are alike (Gemma 2 scales
+  both)."""
+  if config.family == "gemma3":
+    return embedding * (config.emb_dim ** 0.5)
+  return embedding
+
+
 class PromptedDecoder(Decoder):
   """The LM's `decoder` subtree plus its `prompt`."""
 

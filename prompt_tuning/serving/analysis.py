@@ -32,6 +32,7 @@ from prompt_tuning.pretrained.assemble import BlockLoader
 from prompt_tuning.prompts import library as library_lib
 from prompt_tuning.prompts import nearest as nearest_lib
 from prompt_tuning.prompts import peft
+from prompt_tuning.prompts.decoder_model import prompt_space_table
 from prompt_tuning.prompts import similarity as similarity_lib
 from prompt_tuning.serving import frozen as frozen_lib
 from prompt_tuning.serving import mixed
@@ -84,7 +85,10 @@ def nearest_tokens(*, prompt_path: str, initial_checkpoint_path: str,
     return text.decode("utf-8", "replace") if isinstance(text, bytes) \
         else str(text)
 
-  return nearest_lib.neighbours(prompt, model.embedding, k, decode,
+  table = model.embedding
+  if isinstance(model.config, DecoderConfig):
+    table = prompt_space_table(model.config, table)  # Gemma 3's scale
+  return nearest_lib.neighbours(prompt, table, k, decode,
                                 nearest_lib.label_tokens(words, vocab.encode))
 
 

@@ -36,6 +36,7 @@ from prompt_tuning.models.decoder_only.model import DecoderOnlyLM
 from prompt_tuning.prompts import PromptedT5
 from prompt_tuning.prompts.decoder_model import DECODER_PLACEMENTS
 from prompt_tuning.prompts.decoder_model import PromptedDecoderOnly
+from prompt_tuning.prompts.decoder_model import prompt_space_table
 from prompt_tuning.prompts import initializers
 from prompt_tuning.prompts.layer import FULL_ATTENTION
 from prompt_tuning.prompts.layer import check_prompt_attention
@@ -339,6 +340,8 @@ def attach_method(*, config: T5Config, params: PyTree,
     # to_host: with the model axis across processes the table spans them.
     embedding = partitioning.to_host(
         params["token_embedder"]["embedding"]).astype(np.float32)
+    if decoder_only:
+      embedding = prompt_space_table(config, embedding)
     init = prompt_initializer(prompt, embedding, vocabulary)
     if getattr(method, "wayward_gamma", 0):
       target = wayward.discrete_prompt(

@@ -18,6 +18,7 @@ from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.decoder_only import DecoderConfig
 from prompt_tuning.models.decoder_only import DecoderOnlyLM
 from prompt_tuning.pretrained import is_decoder_only
+from prompt_tuning.prompts.decoder_model import input_rows
 from prompt_tuning.pretrained.hf_export import save_hf_decoder
 from prompt_tuning.serving import analysis
 from prompt_tuning.serving import ensemble as ensemble_lib
@@ -118,6 +119,38 @@ def _greedy_reference(run, params, batch, steps):
         break
       row.append(token)
   return out
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3"])
+def test_text_init_is_the_lm_own_embedded_text(tmp_path, family):
+  """A prompt initialised from text enters the stack as the LM's own rows
+  for that text: Gemma 2 scales prompt and tokens by sqrt(H), Gemma 3 only
+  tokens (inside its lookup), so its table is scaled for the init."""
+  config = CONFIGS["gemma2" if family != "llama" else "llama"]
+  if family == "gemma3":
+    config = config.replace(family="gemma3", sliding_layers="pattern",
+                            sliding_pattern=3, qk_norm=True,
+                            rope_local_theta=100.0, attn_softcap=0.0,
+                            final_softcap=0.0)
+  params = DecoderOnlyLM(config).init(
+      jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))["params"]
+  save_hf_decoder(params, config, str(tmp_path))
+  text = "abc"
+  run = setup.build_model(
+      initial_checkpoint_path=str(tmp_path), model_config=None,
+      mode="prompt", prompt=setup.PromptConfig(length=3, init="from_text",
+                                               text=text),
+      mesh=partitioning.create_mesh((-1, 1)),
+      rules=partitioning.logical_axis_rules(),
+      vocabulary=tiny_tasks.VOCABULARY, rng=jax.random.PRNGKey(1),
+      dtype="float32")
+  assert run.config.family == family
+  prompt = run.trainable["decoder"]["prompt"]["prompt"]
+  full = step_lib.full_params(run.method, run.trainable, run.frozen)
+  tokens = jnp.asarray([tiny_tasks.VOCABULARY.encode(text)])
+  own = run.model.apply({"params": full}, tokens, method="embed")[0]
+  np.testing.assert_allclose(input_rows(run.config, prompt), own, rtol=1e-6,
+                             atol=1e-6)
 
 
 @pytest.mark.parametrize("name, placement", [("llama", "prefix"),
