@@ -41,3 +41,22 @@ def test_peft_peer_runs_the_same_rows():
   assert peer["impl"] == "peft" and "error" not in peer, peer
   assert peer["params_trainable"] == ours["params_trainable"] == 5 * 64
   assert ratio["peft_step_s_over_ours"] > 0
+
+
+def test_runs_without_tensorflow_seqio_or_gin():
+  """Like the T5 benchmark: the step is timed without the data stack in
+  the process (its import alone costs seconds and hundreds of MB)."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = ("import sys\n"
+          "from prompt_tuning.bench import decoder\n"
+          f"decoder.main({SHAPES!r})\n"
+          "bad = [m for m in ('tensorflow', 'seqio', 'gin', 'torch') "
+          "if m in sys.modules]\n"
+          "assert not bad, bad\n")
+  env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env=env,
+                 capture_output=True)

@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -229,6 +230,10 @@ def run_ours(bench: DecoderBench) -> Dict[str, Any]:
         times.append(time.perf_counter() - start)
       losses.append(float(metrics["loss_sum"] / metrics["tokens"]))
   return {**result, "step_s": statistics.median(times),
+          # The process's peak RSS (the peer reports its own likewise on a
+          # CPU); on an accelerator the buffer sizes above say more.
+          "peak_rss_bytes": resource.getrusage(
+              resource.RUSAGE_SELF).ru_maxrss * 1024,
           "loss_first": losses[0], "loss_last": losses[-1]}
 
 

@@ -22,7 +22,6 @@ import numpy as np
 
 from prompt_tuning import methods
 from prompt_tuning import partitioning
-from prompt_tuning.data import decoder_features
 from prompt_tuning.methods import base as method_base
 from prompt_tuning.methods import wayward
 from prompt_tuning.methods.prompt import DECODER_ONLY_PROMPT_PATH
@@ -183,6 +182,9 @@ class RunModel:
     (`data.pipeline.get_dataset`): None is T5's; a decoder-only LM reads
     `[BOS] inputs targets` rows."""
     if self.decoder_only:
+      # Imported here: seqio and TensorFlow are the data pipeline's, and the
+      # benchmark builds models without them.
+      from prompt_tuning.data import decoder_features  # pylint: disable=g-import-not-at-top
       return decoder_features.DecoderOnlyConverter(self.config.bos_id)
     return None
 
