@@ -50,8 +50,6 @@ PRESETS = tuple(f"t5_1_1_{size}" for size in SIZES)
 # decoder`): the Qwen2.5 ladder, one tokenizer for every size.
 QWEN_PRESETS = ("qwen2_5_0_5b", "qwen2_5_1_5b", "qwen2_5_3b", "qwen2_5_7b",
                 "qwen2_5_14b", "qwen2_5_32b", "qwen2_5_72b")
-# The methods a decoder-only LM trains (`training.setup`).
-DECODER_ONLY_METHODS = ("prompt", "ia3", "lora")
 # The paper's prompt length (and its figure's longest prompt and prefix).
 PAPER_LENGTH = 100
 
@@ -207,7 +205,7 @@ def table(presets: Tuple[str, ...] = PRESETS,
   rows = default_methods() + (comparison_methods() if comparisons else [])
   if all(p in DECODER_PRESETS for p in presets):
     rows = [(label, method) for label, method in default_methods()
-            if method.name in DECODER_ONLY_METHODS]
+            if method.name in methods.DECODER_ONLY_METHODS]
   return tuple(count(label, method, preset) for label, method in rows
                for preset in presets)
 

@@ -40,6 +40,12 @@ def method_class(name: str, setting: str = "METHOD") -> type:
 PROMPT_METHODS = tuple(name for name, cls in METHODS.items()
                        if issubclass(cls, PromptTuning))
 
-__all__ = ["METHODS", "PROMPT_METHODS", "Method", "method_class", "PromptTuning",
+# The methods a decoder-only LM (`models.decoder_only`) trains: those whose
+# parameters are an input prompt, the projection hooks, or everything; T5's
+# per-layer prompts and prefixes have no decoder-only counterpart yet.
+DECODER_ONLY_METHODS = ("prompt", "p_tuning", "multitask_prompt", "ia3",
+                        "lora", "model")
+
+__all__ = ["METHODS", "PROMPT_METHODS", "DECODER_ONLY_METHODS", "Method", "method_class", "PromptTuning",
            "DeepPromptConfig", "PrefixConfig", "PTuningConfig",
            "MultitaskPromptConfig", "IA3Config", "LoraConfig", "ModelTuning"]

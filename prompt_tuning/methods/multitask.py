@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 from prompt_tuning.methods import base
 from prompt_tuning.methods.prompt import PROMPT_PATH
+from prompt_tuning.methods.prompt import prompt_name
 from prompt_tuning.methods.prompt import PromptTuning
 from prompt_tuning.models.config import T5Config
 
@@ -70,6 +71,10 @@ class MultitaskPromptConfig(PromptTuning):
       default=None, compare=False, hash=False, repr=False)
   # H, the model width (set by `bind`).
   width: int = 0
+  # Where task 0's prompt goes in the model's tree (set by `bind`: T5's
+  # encoder or a decoder-only LM's decoder); not an option.
+  target: str = dataclasses.field(default="/".join(PROMPT_PATH),
+                                  compare=False, repr=False)
 
   def __post_init__(self):
     super().__post_init__()
@@ -90,7 +95,8 @@ class MultitaskPromptConfig(PromptTuning):
       raise ValueError(
           f"MultitaskPromptConfig.shared_features = {shared} must be between "
           f"1 and the model width {config.emb_dim} - 1.")
-    return dataclasses.replace(self, width=config.emb_dim)
+    return dataclasses.replace(self, width=config.emb_dim,
+                               target=prompt_name(config))
 
   def bind_tasks(self, names: Tuple[str, ...]) -> "MultitaskPromptConfig":
     """Fills `tasks` from the trained mixture when none were configured."""
@@ -110,10 +116,9 @@ class MultitaskPromptConfig(PromptTuning):
     return self.length
 
   def produced(self, config: T5Config):
-    del config
     # The model's own prompt slot is never read (every call passes the
     # per-example prompt); model_params fills it with task 0's prompt.
-    return ("/".join(PROMPT_PATH),)
+    return (prompt_name(config),)
 
   def _shared_width(self) -> int:
     if self.mode == "concat_features":
@@ -200,8 +205,8 @@ class MultitaskPromptConfig(PromptTuning):
     if f"{PREFIX}/shared" not in names:
       return trainable
     first = self.prompts(trainable, jnp.zeros((1,), jnp.int32))[0]
-    return base.replace_reparameterisation(
-        trainable, PREFIX, {"/".join(PROMPT_PATH): first})
+    return base.replace_reparameterisation(trainable, PREFIX,
+                                          {self.target: first})
 
   def input_prompt(self, trainable: PyTree) -> Array:
     """Wayward prompts pull the shared part towards the text."""

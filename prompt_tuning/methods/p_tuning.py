@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from prompt_tuning.methods import base
 from prompt_tuning.methods.prompt import PROMPT_PATH
 from prompt_tuning.methods.prompt import PromptTuning
+from prompt_tuning.methods.prompt import prompt_name
 from prompt_tuning.models.config import T5Config
 
 Array = jax.Array
@@ -43,6 +44,10 @@ class PTuningConfig(PromptTuning):
   hidden: int = 0
   # LSTM layers (PEFT's encoder_num_layers; the MLP ignores it).
   num_layers: int = 2
+  # Where the output goes in the model's tree (set by `bind`: T5's encoder
+  # or a decoder-only LM's decoder); not an option.
+  target: str = dataclasses.field(default="/".join(PROMPT_PATH),
+                                  compare=False, repr=False)
 
   def __post_init__(self):
     super().__post_init__()
@@ -52,6 +57,9 @@ class PTuningConfig(PromptTuning):
     if self.hidden < 0 or self.num_layers < 1:
       raise ValueError("PTuningConfig.hidden must be >= 0 and num_layers "
                        ">= 1.")
+
+  def bind(self, config: T5Config) -> "PTuningConfig":
+    return dataclasses.replace(self, target=prompt_name(config))
 
   def _width(self, config: T5Config) -> int:
     return self.hidden or config.emb_dim
@@ -87,16 +95,15 @@ class PTuningConfig(PromptTuning):
     return specs
 
   def produced(self, config: T5Config):
-    del config
-    return ("/".join(PROMPT_PATH),)
+    return (prompt_name(config),)
 
   def model_params(self, trainable: PyTree) -> PyTree:
     names = base.flat(trainable)
     if f"{PREFIX}/embedding" not in names:
       return trainable  # already merged (a served prompt)
     prompt = encode(names, self.encoder, self.num_layers)
-    return base.replace_reparameterisation(
-        trainable, PREFIX, {"/".join(PROMPT_PATH): prompt})
+    return base.replace_reparameterisation(trainable, PREFIX,
+                                          {self.target: prompt})
 
 
 def _linear(names: Dict[str, Array], name: str, x: Array) -> Array:

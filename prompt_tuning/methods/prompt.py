@@ -25,6 +25,13 @@ PROMPT_PATH = ("encoder", "prompt", "prompt")
 DECODER_ONLY_PROMPT_PATH = ("decoder", "prompt", "prompt")
 
 
+def prompt_name(config: Any) -> str:
+  """The input prompt's '/'-joined name in the tree of the model `config`
+  describes: T5's encoder, or a decoder-only LM's decoder (DecoderConfig)."""
+  decoder_only = type(config).__name__ == "DecoderConfig"
+  return "/".join(DECODER_ONLY_PROMPT_PATH if decoder_only else PROMPT_PATH)
+
+
 def prompt_path(params: PyTree) -> Tuple[str, ...]:
   """Where the input prompt is in a model's (or trainable) tree: T5's
   encoder, else a decoder-only LM's decoder."""

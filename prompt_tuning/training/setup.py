@@ -48,8 +48,6 @@ PyTree = Any
 _DECODER_ARCHITECTURE = ("family", "vocab_size", "emb_dim", "num_heads",
                          "num_kv_heads", "head_dim", "mlp_dim", "num_layers",
                          "qkv_bias", "out_bias", "tie_embeddings")
-# The methods a decoder-only LM trains so far (the others are T5's).
-DECODER_ONLY_METHODS = ("prompt", "model", "ia3", "lora")
 
 PROMPT_INITS = ("class_labels", "sampled_vocab", "random_uniform", "from_text",
                 "from_file")
@@ -268,10 +266,10 @@ def _load_decoder_only(path: str, model_config: Any,
                        frozen_dtype: Optional[str]):
   """`load_decoder_only` after the checks that only this family needs (the
   config, when one is given, must be the checkpoint's)."""
-  if method.name not in DECODER_ONLY_METHODS:
+  if method.name not in methods.DECODER_ONLY_METHODS:
     raise ValueError(
         f"METHOD = {method.name!r} is not implemented for decoder-only LMs "
-        f"({path}); use one of {', '.join(DECODER_ONLY_METHODS)}.")
+        f"({path}); use one of {', '.join(methods.DECODER_ONLY_METHODS)}.")
   if method.prompt_length():
     if prompt.placement not in DECODER_PLACEMENTS:
       raise ValueError(

@@ -312,6 +312,29 @@ def test_mixed_serving_and_ensembles_equal_each_prompt_alone(
         flat[f"{task}/accuracy"])
 
 
+def test_multitask_prompts_on_a_decoder_only_lm(checkpoints_dir, tmp_path):
+  """A prompt per task of a mixture: each example's task picks its prompt,
+  in training and in evaluation; eval from the run directory agrees."""
+  model_dir = str(tmp_path / "mpt")
+  result = loop.train(
+      model_dir=model_dir, initial_checkpoint_path=checkpoints_dir["llama"],
+      model_config=None, mixture_or_task_name="tiny_mix",
+      task_feature_lengths=LENGTHS, mode="multitask_prompt",
+      prompt=setup.PromptConfig(length=3, init="random_uniform"),
+      schedule=_schedule(2))
+  assert {"tiny_copy/accuracy", "tiny_classify/accuracy"} <= set(
+      result["eval"])
+  method = records.read_method(model_dir)
+  assert method.name == "multitask_prompt"
+  assert sorted(method.tasks) == ["tiny_classify", "tiny_copy"]
+  flat = runs.evaluate(
+      prompt_path=model_dir, initial_checkpoint_path=checkpoints_dir["llama"],
+      model_config=None, mixture_or_task_name="tiny_mix",
+      task_feature_lengths=LENGTHS, batch_size=8)
+  np.testing.assert_allclose(flat["eval/loss"], result["eval"]["eval/loss"],
+                             rtol=1e-5)
+
+
 def test_serving_refusals_are_one_line(checkpoints_dir, tmp_path):
   frozen = frozen_lib.load_frozen(checkpoints_dir["llama"])
   assert isinstance(frozen.model, DecoderOnlyLM)
@@ -321,7 +344,7 @@ def test_serving_refusals_are_one_line(checkpoints_dir, tmp_path):
     frozen_lib.make_runner(frozen, library, placement="suffix")
 
 
-@pytest.mark.parametrize("mode", ["lora", "ia3"])
+@pytest.mark.parametrize("mode", ["lora", "ia3", "p_tuning"])
 def test_adapter_methods_train_on_a_decoder_only_lm(checkpoints_dir, tmp_path,
                                                     mode):
   model_dir = str(tmp_path / mode)
@@ -338,6 +361,15 @@ def test_adapter_methods_train_on_a_decoder_only_lm(checkpoints_dir, tmp_path,
       task_feature_lengths=LENGTHS, batch_size=8)
   np.testing.assert_allclose(flat["eval/loss"], result["eval"]["eval/loss"],
                              rtol=1e-5)
+  if mode == "p_tuning":
+    # Merged, P-tuning's prompt is a PEFT prompt adapter (as PEFT saves it).
+    adapter, _ = analysis.export_peft(
+        prompt_path=model_dir,
+        initial_checkpoint_path=checkpoints_dir["gemma2"],
+        output_dir=str(tmp_path / "adapter"))
+    with open(os.path.join(adapter, "adapter_config.json")) as f:
+      assert json.load(f)["task_type"] == "CAUSAL_LM"
+    return
   with pytest.raises(ValueError, match="only prompts are PEFT adapters"):
     analysis.export_peft(prompt_path=model_dir,
                          initial_checkpoint_path=checkpoints_dir["gemma2"],
@@ -347,6 +379,7 @@ def test_adapter_methods_train_on_a_decoder_only_lm(checkpoints_dir, tmp_path,
 @pytest.mark.parametrize("change, message", [
     (dict(mode="prefix"), "METHOD = 'prefix' is not implemented for "
      "decoder-only"),
+    (dict(mode="deep_prompt"), "METHOD = 'deep_prompt' is not implemented"),
     (dict(placement="suffix"), "placement = 'suffix'"),
     (dict(model_config=T5Config(vocab_size=128, emb_dim=16, num_heads=2,
                                 head_dim=8, mlp_dim=32, num_encoder_layers=1,
