@@ -61,18 +61,26 @@ print("python", sys.version.split()[0], "jax", jax.__version__, "flax",
 print(jax.devices())' 2>&1
 } | tee "$OUT/device.txt" | tee -a "$LOG"
 
-# bench NAME LIMIT_S ARGS...: one invocation, cut to the budget left.
-bench() {
+# limit_for NAME LIMIT_S: prints the step's time limit, cut to the budget
+# left; fails (after logging a skip) when the step is not to run.
+limit_for() {
   local name=$1 limit=$2
-  shift 2
-  [[ -n "${ONLY:-}" && ",$ONLY," != *",$name,"* ]] && return
+  [[ -n "${ONLY:-}" && ",$ONLY," != *",$name,"* ]] && return 1
   local left=$(( BUDGET_S - ($(date +%s) - START) ))
   if (( left < 45 )); then
-    log "skip $name: ${left}s of the budget left"
+    log "skip $name: ${left}s of the budget left" >&2
     echo "{\"kind\": \"skipped\", \"name\": \"$name\"}" >> "$RESULTS"
-    return
+    return 1
   fi
   (( limit > left )) && limit=$left
+  echo "$limit"
+}
+
+# bench NAME LIMIT_S ARGS...: one invocation, cut to the budget left.
+bench() {
+  local name=$1 limit
+  limit=$(limit_for "$1" "$2") || return
+  shift 2
   log "start $name (limit ${limit}s): $*"
   timeout -k 10 "$limit" "$PY" -m prompt_tuning.bench "${SHAPES[@]}" \
     "${PEER[@]}" --run_timeout "$limit" --output "$RESULTS" "$@" \
@@ -84,15 +92,8 @@ bench() {
 # CAUSAL_LM prompt tuning (python -m prompt_tuning.bench.decoder), its JSON
 # lines appended to the results.
 bench_decoder() {
-  local name=$1 limit=$2
-  [[ -n "${ONLY:-}" && ",$ONLY," != *",$name,"* ]] && return
-  local left=$(( BUDGET_S - ($(date +%s) - START) ))
-  if (( left < 45 )); then
-    log "skip $name: ${left}s of the budget left"
-    echo "{\"kind\": \"skipped\", \"name\": \"$name\"}" >> "$RESULTS"
-    return
-  fi
-  (( limit > left )) && limit=$left
+  local name=$1 limit
+  limit=$(limit_for "$1" "$2") || return
   log "start $name (limit ${limit}s): ${DECODER[*]}"
   timeout -k 10 "$limit" "$PY" -m prompt_tuning.bench.decoder \
     "${DECODER[@]}" --peer peft "${PEER[@]}" >> "$RESULTS" 2>> "$LOG"
