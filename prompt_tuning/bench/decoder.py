@@ -109,8 +109,8 @@ class DecoderBench:
   def rows(self) -> np.ndarray:
     """[B, T + L] random token rows (the same for ours and the peer)."""
     rng = np.random.default_rng(self.seed)
-    vocab = self.config().vocab_size if self.preset else self.vocab_size
-    return rng.integers(3, vocab, (self.batch, self.inputs + self.targets))
+    return rng.integers(3, self.config().vocab_size,
+                        (self.batch, self.inputs + self.targets))
 
 
 def _our_batch(bench: DecoderBench) -> Dict[str, np.ndarray]:
@@ -128,22 +128,12 @@ def _our_batch(bench: DecoderBench) -> Dict[str, np.ndarray]:
   }
 
 
-def _memory(compiled) -> Optional[Dict[str, int]]:
-  try:
-    memory = compiled.memory_analysis()
-    return {"argument_bytes": int(memory.argument_size_in_bytes),
-            "output_bytes": int(memory.output_size_in_bytes),
-            "alias_bytes": int(memory.alias_size_in_bytes),
-            "temp_bytes": int(memory.temp_size_in_bytes)}
-  except Exception:  # pylint: disable=broad-except
-    return None
-
-
 def run_ours(bench: DecoderBench) -> Dict[str, Any]:
   """Compiles (and unless compile_only, times) our prompt step."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from prompt_tuning import partitioning  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.bench import ours  # pylint: disable=g-import-not-at-top
   from prompt_tuning.models.decoder_only import DecoderOnlyLM  # pylint: disable=g-import-not-at-top
   from prompt_tuning.pretrained.assemble import abstract_params  # pylint: disable=g-import-not-at-top
   from prompt_tuning.training import optimizers  # pylint: disable=g-import-not-at-top
@@ -163,23 +153,21 @@ def run_ours(bench: DecoderBench) -> Dict[str, Any]:
   shapes = nn.unbox(boxed)
   if bench.compile_only:
     # Shapes only, but the embedding, which the builder reads on the host.
-    frozen = jax.tree_util.tree_map(
+    structs = jax.tree_util.tree_map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
         shapes, frozen_shardings)
-    table = frozen["token_embedder"]["embedding"]
-    frozen["token_embedder"]["embedding"] = np.zeros(table.shape,
-                                                     table.dtype)
+    table = structs["token_embedder"]["embedding"]
+    frozen = dict(structs, token_embedder={
+        "embedding": np.zeros(table.shape, table.dtype)})
   else:
     init = jax.jit(lambda key: nn.unbox(DecoderOnlyLM(config).init(
         key, np.ones((1, 1), np.int32))["params"]),
                    out_shardings=frozen_shardings)
     frozen = init(jax.random.PRNGKey(bench.seed))
-  method = setup.make_method("prompt", setup.PromptConfig(
-      length=bench.prompt, init="random_uniform"))
+  prompt = setup.PromptConfig(length=bench.prompt, init="random_uniform")
   built = setup.attach_method(
       config=config.replace(param_dtype="float32"), params=frozen,
-      method=method, prompt=setup.PromptConfig(length=bench.prompt,
-                                               init="random_uniform"),
+      method=setup.make_method("prompt", prompt), prompt=prompt,
       mesh=mesh, rules=rules, vocabulary=None,
       rng=jax.random.PRNGKey(bench.seed + 2))
   tx = optimizers.adafactor(optimizers.PROMPT_TUNING)
@@ -195,9 +183,7 @@ def run_ours(bench: DecoderBench) -> Dict[str, Any]:
                                  num_microbatches=bench.microbatches)
   batch = _our_batch(bench)
   if bench.compile_only:
-    frozen = jax.tree_util.tree_map(
-        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-        built.frozen, frozen_shardings)
+    frozen = structs
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
                                      sharding=batch_sharding)
              for k, v in batch.items()}
@@ -216,7 +202,7 @@ def run_ours(bench: DecoderBench) -> Dict[str, Any]:
       "params_trainable": count_params(state.params),
       "params_frozen": sum(int(np.prod(s.shape))
                            for s in jax.tree_util.tree_leaves(shapes)),
-      "xla_memory_per_device": _memory(compiled),
+      "xla_memory_per_device": ours.xla_memory(compiled),
   }
   if bench.compile_only:
     return result

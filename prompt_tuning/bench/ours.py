@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -183,17 +183,23 @@ def _compiled_facts(compiled) -> Dict[str, Any]:
     facts["cudnn_attention"] = "cudnn$fmha" in compiled.as_text()
   except Exception:  # pylint: disable=broad-except
     facts["cudnn_attention"] = None
+  facts["xla_memory"] = xla_memory(compiled)
+  return facts
+
+
+def xla_memory(compiled) -> Optional[Dict[str, int]]:
+  """The compiled program's buffer sizes (per device, for an SPMD program),
+  or None where the backend does not report them."""
   try:
     memory = compiled.memory_analysis()
-    facts["xla_memory"] = {
+    return {
         "argument_bytes": int(memory.argument_size_in_bytes),
         "output_bytes": int(memory.output_size_in_bytes),
         "alias_bytes": int(memory.alias_size_in_bytes),
         "temp_bytes": int(memory.temp_size_in_bytes),
     }
   except Exception:  # pylint: disable=broad-except
-    facts["xla_memory"] = None
-  return facts
+    return None
 
 
 def run(spec: RunSpec) -> Dict[str, Any]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from prompt_tuning.methods import wayward
 from prompt_tuning.methods.base import Method
+from prompt_tuning.models.decoder_only.config import DecoderConfig
 
 Array = jax.Array
 PyTree = Any
@@ -28,7 +29,7 @@ DECODER_ONLY_PROMPT_PATH = ("decoder", "prompt", "prompt")
 def prompt_name(config: Any) -> str:
   """The input prompt's '/'-joined name in the tree of the model `config`
   describes: T5's encoder, or a decoder-only LM's decoder (DecoderConfig)."""
-  decoder_only = type(config).__name__ == "DecoderConfig"
+  decoder_only = isinstance(config, DecoderConfig)
   return "/".join(DECODER_ONLY_PROMPT_PATH if decoder_only else PROMPT_PATH)
 
 

@@ -12,7 +12,6 @@ adapters (LoRA, IA3, ... runs) are refused in one line.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import List, Mapping, Optional, Sequence, Tuple
 
@@ -42,10 +41,7 @@ def _rank(frozen, bank, lengths, prompt_ids, tokens, mask, candidates, *,
           model, placement):
   """[B, C] log-likelihoods of candidates [B, C, L] (EOS-terminated,
   0-padded after it; an all-zero candidate is absent: -inf)."""
-  nonzero = candidates != 0
-  # A candidate's tokens run to its last nonzero id (its EOS), so a word
-  # with id 0 inside it counts.
-  real = jnp.flip(jnp.cumsum(jnp.flip(nonzero, -1), -1), -1) > 0
+  real = decoder_inference.candidate_mask(candidates)
   scores = [decoder_mixed.score(model, frozen, bank, lengths, prompt_ids,
                                 tokens, mask, candidates[:, c], real[:, c],
                                 placement)
@@ -69,9 +65,7 @@ class DecoderMixedRunner:
     if placement not in DECODER_PLACEMENTS:
       raise ValueError(f"placement={placement!r}: a decoder-only LM's "
                        f"prompts go at one of {DECODER_PLACEMENTS}.")
-    if frozen.config.eos_id is not None:
-      # The LM's own end of text, as in evaluation.
-      decode = dataclasses.replace(decode, eos_id=frozen.config.eos_id)
+    decode = decoder_inference.model_eos(decode, frozen.config)
     self.frozen = frozen
     self.library = library
     self.decode = decode

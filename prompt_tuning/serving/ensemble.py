@@ -48,42 +48,39 @@ class _Recorder:
     self._cursor = 0
 
   def _replicated(self, batch: Batch):
-    """(tokens, prompt ids, mask or None), each example once per prompt."""
+    """(the batch's model inputs [B, T], which identify it on replay; and
+    tokens, prompt ids, mask or None, each example once per prompt)."""
     tokens, mask = self._runner.context(batch)
     features = {"tokens": tokens}
     if mask is not None:
       features["mask"] = mask
     rows = ensemble.replicate(features, self._k)
-    return rows["tokens"], rows["prompt_ids"], rows.get("mask")
+    return tokens, rows["tokens"], rows["prompt_ids"], rows.get("mask")
 
   def record_predict(self, batch: Batch) -> np.ndarray:
-    tokens, ids, mask = self._replicated(batch)
+    key, tokens, ids, mask = self._replicated(batch)
     out = evaluation.clear_after_eos(self._runner.predict(tokens, ids, mask),
                                      self._eos_id)
     per_prompt = ensemble.split_outputs(out, self._k)  # [B, K, L]
-    self._records.append((self._key(batch), per_prompt))
+    self._records.append((key, per_prompt))
     return per_prompt[:, 0]
 
   def record_rank(self, batch: Batch, candidates: np.ndarray) -> np.ndarray:
-    tokens, ids, mask = self._replicated(batch)
+    key, tokens, ids, mask = self._replicated(batch)
     rows = tokens.shape[0]
     scores = self._runner.rank(tokens, ids, np.broadcast_to(
         candidates, (rows,) + candidates.shape), mask)
     # The best label per prompt, as one-hot scores: argmax picks it back.
     best = np.argmax(ensemble.split_outputs(scores, self._k), axis=-1)
-    self._records.append((self._key(batch), best))  # [B, K]
+    self._records.append((key, best))  # [B, K]
     return _one_hot(best[:, 0], len(candidates))
-
-  def _key(self, batch: Batch) -> np.ndarray:
-    """What identifies a batch on replay: its model inputs."""
-    return np.asarray(self._runner.context(batch)[0])
 
   def _next(self, batch: Batch) -> np.ndarray:
     if self._cursor >= len(self._records):
       raise RuntimeError("The ensemble replay ran past the recorded batches.")
     tokens, outputs = self._records[self._cursor]
     self._cursor += 1
-    if not np.array_equal(tokens, self._key(batch)):
+    if not np.array_equal(tokens, self._runner.context(batch)[0]):
       raise RuntimeError("The ensemble replay saw batches in another order "
                          "than recorded.")
     return outputs

@@ -13,6 +13,7 @@ what teacher forcing would pick, token by token.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Optional, Tuple
 
 import jax
@@ -75,6 +76,23 @@ def context_rows(model, full: PyTree, batch: Mapping[str, Array],
                  model.placement)
 
 
+def candidate_mask(candidates: Array) -> Array:
+  """[..., L] bool: a label row's real columns, those at or before its last
+  nonzero id (its EOS; `training.evaluation.label_candidates` pads with 0
+  after it), so a word with id 0 inside a label still counts."""
+  nonzero = candidates != 0
+  return jnp.flip(jnp.cumsum(jnp.flip(nonzero, -1), -1), -1) > 0
+
+
+def model_eos(decode, config):
+  """`decode` (a `DecodeConfig`) stopping at the decoder-only LM's own end
+  of text, config.json's eos_token_id (T5's id 1 is a word in these
+  vocabularies); unchanged when the config names none."""
+  if config.eos_id is None:
+    return decode
+  return dataclasses.replace(decode, eos_id=config.eos_id)
+
+
 def predict(model, full: PyTree, batch: Mapping[str, Array], *,
             length: int, method: str, eos_id: int, beam_size: int,
             alpha: float, prompt: Optional[Array] = None) -> Array:
@@ -91,15 +109,11 @@ def rank(model, full: PyTree, batch: Mapping[str, Array], candidates: Array,
 
   Args:
     candidates: [C, T] label rows, each ending with its EOS and 0-padded
-      after it (`training.evaluation.label_candidates`); a candidate's
-      tokens are the columns up to its last nonzero one, so a word with id
-      0 (Llama 3's '!') inside it still counts.
+      after it (their real columns: `candidate_mask`).
   """
   x, mask = context_rows(model, full, batch, prompt)
   batch_size = x.shape[0]
-  nonzero = candidates != 0
-  # Real columns: those at or before the last nonzero one.
-  real = jnp.flip(jnp.cumsum(jnp.flip(nonzero, axis=1), axis=1), axis=1) > 0
+  real = candidate_mask(candidates)
   scores = [generate_lib.score(
       model, full, x, mask,
       jnp.broadcast_to(candidates[c], (batch_size, candidates.shape[1])),

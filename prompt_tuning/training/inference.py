@@ -123,9 +123,8 @@ class RunEvaluator:
     self._split = split
     self._batch_size = batch_size
     length = decode.max_decode_length or self._lengths["targets"]
-    if run.decoder_only and run.config.eos_id is not None:
-      # The LM's own end of text (T5's id 1 is a word in these vocabularies).
-      decode = dataclasses.replace(decode, eos_id=run.config.eos_id)
+    if run.decoder_only:
+      decode = decoder_inference.model_eos(decode, run.config)
     self._eval_step = jax.jit(functools.partial(
         step_lib.eval_step, model=run.model, z_loss=z_loss,
         method=run.method))

@@ -24,7 +24,7 @@ from prompt_tuning import methods
 from prompt_tuning import partitioning
 from prompt_tuning.methods import base as method_base
 from prompt_tuning.methods import wayward
-from prompt_tuning.methods.prompt import DECODER_ONLY_PROMPT_PATH
+from prompt_tuning.methods.prompt import prompt_name
 from prompt_tuning.pretrained import is_decoder_only
 from prompt_tuning.pretrained import load_decoder_only
 from prompt_tuning.pretrained import load_pretrained
@@ -39,7 +39,6 @@ from prompt_tuning.prompts.decoder_model import prompt_space_table
 from prompt_tuning.prompts import initializers
 from prompt_tuning.prompts.layer import FULL_ATTENTION
 from prompt_tuning.prompts.layer import check_prompt_attention
-from prompt_tuning.training.state import PROMPT_PATH
 from prompt_tuning.training.state import TrainState
 
 PyTree = Any
@@ -173,7 +172,7 @@ class RunModel:
   @property
   def prompt_path(self) -> Tuple[str, ...]:
     """Where the input prompt is in the model's tree."""
-    return DECODER_ONLY_PROMPT_PATH if self.decoder_only else PROMPT_PATH
+    return tuple(prompt_name(self.config).split("/"))
 
   def feature_converter(self):
     """What turns task examples into this model's batches
@@ -383,20 +382,19 @@ def _init_trainable(model: nn.Module, config: T5Config,
   boxed = method_base.flat(jax.eval_shape(init_fn, rng))
   frozen_names = method_base.flat(frozen)
   produced = set(method.produced(config))
-  prompt_name = "/".join(DECODER_ONLY_PROMPT_PATH if decoder_only
-                         else PROMPT_PATH)
+  prompt_key = prompt_name(config)
   shapes = method_base.trainable_shapes(
       method, config, {n: getattr(b, "value", b).shape
                        for n, b in boxed.items()}, frozen_names)
   # The prompt has its own initializer and the reparameterisation its specs
   # (below): `new` is the rest, what `model.init` itself creates.
-  new = [n for n in shapes if n in boxed and n != prompt_name]
+  new = [n for n in shapes if n in boxed and n != prompt_key]
   out: Dict[str, Any] = {}
-  if length and prompt_name not in produced:
+  if length and prompt_key not in produced:
     shape = (length, config.emb_dim)
     sharding = partitioning.sharding_for(("prompt", "prompt_embed"), mesh,
-                                         rules, shape, prompt_name)
-    out[prompt_name] = jax.jit(
+                                         rules, shape, prompt_key)
+    out[prompt_key] = jax.jit(
         lambda key: prompt_init(key, shape, jnp.float32),
         out_shardings=sharding)(rng)
   if new:
