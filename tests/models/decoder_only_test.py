@@ -76,6 +76,16 @@ def _hf_model(name, directory):
   return model
 
 
+def _hf_logits(model, tokens, mask, positions=None):
+  """A transformers (or PEFT) causal LM's float32 logits for our batch."""
+  torch, _ = _torch()
+  as_long = lambda x: torch.tensor(x, dtype=torch.long)
+  extra = {} if positions is None else {"position_ids": as_long(positions)}
+  with torch.no_grad():
+    return model(input_ids=as_long(tokens), attention_mask=as_long(mask),
+                 **extra).logits.float().numpy()
+
+
 def _batch(left):
   rng = np.random.default_rng(4)
   tokens = rng.integers(0, VOCAB, (3, 8)).astype(np.int32)
@@ -91,7 +101,7 @@ def _batch(left):
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_logits_equal_transformers(name, tmp_path):
-  torch, _ = _torch()
+  _torch()  # skips without the torch extra
   hf_model = _hf_model(name, str(tmp_path))
   config, params = hf_decoder.load_host(str(tmp_path), dtype="float32")
   config = config.replace(dtype="float32")
@@ -101,12 +111,7 @@ def test_logits_equal_transformers(name, tmp_path):
     positions = np.asarray(model_lib.default_positions(mask))
     ours = np.asarray(model.apply({"params": params}, tokens, mask,
                                   positions))
-    with torch.no_grad():
-      theirs = hf_model(
-          input_ids=torch.tensor(tokens, dtype=torch.long),
-          attention_mask=torch.tensor(mask, dtype=torch.long),
-          position_ids=torch.tensor(positions, dtype=torch.long)
-      ).logits.numpy()
+    theirs = _hf_logits(hf_model, tokens, mask, positions)
     np.testing.assert_allclose(ours[mask], theirs[mask], atol=1e-4,
                                rtol=1e-4, err_msg=f"{name} left={left}")
   assert np.abs(ours[mask]).max() > 0.1  # not a degenerate model
@@ -332,17 +337,13 @@ def test_export_reads_back_in_our_loader_and_in_transformers(name, tmp_path):
   tokens, mask = _batch(left=False)
   ours = np.asarray(model.apply({"params": params}, tokens, mask))
   try:
-    torch, transformers = _torch()
+    _, transformers = _torch()
   except pytest.skip.Exception:
     return  # the torch extra is absent: our own reader was checked above
   hf_model = transformers.AutoModelForCausalLM.from_pretrained(
       str(tmp_path), attn_implementation="eager").eval()
   positions = np.asarray(model_lib.default_positions(mask))
-  with torch.no_grad():
-    theirs = hf_model(input_ids=torch.tensor(tokens, dtype=torch.long),
-                      attention_mask=torch.tensor(mask, dtype=torch.long),
-                      position_ids=torch.tensor(positions, dtype=torch.long)
-                      ).logits.float().numpy()
+  theirs = _hf_logits(hf_model, tokens, mask, positions)
   np.testing.assert_allclose(ours[mask], theirs[mask], atol=1e-4, rtol=1e-4)
 
 
@@ -412,7 +413,7 @@ def test_gemma3_logits_prompt_and_export_equal_transformers(tmp_path):
   """Gemma 3's text model: q/k norms, local layers with their own rotary
   base, global layers with linear scaling, every third layer global; and a
   prompt, unscaled as PEFT's inputs_embeds are there."""
-  torch, transformers = _torch()
+  _, transformers = _torch()
   peft_lib = pytest.importorskip("peft")
   SHAPES["gemma3"] = GEMMA3
   try:
@@ -427,11 +428,7 @@ def test_gemma3_logits_prompt_and_export_equal_transformers(tmp_path):
   tokens, mask = _batch(left=False)
   positions = np.asarray(model_lib.default_positions(mask))
   ours = np.asarray(model.apply({"params": params}, tokens, mask, positions))
-  with torch.no_grad():
-    theirs = hf_model(input_ids=torch.tensor(tokens, dtype=torch.long),
-                      attention_mask=torch.tensor(mask, dtype=torch.long),
-                      position_ids=torch.tensor(positions, dtype=torch.long)
-                      ).logits.numpy()
+  theirs = _hf_logits(hf_model, tokens, mask, positions)
   np.testing.assert_allclose(ours[mask], theirs[mask], atol=1e-4, rtol=1e-4)
   # A prompt through PEFT (exported by us, loaded by PEFT).
   from prompt_tuning.prompts import peft  # pylint: disable=g-import-not-at-top
@@ -444,10 +441,7 @@ def test_gemma3_logits_prompt_and_export_equal_transformers(tmp_path):
       {"params": full}, tokens, mask))
   loaded = peft_lib.PeftModel.from_pretrained(
       hf_model, peft.export_adapter(prompt, config, str(tmp_path / "a")))
-  with torch.no_grad():
-    via_peft = loaded(input_ids=torch.tensor(tokens, dtype=torch.long),
-                      attention_mask=torch.tensor(mask, dtype=torch.long)
-                      ).logits.numpy()[:, 3:]
+  via_peft = _hf_logits(loaded, tokens, mask)[:, 3:]
   np.testing.assert_allclose(prompted[mask], via_peft[mask], atol=1e-4,
                              rtol=1e-4)
   # Our export reads back in transformers.
@@ -455,9 +449,5 @@ def test_gemma3_logits_prompt_and_export_equal_transformers(tmp_path):
   hf_export.save_hf_decoder(params, config, str(tmp_path / "out"))
   again = transformers.AutoModelForCausalLM.from_pretrained(
       str(tmp_path / "out"), attn_implementation="eager").eval()
-  with torch.no_grad():
-    back = again(input_ids=torch.tensor(tokens, dtype=torch.long),
-                 attention_mask=torch.tensor(mask, dtype=torch.long),
-                 position_ids=torch.tensor(positions, dtype=torch.long)
-                 ).logits.numpy()
+  back = _hf_logits(again, tokens, mask, positions)
   np.testing.assert_allclose(back[mask], ours[mask], atol=1e-4, rtol=1e-4)
