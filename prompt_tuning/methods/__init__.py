@@ -41,10 +41,11 @@ PROMPT_METHODS = tuple(name for name, cls in METHODS.items()
                        if issubclass(cls, PromptTuning))
 
 # The methods a decoder-only LM (`models.decoder_only`) trains: those whose
-# parameters are an input prompt, the projection hooks, or everything; T5's
-# per-layer prompts and prefixes have no decoder-only counterpart yet.
-DECODER_ONLY_METHODS = ("prompt", "p_tuning", "multitask_prompt", "ia3",
-                        "lora", "model")
+# parameters are an input prompt, self-attention prefixes, the projection
+# hooks, or everything; T5's per-layer encoder prompts have no decoder-only
+# counterpart yet.
+DECODER_ONLY_METHODS = ("prompt", "p_tuning", "multitask_prompt", "prefix",
+                        "ia3", "lora", "model")
 
 __all__ = ["METHODS", "PROMPT_METHODS", "DECODER_ONLY_METHODS", "Method", "method_class", "PromptTuning",
            "DeepPromptConfig", "PrefixConfig", "PTuningConfig",

@@ -32,6 +32,8 @@ from prompt_tuning.methods import peft_prefix
 from prompt_tuning.methods import prefix as prefix_lib
 from prompt_tuning.models import T5
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.decoder_only import DecoderConfig
+from prompt_tuning.models.decoder_only import DecoderOnlyLM
 from prompt_tuning.models.t5 import unscan_params
 from prompt_tuning.prompts import peft
 
@@ -41,8 +43,17 @@ RUN_TYPES = (peft_io.LORA, peft_io.IA3, peft_prefix.PREFIX_TUNING,
 _LAYER_RE = re.compile(r"^(encoder|decoder)/layers_(\d+)/(.*)$")
 
 
-def refusal(method: methods.Method) -> Optional[str]:
-  """Why PEFT cannot hold `method`'s adapter, or None when it can."""
+def refusal(method: methods.Method,
+            config: Optional[Any] = None) -> Optional[str]:
+  """Why PEFT cannot hold `method`'s adapter on the frozen model `config`
+  (None: any T5), or None when it can."""
+  if isinstance(config, DecoderConfig):
+    if isinstance(method, (methods.PrefixConfig, methods.PTuningConfig)) or (
+        type(method) is methods.PromptTuning):  # pylint: disable=unidiomatic-typecheck
+      return None
+    return ("on decoder-only LMs the PEFT adapters so far are prompts "
+            "(PROMPT_TUNING) and prefixes (PREFIX_TUNING), CAUSAL_LM; "
+            "evaluate the run directory itself")
   if isinstance(method, methods.DeepPromptConfig):
     return ("PEFT has no per-layer encoder prompts (its P-tuning v2 is "
             "prefix tuning: keys and values, not prompts); evaluate the run "
@@ -95,10 +106,10 @@ def export_run(method: methods.Method, trainable: Mapping[str, Any],
     ValueError: one line, for a method PEFT cannot represent, or a tree that
       does not fit `config`.
   """
-  why = refusal(method)
+  why = refusal(method, config)
   if why:
     raise ValueError(f"A {method.name} run cannot be a PEFT adapter: {why}.")
-  config = config.replace(scan_layers=False)
+  config = _unscanned(config)
   method = method.bind(config)
   names = {k: np.asarray(v, np.float32)
            for k, v in unscan_params(dict(trainable)).items()}
@@ -154,8 +165,13 @@ def import_run(directory: str, config: T5Config, tasks: Sequence[str] = ()
   Raises:
     ValueError / FileNotFoundError: one line naming the adapter and the fix.
   """
-  unscanned = config.replace(scan_layers=False)
+  unscanned = _unscanned(config)
   kind = peft_type(directory)
+  if isinstance(config, DecoderConfig) and kind != peft_prefix.PREFIX_TUNING:
+    raise ValueError(
+        f"{directory}: a {kind} adapter of a decoder-only LM is not "
+        f"imported as a run yet: PREFIX_TUNING adapters are, and "
+        f"PROMPT_TUNING ones import as prompts (import-peft without --run).")
   if kind == peft_io.LORA:
     options, names = peft_io.import_lora(directory, unscanned)
     method = methods.LoraConfig(rank=options["rank"], alpha=options["alpha"],
@@ -185,10 +201,17 @@ def import_run(directory: str, config: T5Config, tasks: Sequence[str] = ()
         f"{directory}: peft_type is {kind!r}; a run directory is made from "
         f"{', '.join(RUN_TYPES)} adapters (PROMPT_TUNING becomes a .npy "
         f"prompt).")
-  if config.scan_layers:
+  if getattr(config, "scan_layers", False):
     names = _scan(names)
   _check_tree(method, config, names, directory)
   return method, names
+
+
+def _unscanned(config: Any) -> Any:
+  """The config without scanned layers (decoder-only LMs have none)."""
+  if isinstance(config, DecoderConfig):
+    return config
+  return config.replace(scan_layers=False)
 
 
 def _scan(names: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -211,17 +234,24 @@ def _check_tree(method: methods.Method, config: T5Config,
   """The tree is exactly what the method trains on `config` (shapes only:
   nothing is computed), so the run directory it goes into is usable."""
   bound = method.bind(config)
-  adapted = config.replace(adapters=bound.adapters(config))
   tokens = np.ones((1, 1), np.int32)
+  if isinstance(config, DecoderConfig):
+    adapted = config
+    plain, hooked = (DecoderOnlyLM(config),
+                     DecoderOnlyLM(config, bound.adapters(config)))
+    args = (tokens,)
+  else:
+    adapted = config.replace(adapters=bound.adapters(config))
+    plain, hooked = T5(config), T5(adapted)
+    args = (tokens, tokens, tokens)
 
-  def shapes(cfg):
-    tree = jax.eval_shape(lambda: T5(cfg).init(jax.random.PRNGKey(0), tokens,
-                                               tokens, tokens)["params"])
+  def shapes(model):
+    tree = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             *args)["params"])
     return {k: getattr(v, "value", v).shape
             for k, v in base.flat(tree).items()}
 
-  want = base.trainable_shapes(bound, adapted, shapes(adapted),
-                               shapes(config))
+  want = base.trainable_shapes(bound, adapted, shapes(hooked), shapes(plain))
   got = {k: tuple(np.shape(v)) for k, v in names.items()}
   if got != want:
     wrong = sorted(set(got) ^ set(want)) or sorted(

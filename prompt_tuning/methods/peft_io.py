@@ -207,7 +207,7 @@ def _check_selection(what: str, peft_config: Mapping[str, Any],
 
 
 def check_common(file: str, adapter: Mapping[str, Any],
-                  peft_type: str) -> None:
+                  peft_type: str, task_type: str = TASK_TYPE) -> None:
   found = adapter.get("peft_type")
   if found != peft_type:
     readers = {LORA: "import_lora", IA3: "import_ia3",
@@ -219,9 +219,11 @@ def check_common(file: str, adapter: Mapping[str, Any],
     raise ValueError(f"{file}: peft_type is {found!r}, not {peft_type}; "
                      f"{fix}.")
   task = adapter.get("task_type")
-  if task not in (TASK_TYPE, None):
-    raise ValueError(f"{file}: task_type is {task!r}; this T5 reads only "
-                     f"{TASK_TYPE} adapters (T5ForConditionalGeneration's).")
+  if task not in (task_type, None):
+    model = ("this T5 reads only SEQ_2_SEQ_LM adapters "
+             "(T5ForConditionalGeneration's)" if task_type == TASK_TYPE else
+             f"this decoder-only LM reads only {task_type} adapters")
+    raise ValueError(f"{file}: task_type is {task!r}; {model}.")
   if adapter.get("modules_to_save"):
     raise ValueError(
         f"{file}: modules_to_save={adapter['modules_to_save']!r} trains whole "
@@ -235,9 +237,9 @@ def read(directory: str) -> Tuple[str, Dict[str, Any], str,
   return (config_file, adapter) + peft.read_adapter_tensors(directory)
 
 
-def base_config(peft_type: str,
-                 base_model_name_or_path: Optional[str]) -> Dict[str, Any]:
-  return {"peft_type": peft_type, "task_type": TASK_TYPE,
+def base_config(peft_type: str, base_model_name_or_path: Optional[str],
+                task_type: str = TASK_TYPE) -> Dict[str, Any]:
+  return {"peft_type": peft_type, "task_type": task_type,
           "auto_mapping": None, "base_model_name_or_path":
               base_model_name_or_path or None,
           "revision": None, "inference_mode": True, "modules_to_save": None,

@@ -21,6 +21,11 @@ attention's keys or values, by layout:
   none), decoder layer i reading blocks (4i mod 2L, 4i + 1 mod 2L). With an
   even L, layers i and i + L/2 therefore share one prefix and half the table
   is unused, exactly as in PEFT.
+
+On a decoder-only LM (`DecoderConfig`) the one attention is the layers'
+self-attention ('decoder_self', which must be among `attentions`) and both
+layouts are PEFT's CAUSAL_LM table: [P, 2L, kv heads, head_dim], layer i
+reading blocks (2i, 2i + 1).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from prompt_tuning.methods.base import Method
 from prompt_tuning.models.adapters import AdapterConfig
 from prompt_tuning.models.adapters import PREFIX_ATTENTIONS
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.decoder_only.config import DecoderConfig
 
 Array = jax.Array
 PyTree = Any
@@ -46,6 +52,16 @@ PREFIX = "prefix"
 _ATTENTION_PATHS = {"encoder_self": ("encoder", "attention"),
                     "decoder_self": ("decoder", "self_attention"),
                     "cross": ("decoder", "encoder_decoder_attention")}
+
+
+def _decoder_only(config: Any) -> bool:
+  return isinstance(config, DecoderConfig)
+
+
+def prefix_heads(config: Any) -> int:
+  """Heads of a prefix's keys and values: T5's, or an LM's key/value heads
+  (PEFT's prefix for grouped-query attention)."""
+  return config.num_kv_heads if _decoder_only(config) else config.num_heads
 
 
 def peft_prefix_blocks(layer: int, num_layers: int) -> Tuple[int, int]:
@@ -92,6 +108,13 @@ class PrefixConfig(Method):
     return ("decoder_self",) if self.layout == "peft" else self.attentions
 
   def bind(self, config: T5Config) -> "PrefixConfig":
+    if _decoder_only(config):
+      if "decoder_self" not in self._attentions():
+        raise ValueError(
+            f"PrefixConfig.attentions = {self.attentions!r}: a decoder-only "
+            "LM has only its layers' self-attention; include "
+            "'decoder_self'.")
+      return dataclasses.replace(self, config=config)
     if self.layout == "peft" and (config.num_decoder_layers !=
                                   config.num_encoder_layers):
       raise ValueError(
@@ -102,13 +125,17 @@ class PrefixConfig(Method):
     return dataclasses.replace(self, config=config)
 
   def adapters(self, config: T5Config) -> AdapterConfig:
-    del config
+    attentions = (("decoder_self",) if _decoder_only(config)
+                  else self._attentions())
     return AdapterConfig(prefix_length=self.length,
-                         prefix_attentions=self._attentions())
+                         prefix_attentions=attentions)
 
   def blocks(self, config: T5Config) -> List[Tuple[str, int, int, int]]:
     """(attention, layer, key block, value block) for every prefixed layer."""
     out = []
+    if _decoder_only(config):
+      return [("decoder_self", i, 2 * i, 2 * i + 1)
+              for i in range(config.num_layers)]
     if self.layout == "peft":
       for i in range(config.num_decoder_layers):
         out.append(("decoder_self", i) +
@@ -126,12 +153,12 @@ class PrefixConfig(Method):
     return out
 
   def num_blocks(self, config: T5Config) -> int:
-    if self.layout == "peft":
+    if self.layout == "peft" and not _decoder_only(config):
       return 2 * config.num_encoder_layers
     return 2 * len(self.blocks(config))
 
   def reparameterisation(self, config: T5Config) -> base.ParamSpecs:
-    shape = (self.length, self.num_blocks(config), config.num_heads,
+    shape = (self.length, self.num_blocks(config), prefix_heads(config),
              config.head_dim)
     if not self.hidden:
       return {f"{PREFIX}/table": (shape, ("prompt", None, "heads", "kv"),
@@ -161,7 +188,7 @@ class PrefixConfig(Method):
     x = jnp.tanh(x @ names[f"{PREFIX}/hidden/kernel"] +
                  names[f"{PREFIX}/hidden/bias"])
     x = x @ names[f"{PREFIX}/output/kernel"] + names[f"{PREFIX}/output/bias"]
-    return x.reshape(self.length, self.num_blocks(cfg), cfg.num_heads,
+    return x.reshape(self.length, self.num_blocks(cfg), prefix_heads(cfg),
                      cfg.head_dim)
 
   def model_params(self, trainable: PyTree) -> PyTree:
@@ -180,17 +207,18 @@ class PrefixConfig(Method):
                     table: Optional[Array]) -> Dict[str, Any]:
     """Model-tree name -> [P, heads, kv] (or [L, P, heads, kv] scanned)."""
     per_layer: Dict[str, List[Any]] = {}
+    scanned = getattr(config, "scan_layers", False)
     for kind, i, key_block, value_block in self.blocks(config):
       stack, attention = _ATTENTION_PATHS[kind]
       for name, block in (("prefix_key", key_block),
                           ("prefix_value", value_block)):
         value = None if table is None else table[:, block]
-        if config.scan_layers:
+        if scanned:
           per_layer.setdefault(f"{stack}/layers/{attention}/{name}",
                                []).append(value)
         else:
           per_layer[f"{stack}/layers_{i}/{attention}/{name}"] = [value]
     if table is None:
       return {k: None for k in per_layer}
-    return {k: (jnp.stack(v) if config.scan_layers else v[0])
+    return {k: (jnp.stack(v) if scanned else v[0])
             for k, v in per_layer.items()}

@@ -133,6 +133,8 @@ def export_peft(*, prompt_path: str, initial_checkpoint_path: str,
       checkpoint, else the newest, as LORA, IA3, PREFIX_TUNING or
       MULTITASK_PROMPT_TUNING. Deep prompts, Li & Liang prefixes, the other
       multitask modes and model tuning are refused in one line saying why.
+      On a decoder-only LM (CAUSAL_LM): prompts, P-tuning and prefix runs
+      of either layout (both are PEFT's there).
     initial_checkpoint_path: the frozen model (only its config is read).
     output_dir: the adapter directory.
     model_config: for T5X checkpoints.
@@ -150,10 +152,7 @@ def export_peft(*, prompt_path: str, initial_checkpoint_path: str,
                        saved.method.name in runs.PROMPT_EXPORTED):
     return peft.export_adapter(read_prompt(prompt_path), config, output_dir,
                                base_path), ()
-  why = peft_adapters.refusal(saved.method)
-  if why is None and isinstance(config, DecoderConfig):
-    why = ("on decoder-only LMs only prompts are PEFT adapters so far "
-           "(PROMPT_TUNING, CAUSAL_LM); evaluate the run directory itself")
+  why = peft_adapters.refusal(saved.method, config)
   if why:
     raise ValueError(f"{prompt_path}: a {saved.method.name} run cannot be a "
                      f"PEFT adapter: {why}.")
@@ -258,10 +257,6 @@ def import_peft_run(*, adapter_dir: str, output_dir: str, checkpoint: str,
   if config is None:
     raise ValueError(f"{checkpoint}: not a Hugging Face checkpoint; pass its "
                      f"preset (--model) to lay out the {kind} adapter.")
-  if isinstance(config, DecoderConfig):
-    raise ValueError(f"{adapter_dir}: {kind} adapters of decoder-only LMs "
-                     f"are not imported as runs yet; PROMPT_TUNING adapters "
-                     f"are (import-peft without --run).")
   method, names = peft_adapters.import_run(adapter_dir, config, tasks)
   runs.write_adapter_run(output_dir, method, method_base.nested(names))
   return method.name

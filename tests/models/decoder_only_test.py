@@ -214,6 +214,23 @@ def _random_params(model, seed=0):
       x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
 
 
+def greedy_is_the_full_forward(model, params, tokens, mask, steps):
+  """Greedy decoding with the KV cache, checked step by step against the
+  uncached forward over the growing sequence; returns [B, steps]."""
+  from prompt_tuning.models.decoder_only import generate  # pylint: disable=g-import-not-at-top
+  greedy = np.asarray(generate.generate(model, params, tokens, mask, steps,
+                                        eos_id=VOCAB + 1))
+  seq, seq_mask = tokens, mask
+  for i in range(steps):
+    logits = np.asarray(model.apply({"params": params}, seq, seq_mask))
+    np.testing.assert_array_equal(greedy[:, i], logits[:, -1].argmax(-1),
+                                  err_msg=f"step {i}")
+    seq = np.concatenate([seq, greedy[:, i:i + 1]], axis=1)
+    seq_mask = np.concatenate([seq_mask, np.ones((len(seq), 1), bool)],
+                              axis=1)
+  return greedy
+
+
 @pytest.mark.parametrize("name", sorted(CACHED))
 def test_cached_decoding_equals_the_full_forward(name):
   """Greedy with the KV cache (prefill, then one column per step) picks what
@@ -226,15 +243,7 @@ def test_cached_decoding_equals_the_full_forward(name):
   tokens, mask = _batch(left=True)
   never = VOCAB + 1  # no EOS: every row decodes every step
   steps = 6
-  greedy = np.asarray(generate.generate(model, params, tokens, mask, steps,
-                                        eos_id=never))
-  seq, seq_mask = tokens, mask
-  for i in range(steps):
-    logits = np.asarray(model.apply({"params": params}, seq, seq_mask))
-    np.testing.assert_array_equal(greedy[:, i], logits[:, -1].argmax(-1),
-                                  err_msg=f"step {i}")
-    seq = np.concatenate([seq, greedy[:, i:i + 1]], axis=1)
-    seq_mask = np.concatenate([seq_mask, np.ones((3, 1), bool)], axis=1)
+  greedy = greedy_is_the_full_forward(model, params, tokens, mask, steps)
   beam = generate.generate(model, params, tokens, mask, steps, eos_id=never,
                            method="beam", beam_size=1)
   np.testing.assert_array_equal(beam, greedy)

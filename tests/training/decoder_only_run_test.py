@@ -344,7 +344,7 @@ def test_serving_refusals_are_one_line(checkpoints_dir, tmp_path):
     frozen_lib.make_runner(frozen, library, placement="suffix")
 
 
-@pytest.mark.parametrize("mode", ["lora", "ia3", "p_tuning"])
+@pytest.mark.parametrize("mode", ["lora", "ia3", "p_tuning", "prefix"])
 def test_adapter_methods_train_on_a_decoder_only_lm(checkpoints_dir, tmp_path,
                                                     mode):
   model_dir = str(tmp_path / mode)
@@ -361,24 +361,39 @@ def test_adapter_methods_train_on_a_decoder_only_lm(checkpoints_dir, tmp_path,
       task_feature_lengths=LENGTHS, batch_size=8)
   np.testing.assert_allclose(flat["eval/loss"], result["eval"]["eval/loss"],
                              rtol=1e-5)
-  if mode == "p_tuning":
-    # Merged, P-tuning's prompt is a PEFT prompt adapter (as PEFT saves it).
+  if mode in ("p_tuning", "prefix"):
+    # Merged, P-tuning's prompt is a PEFT prompt adapter (as PEFT saves it);
+    # a prefix run is PEFT's PREFIX_TUNING table.
     adapter, _ = analysis.export_peft(
         prompt_path=model_dir,
         initial_checkpoint_path=checkpoints_dir["gemma2"],
         output_dir=str(tmp_path / "adapter"))
     with open(os.path.join(adapter, "adapter_config.json")) as f:
-      assert json.load(f)["task_type"] == "CAUSAL_LM"
+      saved = json.load(f)
+    assert saved["task_type"] == "CAUSAL_LM"
+    assert saved["peft_type"] == {"p_tuning": "PROMPT_TUNING",
+                                  "prefix": "PREFIX_TUNING"}[mode]
+    if mode == "prefix":
+      # ... and comes back as a run directory that evaluates the same.
+      imported = str(tmp_path / "imported")
+      assert analysis.import_peft_run(
+          adapter_dir=adapter, output_dir=imported,
+          checkpoint=checkpoints_dir["gemma2"]) == "prefix"
+      again = runs.evaluate(
+          prompt_path=imported,
+          initial_checkpoint_path=checkpoints_dir["gemma2"],
+          model_config=None, mixture_or_task_name="tiny_copy",
+          task_feature_lengths=LENGTHS, batch_size=8)
+      np.testing.assert_allclose(again["eval/loss"], flat["eval/loss"],
+                                 rtol=1e-5)
     return
-  with pytest.raises(ValueError, match="only prompts are PEFT adapters"):
+  with pytest.raises(ValueError, match="the PEFT adapters so far are"):
     analysis.export_peft(prompt_path=model_dir,
                          initial_checkpoint_path=checkpoints_dir["gemma2"],
                          output_dir=str(tmp_path / "adapter"))
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(mode="prefix"), "METHOD = 'prefix' is not implemented for "
-     "decoder-only"),
     (dict(mode="deep_prompt"), "METHOD = 'deep_prompt' is not implemented"),
     (dict(placement="suffix"), "placement = 'suffix'"),
     (dict(model_config=T5Config(vocab_size=128, emb_dim=16, num_heads=2,

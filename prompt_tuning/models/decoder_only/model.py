@@ -19,6 +19,13 @@ the rules table's logical axes apply unchanged:
 padding id (Llama 3's id 0 is a real token). `embed` and `forward_embedded`
 split the lookup from the stack, which is where a soft prompt joins.
 Positions count real rows (a prompt's too) and rotary embeddings use them.
+
+Prefix tuning (`AdapterConfig.prefix_length` P with 'decoder_self' among its
+attentions) gives every layer's self-attention learned `prefix_key` and
+`prefix_value` [P, kv heads, head_dim]: P key/value columns in front of the
+rows, seen by every query, as HF's cache holds PEFT's PREFIX_TUNING
+past_key_values. They are used as stored (no rotation), and the rows'
+positions start at P, HF's positions after a P-column cache.
 """
 
 from __future__ import annotations
@@ -132,6 +139,9 @@ class SelfAttention(nn.Module):
                    name="query_norm")(query)
       key = Norm(cfg.norm_eps, 1.0, cfg.dtype, cfg.param_dtype,
                  name="key_norm")(key)
+    prefix = self._prefix_length()
+    if prefix:  # the rows come after the P prefix columns
+      positions = positions + prefix
     local = self.window and cfg.rope_local_theta
     inverse = inverse_frequencies(
         cfg.replace(rope_theta=cfg.rope_local_theta, rope_type="default")
@@ -145,6 +155,9 @@ class SelfAttention(nn.Module):
       key, value, key_mask = self._cached(key, value, mask, decode_start,
                                           cache_length)
       q = q + decode_start
+    if prefix:
+      key, value, key_mask = self._prepend_prefix(key, value, key_mask)
+      q = q + prefix
     k = jnp.arange(key.shape[1])[None, :]  # key columns
     # [B, T, kv, groups, d]: each key/value head serves `groups` query heads.
     query = query.reshape(query.shape[:2] + (kv_heads, groups, cfg.head_dim))
@@ -163,6 +176,33 @@ class SelfAttention(nn.Module):
     return layers.Dense(cfg.emb_dim, ("joined_kv", "embed"), dtype=cfg.dtype,
                         param_dtype=cfg.param_dtype, adapters=self.adapters,
                         use_bias=cfg.out_bias, name="out")(out)
+
+  def _prefix_length(self) -> int:
+    a = self.adapters
+    if a is None or not a.prefix_length or (
+        "decoder_self" not in a.prefix_attentions):
+      return 0
+    if a.per_example:
+      raise ValueError("Per-example prefixes (mixed adapter serving) are not "
+                       "implemented for decoder-only LMs.")
+    return a.prefix_length
+
+  def _prepend_prefix(self, key: Array, value: Array, mask: Array
+                      ) -> Tuple[Array, Array, Array]:
+    """[B, S, kv, d] keys/values, mask [B, S] -> [B, P + S, ...], [B, P + S]
+    with the learned prefix in front (always seen)."""
+    cfg = self.config
+    shape = (self.adapters.prefix_length, cfg.num_kv_heads, cfg.head_dim)
+    init = nn.initializers.normal(stddev=1.0)  # PEFT's nn.Embedding init
+    batch = key.shape[0]
+    prefixes = [jnp.broadcast_to(layers.param_with_axes(
+        self, name, init, shape, ("prompt", "heads", "kv"),
+        cfg.param_dtype).astype(key.dtype), (batch,) + shape)
+                for name in ("prefix_key", "prefix_value")]
+    seen = jnp.ones((batch, shape[0]), bool)
+    return (jnp.concatenate([prefixes[0], key], axis=1),
+            jnp.concatenate([prefixes[1], value], axis=1),
+            jnp.concatenate([seen, mask.astype(bool)], axis=1))
 
   def _cached(self, key: Array, value: Array, mask: Array, start: Array,
               length: int) -> Tuple[Array, Array, Array]:
