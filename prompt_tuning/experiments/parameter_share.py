@@ -201,11 +201,11 @@ def table(presets: Tuple[str, ...] = PRESETS,
           comparisons: bool = True) -> Tuple[Share, ...]:
   """Every default method (then the paper's comparison points) on every
   preset, in that order; cached (a few seconds of tracing). Decoder-only
-  presets take the methods they train, without comparison points."""
+  presets take the default methods only (the comparison points are the
+  paper's, on T5)."""
   rows = default_methods() + (comparison_methods() if comparisons else [])
   if all(p in DECODER_PRESETS for p in presets):
-    rows = [(label, method) for label, method in default_methods()
-            if method.name in methods.DECODER_ONLY_METHODS]
+    rows = default_methods()
   return tuple(count(label, method, preset) for label, method in rows
                for preset in presets)
 

@@ -40,13 +40,6 @@ def method_class(name: str, setting: str = "METHOD") -> type:
 PROMPT_METHODS = tuple(name for name, cls in METHODS.items()
                        if issubclass(cls, PromptTuning))
 
-# The methods a decoder-only LM (`models.decoder_only`) trains: those whose
-# parameters are an input prompt, self-attention prefixes, the projection
-# hooks, or everything; T5's per-layer encoder prompts have no decoder-only
-# counterpart yet.
-DECODER_ONLY_METHODS = ("prompt", "p_tuning", "multitask_prompt", "prefix",
-                        "ia3", "lora", "model")
-
-__all__ = ["METHODS", "PROMPT_METHODS", "DECODER_ONLY_METHODS", "Method", "method_class", "PromptTuning",
+__all__ = ["METHODS", "PROMPT_METHODS", "Method", "method_class", "PromptTuning",
            "DeepPromptConfig", "PrefixConfig", "PTuningConfig",
            "MultitaskPromptConfig", "IA3Config", "LoraConfig", "ModelTuning"]

@@ -15,6 +15,10 @@ before each layer. Only their keys and values reach the tokens, so they are
 computed from the prompt alone (`models.adapters`); 'add' has nothing to add
 to there (the decoder has no prompt positions to run), so decoder prompts
 replace whatever `mode` the encoder's use.
+
+A decoder-only LM has one stack, the one its input prompt enters: every
+layer's prompt replaces (or is added to) the stream at the input prompt's
+rows, in either `mode`, whichever `stacks` are named.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from prompt_tuning.methods.prompt import PromptTuning
 from prompt_tuning.models.adapters import AdapterConfig
 from prompt_tuning.models.adapters import LAYER_PROMPT_MODES
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.decoder_only.config import DecoderConfig
 
 STACKS = ("encoder", "decoder")
 
@@ -57,7 +62,9 @@ class DeepPromptConfig(PromptTuning):
           "must be placed in front: set PromptConfig.placement = 'prefix'.")
 
   def adapters(self, config: T5Config) -> AdapterConfig:
-    del config
+    if isinstance(config, DecoderConfig):
+      return AdapterConfig(layer_prompt_length=self.length,
+                           layer_prompt_mode=self.mode)
     on = lambda stack: self.length if stack in self.stacks else 0
     return AdapterConfig(layer_prompt_length=on("encoder"),
                          layer_prompt_mode=self.mode,

@@ -16,7 +16,9 @@ prompt's rows: a token's
 position is the number of real rows, prompt rows included, before it.
 `__call__` returns the logits at the token columns only ([B, T, V], what the
 loss and scoring read); `prompted` gives the combined rows for decoding
-(`models.decoder_only.generate` takes embedded rows).
+(`models.decoder_only.generate` takes embedded rows). With deep prompts
+(`AdapterConfig.layer_prompt_length`), `PromptedDecoder.prompt_rows` tells
+each layer where the input prompt's rows are.
 """
 
 from __future__ import annotations
@@ -65,11 +67,34 @@ class PromptedDecoder(Decoder):
 
   prompt_length: int = 1
   prompt_init: initializers.Initializer = initializers.random_uniform()
+  placement: str = "prefix"
 
   def setup(self):
     super().setup()
     self.prompt = Prompt(self.prompt_length, self.config.emb_dim,
                          self.prompt_init, self.config.param_dtype)
+    ad = self.adapters
+    if ad is not None and ad.layer_prompt_length not in (
+        0, self.prompt_length):
+      raise ValueError(
+          f"Deep prompts of length {ad.layer_prompt_length} need an input "
+          f"prompt of that length, not {self.prompt_length}.")
+
+  def prompt_rows(self, mask: Array, decode_start: Optional[Array]
+                  ) -> Optional[Array]:
+    """The input prompt's rows: every row's padding is in front of it (or
+    at the end, right-padded), so it starts at the row's first real column
+    ('prefix') or the one after ('after_first'). A decoding step's chunk
+    (`decode_start` > 0) holds none of it."""
+    if self.adapters is None or not self.adapters.layer_prompt_length:
+      return None
+    head = 0 if self.placement == "prefix" else 1
+    start = jnp.argmax(mask, axis=1).astype(jnp.int32) + head  # [B]
+    rows = jnp.arange(mask.shape[1], dtype=jnp.int32)[None] - start[:, None]
+    inside = (rows >= 0) & (rows < self.prompt_length)
+    if decode_start is not None:
+      inside &= decode_start == 0
+    return jnp.where(inside, rows, -1)
 
 
 class PromptedDecoderOnly(DecoderOnlyLM):
@@ -90,7 +115,7 @@ class PromptedDecoderOnly(DecoderOnlyLM):
       raise ValueError(f"prompt_length must be >= 1; got "
                        f"{self.prompt_length}.")
     return PromptedDecoder(self.config, self.adapters, self.prompt_length,
-                           self.prompt_init)
+                           self.prompt_init, self.placement)
 
   def prompted(self, tokens: Array, mask: Array,
                prompt: Optional[Array] = None

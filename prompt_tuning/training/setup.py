@@ -265,10 +265,6 @@ def _load_decoder_only(path: str, model_config: Any,
                        frozen_dtype: Optional[str]):
   """`load_decoder_only` after the checks that only this family needs (the
   config, when one is given, must be the checkpoint's)."""
-  if method.name not in methods.DECODER_ONLY_METHODS:
-    raise ValueError(
-        f"METHOD = {method.name!r} is not implemented for decoder-only LMs "
-        f"({path}); use one of {', '.join(methods.DECODER_ONLY_METHODS)}.")
   if method.prompt_length():
     if prompt.placement not in DECODER_PLACEMENTS:
       raise ValueError(

@@ -230,7 +230,8 @@ def test_run_points():
 def test_decoder_only_presets_by_hand(capsys, monkeypatch):
   """Qwen2.5-0.5B (24 layers, H 896, 2 KV heads x 64, MLP 4864, tied):
   the published 494,032,768 parameters; a P=100 prompt, LoRA r=8 on q
-  [896->896] and v [896->128], IA3 on k, v (128 each) and wo's input."""
+  [896->896] and v [896->128], IA3 on k, v (128 each) and wo's input,
+  deep prompts and prefixes."""
   share = parameter_share.count("prompt", methods.PromptTuning(length=100),
                                 "qwen2_5_0_5b")
   assert share.model_parameters == 494_032_768
@@ -247,4 +248,7 @@ def test_decoder_only_presets_by_hand(capsys, monkeypatch):
   assert "decoder-only LM" in out
   assert "| prompt | 89,600 (0.0181%) |" in out
   assert "| lora | 540,672 (0.109%) |" in out
-  assert "deep_prompt" not in out
+  # Deep prompts: the input prompt and one [100, 896] per layer; a P=10
+  # prefix: keys and values of the 2 KV heads x 64 in each of 24 layers.
+  assert f"| deep_prompt | {25 * 100 * 896:,} (0.453%) |" in out
+  assert f"| prefix | {10 * 2 * 24 * 2 * 64:,} (0.0124%) |" in out

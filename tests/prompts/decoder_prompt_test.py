@@ -113,3 +113,38 @@ def test_adapter_for_another_family_is_refused(tmp_path):
                      "frozen model takes CAUSAL_LM adapters"):
     peft.import_adapter(t5_adapter, t5.emb_dim, decoder)
 
+
+
+@pytest.mark.parametrize("mode", ["replace", "add"])
+def test_deep_prompts_enter_every_layer_at_the_prompt_rows(mode):
+  """Layer by layer, with the plain LM's own layers: before layer i the
+  input prompt's rows are replaced by (or added to) `layers_i/layer_prompt`;
+  the other rows, positions and the mask are the plain prompted LM's."""
+  from prompt_tuning.models.adapters import AdapterConfig  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.models.decoder_only import model as model_lib  # pylint: disable=g-import-not-at-top
+  config = lm_test.CACHED["gemma2"]
+  adapters = AdapterConfig(layer_prompt_length=P, layer_prompt_mode=mode)
+  model = PromptedDecoderOnly(config, adapters, prompt_length=P)
+  params = lm_test._random_params(model)  # pylint: disable=protected-access
+  tokens, mask = lm_test._batch(left=False)  # pylint: disable=protected-access
+  got = np.asarray(model.apply({"params": params}, tokens, mask))
+
+  x, full_mask, columns = model.apply({"params": params}, tokens, mask,
+                                      method="prompted")
+  positions = model_lib.default_positions(full_mask)
+  for i in range(config.num_layers):
+    layer = dict(params["decoder"][f"layers_{i}"])
+    prompt = layer.pop("layer_prompt")
+    x = np.array(x)  # a writable copy
+    x[:, :P] = prompt + (x[:, :P] if mode == "add" else 0)
+    x = model_lib.DecoderOnlyLayer(config, config.sliding(i)).apply(
+        {"params": layer}, x, full_mask, positions)
+  plain = dict(params, decoder={k: v for k, v in params["decoder"].items()
+                                if k != "prompt"})
+  y = model_lib.Norm(config.norm_eps, 1.0, "float32").apply(
+      {"params": plain["decoder"]["decoder_norm"]}, x)
+  logits = model_lib.softcap(np.asarray(y) @ np.asarray(
+      plain["token_embedder"]["embedding"]).T, config.final_softcap)
+  want = np.take_along_axis(np.asarray(logits), np.asarray(columns)[..., None],
+                            axis=1)
+  np.testing.assert_allclose(got[mask], want[mask], atol=1e-5, rtol=1e-5)

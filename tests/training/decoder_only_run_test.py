@@ -153,11 +153,15 @@ def test_text_init_is_the_lm_own_embedded_text(tmp_path, family):
                              atol=1e-6)
 
 
-@pytest.mark.parametrize("name, placement", [("llama", "prefix"),
-                                             ("gemma2", "after_first")])
+@pytest.mark.parametrize("name, placement, mode", [
+    ("llama", "prefix", "prompt"), ("gemma2", "after_first", "prompt"),
+    ("llama", "prefix", "deep_prompt"), ("llama", "prefix", "prefix")])
 def test_predictions_are_the_prompted_lm_greedy_choices(checkpoints_dir, name,
-                                                        placement):
-  run = _build(checkpoints_dir[name], placement=placement)
+                                                        placement, mode):
+  """Cached decoding of left-padded contexts (deep prompts replacing the
+  prompt's rows in the prefill, prefixes in front of the cache) picks what
+  the uncached forward over right-padded rows picks."""
+  run = _build(checkpoints_dir[name], placement=placement, mode=mode)
   batch = _batch(run)
   got = np.asarray(inference._predict(
       run.trainable, run.frozen, batch, model=run.model,
@@ -174,9 +178,10 @@ def test_predictions_are_the_prompted_lm_greedy_choices(checkpoints_dir, name,
           decode=inference.DecodeConfig(), length=6, method=run.method)))
 
 
+@pytest.mark.parametrize("mode", ["prompt", "deep_prompt"])
 def test_ranking_scores_are_the_teacher_forced_log_likelihoods(
-    checkpoints_dir):
-  run = _build(checkpoints_dir["gemma2"])
+    checkpoints_dir, mode):
+  run = _build(checkpoints_dir["gemma2"], mode=mode)
   batch = _batch(run, "tiny_classify")
   # 'no' EOS and a candidate holding a token 0 before its EOS.
   candidates = jnp.asarray([[113, 114, 1, 0], [0, 5, 1, 0]], jnp.int32)
@@ -344,7 +349,8 @@ def test_serving_refusals_are_one_line(checkpoints_dir, tmp_path):
     frozen_lib.make_runner(frozen, library, placement="suffix")
 
 
-@pytest.mark.parametrize("mode", ["lora", "ia3", "p_tuning", "prefix"])
+@pytest.mark.parametrize("mode", ["lora", "ia3", "p_tuning", "prefix",
+                                  "deep_prompt"])
 def test_adapter_methods_train_on_a_decoder_only_lm(checkpoints_dir, tmp_path,
                                                     mode):
   model_dir = str(tmp_path / mode)
@@ -394,7 +400,6 @@ def test_adapter_methods_train_on_a_decoder_only_lm(checkpoints_dir, tmp_path,
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(mode="deep_prompt"), "METHOD = 'deep_prompt' is not implemented"),
     (dict(placement="suffix"), "placement = 'suffix'"),
     (dict(model_config=T5Config(vocab_size=128, emb_dim=16, num_heads=2,
                                 head_dim=8, mlp_dim=32, num_encoder_layers=1,

@@ -26,6 +26,11 @@ attentions) gives every layer's self-attention learned `prefix_key` and
 rows, seen by every query, as HF's cache holds PEFT's PREFIX_TUNING
 past_key_values. They are used as stored (no rotation), and the rows'
 positions start at P, HF's positions after a P-column cache.
+
+Deep prompts (`AdapterConfig.layer_prompt_length` P, on a prompted LM):
+every layer owns a `layer_prompt` [P, H] that replaces (or is added to) the
+stream at the input prompt's rows before the layer; the prompted decoder
+says where those rows are (`Decoder.prompt_rows`).
 """
 
 from __future__ import annotations
@@ -226,6 +231,11 @@ class SelfAttention(nn.Module):
     return cached_key.value, cached_value.value, cached_mask.value
 
 
+def _uniform_half(key, shape, dtype):
+  """U[-0.5, 0.5], the paper's random prompt init (per-layer prompts)."""
+  return jax.random.uniform(key, shape, dtype, -0.5, 0.5)
+
+
 class DecoderOnlyLayer(nn.Module):
   """Pre-norm attention + gated MLP; Gemma 2 also norms each branch's
   output before the residual add."""
@@ -237,8 +247,14 @@ class DecoderOnlyLayer(nn.Module):
   @nn.compact
   def __call__(self, x: Array, mask: Array, positions: Array,
                decode_start: Optional[Array] = None,
-               cache_length: int = 0) -> Array:
+               cache_length: int = 0,
+               prompt_rows: Optional[Array] = None) -> Array:
+    """See `SelfAttention`; `prompt_rows` [B, T] int is each row's index
+    into this layer's `layer_prompt` (-1: not a prompt row), when deep
+    prompts are on."""
     cfg = self.config
+    if prompt_rows is not None:
+      x = self._layer_prompt(x, prompt_rows)
     norm = lambda name: Norm(cfg.norm_eps, 1.0 if cfg.gemma else 0.0,
                              cfg.dtype, cfg.param_dtype, name=name)
     y = norm("pre_self_attention_layer_norm")(x)
@@ -255,6 +271,19 @@ class DecoderOnlyLayer(nn.Module):
     if cfg.gemma:
       y = norm("post_mlp_layer_norm")(y)
     return layers.constrain(x + y, ("batch", "length", "embed"))
+
+  def _layer_prompt(self, x: Array, prompt_rows: Array) -> Array:
+    """The stream [B, T, H] with this layer's prompt [P, H] replacing (or
+    added to) the rows `prompt_rows` marks."""
+    ad = self.adapters
+    prompt = layers.param_with_axes(
+        self, "layer_prompt", _uniform_half,
+        (ad.layer_prompt_length, self.config.emb_dim),
+        ("prompt", "prompt_embed"), self.config.param_dtype).astype(x.dtype)
+    picked = jnp.take(prompt, jnp.maximum(prompt_rows, 0), axis=0)
+    if ad.layer_prompt_mode == "add":
+      picked = picked + x
+    return jnp.where((prompt_rows >= 0)[..., None], picked, x)
 
 
 class Decoder(nn.Module):
@@ -280,9 +309,18 @@ class Decoder(nn.Module):
                decode_start: Optional[Array] = None,
                cache_length: int = 0) -> Array:
     """[B, T, H] -> normed [B, T, H] (decoding: see `SelfAttention`)."""
+    rows = self.prompt_rows(mask, decode_start)
     for layer in self.layers:
-      x = layer(x, mask, positions, decode_start, cache_length)
+      x = layer(x, mask, positions, decode_start, cache_length, rows)
     return self.decoder_norm(x)
+
+  def prompt_rows(self, mask: Array, decode_start: Optional[Array]
+                  ) -> Optional[Array]:
+    """[B, T] int: each row's index into the per-layer prompts, -1 where
+    the row is not the input prompt's; None without deep prompts (a plain
+    LM has no input prompt)."""
+    del mask, decode_start
+    return None
 
   def project(self, y: Array) -> Array:
     """[B, T, H] -> [B, T, V] with the untied output kernel."""
