@@ -11,7 +11,9 @@ P-tuning. What PEFT cannot represent is refused in one line saying why
 (`refusal`): deep prompts (PEFT has no per-layer encoder prompts), prefixes
 in Li & Liang's layout (PEFT's table feeds only the decoder's
 self-attention), multitask prompts of the other modes (PEFT's MPT is one
-combination) and model tuning (not an adapter).
+combination) and model tuning (not an adapter). On a decoder-only LM
+(CAUSAL_LM) the same holds for prompts, P-tuning, LoRA and IA3, and prefixes
+of either layout are PEFT's; MPT is read and written for T5 only.
 Trees are '/'-joined names -> arrays; scanned trees ([layers, ...]) are
 unscanned for export and scanned again on import for a scanned model.
 """
@@ -47,13 +49,13 @@ def refusal(method: methods.Method,
             config: Optional[Any] = None) -> Optional[str]:
   """Why PEFT cannot hold `method`'s adapter on the frozen model `config`
   (None: any T5), or None when it can."""
-  if isinstance(config, DecoderConfig):
-    if isinstance(method, (methods.PrefixConfig, methods.PTuningConfig)) or (
-        type(method) is methods.PromptTuning):  # pylint: disable=unidiomatic-typecheck
-      return None
-    return ("on decoder-only LMs the PEFT adapters so far are prompts "
-            "(PROMPT_TUNING) and prefixes (PREFIX_TUNING), CAUSAL_LM; "
-            "evaluate the run directory itself")
+  if isinstance(config, DecoderConfig) and isinstance(
+      method, methods.MultitaskPromptConfig):
+    return ("PEFT's MULTITASK_PROMPT_TUNING is read and written here for "
+            "T5 only; evaluate the run directory itself")
+  if isinstance(config, DecoderConfig) and isinstance(method,
+                                                      methods.PrefixConfig):
+    return None  # both layouts are PEFT's CAUSAL_LM table
   if isinstance(method, methods.DeepPromptConfig):
     return ("PEFT has no per-layer encoder prompts (its P-tuning v2 is "
             "prefix tuning: keys and values, not prompts); evaluate the run "
@@ -167,11 +169,11 @@ def import_run(directory: str, config: T5Config, tasks: Sequence[str] = ()
   """
   unscanned = _unscanned(config)
   kind = peft_type(directory)
-  if isinstance(config, DecoderConfig) and kind != peft_prefix.PREFIX_TUNING:
+  if isinstance(config, DecoderConfig) and kind == peft_multitask.MPT:
     raise ValueError(
-        f"{directory}: a {kind} adapter of a decoder-only LM is not "
-        f"imported as a run yet: PREFIX_TUNING adapters are, and "
-        f"PROMPT_TUNING ones import as prompts (import-peft without --run).")
+        f"{directory}: {kind} adapters are read here for T5 only; a "
+        f"decoder-only LM's run directory comes from LORA, IA3 and "
+        f"PREFIX_TUNING adapters.")
   if kind == peft_io.LORA:
     options, names = peft_io.import_lora(directory, unscanned)
     method = methods.LoraConfig(rank=options["rank"], alpha=options["alpha"],

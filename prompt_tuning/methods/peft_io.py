@@ -2,10 +2,14 @@
 
 Our adapter parameters sit next to the frozen weights they modify
 (`models.adapters`); PEFT's sit in `adapter_model.safetensors` under the Hugging
-Face T5 module names (`base_model.model.encoder.block.0.layer.0.SelfAttention.q
-.lora_A.weight`), with `adapter_config.json` saying which modules were adapted
-and how. This module translates between the two, in the layouts PEFT 0.21.2
-(`prompts.peft.PEFT_VERSION`) writes for `T5ForConditionalGeneration`: LoRA
+Face module names (`base_model.model.encoder.block.0.layer.0.SelfAttention.q
+.lora_A.weight` on T5, `base_model.model.model.layers.0.self_attn.q_proj
+.lora_A.weight` on a decoder-only LM: `methods.peft_names`), with
+`adapter_config.json` saying which modules were adapted and how. This module
+translates between the two, in the layouts PEFT 0.21.2
+(`prompts.peft.PEFT_VERSION`) writes for `T5ForConditionalGeneration` and
+the causal LMs (task CAUSAL_LM; IA3's feed-forward module is then
+`down_proj`, our `wo`): LoRA
 `lora_a` [in, r] / `lora_b` [r, out] are PEFT's `lora_A.weight` /
 `lora_B.weight` transposed; IA3 `ia3_scaling` is PEFT's `ia3_l` flattened
 ([out, 1] for k/v, [1, mlp] for the feed-forward `wo`); a PEFT prefix is one
@@ -30,23 +34,18 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
+from prompt_tuning.methods.peft_names import IA3
+from prompt_tuning.methods.peft_names import LORA
+from prompt_tuning.methods.peft_names import PeftNames
+from prompt_tuning.methods.peft_names import SEQ_2_SEQ_LM as TASK_TYPE
+from prompt_tuning.methods.peft_names import peft_names
 from prompt_tuning.models import adapters as adapters_lib
 from prompt_tuning.models.adapters import AdapterConfig
 from prompt_tuning.models.config import T5Config
-from prompt_tuning.pretrained import hf
 from prompt_tuning.prompts import peft
 
-LORA = "LORA"
-IA3 = "IA3"
-TASK_TYPE = "SEQ_2_SEQ_LM"
 # PEFT prefixes every saved name with the wrapper's path to the base model.
 _STATE_PREFIX = "base_model.model."
-# Our projection name -> Hugging Face's (T5Attention / T5DenseActDense).
-_HF_PROJECTION = {"query": "q", "key": "k", "value": "v", "out": "o",
-                  "wi": "wi", "wi_0": "wi_0", "wi_1": "wi_1", "wo": "wo"}
-# PEFT's defaults for model_type "t5" (TRANSFORMERS_MODELS_TO_*_MAPPING).
-_DEFAULT_TARGETS = {LORA: ["q", "v"], IA3: ["k", "v", "wo"]}
-_DEFAULT_FEEDFORWARD = ["wo"]
 # Inits that rewrite the base weights: the adapter only fits the rewritten
 # model (PEFT converts them to plain LoRA when asked at save time).
 _BASE_CHANGING_INITS = ("pissa", "olora", "loftq", "corda", "lora_ga")
@@ -75,23 +74,6 @@ _LORA_REFUSED = (
 
 # ----------------------------------------------------------------------------
 # Module tables and PEFT's matching rules.
-
-
-def projection_modules(config: T5Config) -> Dict[str, Tuple[str, int, int]]:
-  """Our projection path -> (HF module name, in features, out features).
-
-  From `hf.param_map`, the one table between the two naming schemes; the
-  unscanned paths, e.g. 'encoder/layers_0/attention/query' ->
-  ('encoder.block.0.layer.0.SelfAttention.q', H, heads * kv). The output
-  projection (`lm_head`) is not one: PEFT never adapts it either.
-  """
-  modules = {}
-  for ours, (name, shape, _) in hf.param_map(config).items():
-    path, leaf = ours.rsplit("/", 1)
-    if leaf != "kernel" or path == "decoder/logits_dense":
-      continue
-    modules[path] = (name[:-len(".weight")], shape[0], shape[1])
-  return modules
 
 
 def _selected_by_ours(targets: Sequence[str],
@@ -135,12 +117,17 @@ def _peft_matches(adapter: Mapping[str, Any], key: str,
 
 
 def _peft_selection(file: str, adapter: Mapping[str, Any],
-                    modules: Mapping[str, Tuple[str, int, int]],
-                    peft_type: str) -> List[str]:
+                    names: PeftNames, peft_type: str) -> List[str]:
   """Our paths of the projections PEFT adapts under `adapter`'s config."""
+  modules = names.modules
   targets = adapter.get("target_modules")
   if targets is None:
-    targets = _DEFAULT_TARGETS[peft_type]
+    targets = names.default_targets[peft_type]
+    if targets is None:
+      raise ValueError(
+          f"{file}: target_modules is unset, and PEFT's {peft_type} default "
+          f"differs between {names.model} types; name the modules "
+          f"(target_modules, and feedforward_modules for IA3).")
   elif isinstance(targets, str) and targets.lower() == "all-linear":
     targets = [name for name, _, _ in modules.values()]
   elif not isinstance(targets, (str, list)):
@@ -154,9 +141,10 @@ def _peft_selection(file: str, adapter: Mapping[str, Any],
                      f"layers_pattern cannot be matched ({e}).") from None
   if not selected:
     raise ValueError(
-        f"{file}: target_modules={targets!r} selects none of this T5's "
-        "projections (q, k, v, o, wi / wi_0 / wi_1, wo): the adapter was made "
-        "for another model.")
+        f"{file}: target_modules={targets!r} selects none of this "
+        f"{names.model}'s projections "
+        f"({', '.join(dict.fromkeys(names.projection.values()))}): the "
+        "adapter was made for another model.")
   return selected
 
 
@@ -183,16 +171,16 @@ def _ours_from_selection(selected: Sequence[str],
 
 
 def _peft_targets(targets: Sequence[str], selected: Sequence[str],
-                  modules: Mapping[str, Tuple[str, int, int]]) -> List[str]:
+                  names: PeftNames) -> List[str]:
   """PEFT `target_modules` selecting exactly `selected`.
 
-  Plain projection names become PEFT's suffixes (`query` -> `q`); anything
-  with a regular expression becomes the list of full module names (PEFT
-  matches a list entry equal to the whole name).
+  Plain projection names become PEFT's suffixes (`query` -> `q`, or
+  `q_proj`); anything with a regular expression becomes the list of full
+  module names (PEFT matches a list entry equal to the whole name).
   """
   if all("/" not in t for t in targets):
-    return sorted({_HF_PROJECTION[t] for t in targets})
-  return sorted(modules[p][0] for p in selected)
+    return sorted({names.projection[t] for t in targets})
+  return sorted(names.modules[p][0] for p in selected)
 
 
 def _check_selection(what: str, peft_config: Mapping[str, Any],
@@ -289,17 +277,17 @@ def _number(x: float):
 
 
 def _export_selection(what: str, targets: Sequence[str], config: T5Config,
-                      params: Mapping[str, Any], names: Sequence[str]
-                      ) -> Tuple[Dict[str, Tuple[str, int, int]], List[str]]:
-  """(the model's projections, those `targets` select), checking that
-  `params` holds exactly `<projection>/<name>` for each selected one."""
-  modules = projection_modules(config)
-  selected = _selected_by_ours(targets, modules)
+                      params: Mapping[str, Any], leaves: Sequence[str]
+                      ) -> Tuple[PeftNames, List[str]]:
+  """(the model's PEFT names, the projections `targets` select), checking
+  that `params` holds exactly `<projection>/<leaf>` for each selected one."""
+  names = peft_names(config)
+  selected = _selected_by_ours(targets, names.modules)
   if not selected:
     raise ValueError(f"{what} targets {tuple(targets)} select no projection "
                      "of this model.")
-  check_param_names(params, {f"{p}/{n}" for p in selected for n in names})
-  return modules, selected
+  check_param_names(params, {f"{p}/{n}" for p in selected for n in leaves})
+  return names, selected
 
 
 def export_lora(params: Mapping[str, np.ndarray], config: T5Config,
@@ -321,8 +309,9 @@ def export_lora(params: Mapping[str, np.ndarray], config: T5Config,
   Returns:
     The directory.
   """
-  modules, selected = _export_selection("LoRA", targets, config, params,
-                                        ("lora_a", "lora_b"))
+  names, selected = _export_selection("LoRA", targets, config, params,
+                                      ("lora_a", "lora_b"))
+  modules = names.modules
   tensors = {}
   for path in selected:
     name, d_in, d_out = modules[path]
@@ -332,11 +321,11 @@ def export_lora(params: Mapping[str, np.ndarray], config: T5Config,
                      (rank, d_out), "export_lora")
     tensors[f"{_STATE_PREFIX}{name}.lora_A.weight"] = a.T  # [r, in]
     tensors[f"{_STATE_PREFIX}{name}.lora_B.weight"] = b.T  # [out, r]
-  adapter = base_config(LORA, base_model_name_or_path)
+  adapter = base_config(LORA, base_model_name_or_path, names.task_type)
   adapter.update({
       "r": int(rank), "lora_alpha": _number(alpha),
       "lora_dropout": float(dropout), "use_rslora": bool(rslora),
-      "target_modules": _peft_targets(targets, selected, modules),
+      "target_modules": _peft_targets(targets, selected, names),
       "exclude_modules": None, "bias": "none", "fan_in_fan_out": False,
       "init_lora_weights": True, "layers_to_transform": None,
       "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {},
@@ -388,7 +377,8 @@ def import_lora(directory: str, config: T5Config
       fix, for anything this model cannot reproduce.
   """
   config_file, adapter, weights, tensors = read(directory)
-  check_common(config_file, adapter, LORA)
+  names = peft_names(config)
+  check_common(config_file, adapter, LORA, names.task_type)
   for field, neutral, what in _LORA_REFUSED:
     value = adapter.get(field, neutral)
     if value != neutral and not (neutral is None and value in ([], {})):
@@ -402,8 +392,8 @@ def import_lora(directory: str, config: T5Config
         "weights, so the adapter only fits the rewritten model; save it with "
         "save_pretrained(path_initial_model_for_weight_conversion=...) to get "
         "a plain LoRA.")
-  modules = projection_modules(config)
-  selected = _peft_selection(config_file, adapter, modules, LORA)
+  modules = names.modules
+  selected = _peft_selection(config_file, adapter, names, LORA)
   rank, alpha = _lora_rank_alpha(config_file, adapter, selected, modules)
   if not isinstance(rank, int) or rank < 1:
     raise ValueError(f"{config_file}: r={rank!r} is not a positive rank.")
@@ -454,8 +444,9 @@ def export_ia3(params: Mapping[str, np.ndarray], config: T5Config,
   Returns:
     The directory.
   """
-  modules, selected = _export_selection("IA3", targets, config, params,
-                                        ("ia3_scaling",))
+  names, selected = _export_selection("IA3", targets, config, params,
+                                      ("ia3_scaling",))
+  modules = names.modules
   tensors = {}
   for path in selected:
     name, d_in, d_out = modules[path]
@@ -465,13 +456,13 @@ def export_ia3(params: Mapping[str, np.ndarray], config: T5Config,
     # PEFT: [1, in] scales a feed-forward module's input, [out, 1] the output.
     tensors[f"{_STATE_PREFIX}{name}.ia3_l"] = (
         vector[None, :] if ff else vector[:, None])
-  target_modules = _peft_targets(targets, selected, modules)
+  target_modules = _peft_targets(targets, selected, names)
   if all("/" not in t for t in targets):
-    feedforward = ["wo"] if "wo" in targets else []
+    feedforward = [names.projection["wo"]] if "wo" in targets else []
   else:
     feedforward = sorted(modules[p][0] for p in selected
                          if _is_feedforward(p))
-  adapter = base_config(IA3, base_model_name_or_path)
+  adapter = base_config(IA3, base_model_name_or_path, names.task_type)
   adapter.update({"target_modules": target_modules,
                   "feedforward_modules": feedforward,
                   "exclude_modules": None, "fan_in_fan_out": False,
@@ -494,15 +485,21 @@ def import_ia3(directory: str, config: T5Config
       fix, for anything this model cannot reproduce.
   """
   config_file, adapter, weights, tensors = read(directory)
-  check_common(config_file, adapter, IA3)
+  names = peft_names(config)
+  check_common(config_file, adapter, IA3, names.task_type)
   if adapter.get("fan_in_fan_out"):
     raise ValueError(f"{config_file}: fan_in_fan_out=true is for Conv1D "
-                     "weights, which T5 does not have; retrain with false.")
-  modules = projection_modules(config)
-  selected = _peft_selection(config_file, adapter, modules, IA3)
+                     f"weights, which this {names.model} does not have; "
+                     "retrain with false.")
+  modules = names.modules
+  selected = _peft_selection(config_file, adapter, names, IA3)
   feedforward = adapter.get("feedforward_modules")
   if feedforward is None:
-    feedforward = _DEFAULT_FEEDFORWARD
+    feedforward = names.default_feedforward
+  if feedforward is None:
+    raise ValueError(
+        f"{config_file}: feedforward_modules is unset, and PEFT's default "
+        f"differs between {names.model} types; name them (down_proj).")
   for path in selected:
     name = modules[path][0]
     # PEFT's IA3Model._check_target_module_feedforward.
@@ -511,9 +508,9 @@ def import_ia3(directory: str, config: T5Config
     if ff != _is_feedforward(path):
       raise ValueError(
           f"{config_file}: IA3 scales the {'input' if ff else 'output'} of "
-          f"{name}; this model scales wo's input and every other "
-          "projection's output: make feedforward_modules exactly the wo "
-          "modules.")
+          f"{name}; this model scales {names.projection['wo']}'s input and "
+          "every other projection's output: make feedforward_modules exactly "
+          f"the {names.projection['wo']} modules.")
   _check_tensor_names(weights, tensors, {
       f"{_STATE_PREFIX}{modules[p][0]}.ia3_l" for p in selected})
   params = {}

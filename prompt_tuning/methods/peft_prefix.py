@@ -24,6 +24,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from prompt_tuning.methods import peft_io
+from prompt_tuning.methods.peft_names import CAUSAL_LM
+from prompt_tuning.methods.peft_names import SEQ_2_SEQ_LM
 from prompt_tuning.methods.prefix import PrefixConfig
 from prompt_tuning.methods.prefix import prefix_heads
 from prompt_tuning.models.config import T5Config
@@ -32,7 +34,6 @@ from prompt_tuning.prompts import peft
 
 PREFIX_TUNING = "PREFIX_TUNING"
 PREFIX_TENSOR = "prompt_embeddings"
-CAUSAL_LM = "CAUSAL_LM"
 
 
 def _layout(where: str, config: Any) -> Tuple[int, int, int, str]:
@@ -45,7 +46,7 @@ def _layout(where: str, config: Any) -> Tuple[int, int, int, str]:
         f"({config.num_encoder_layers}) but feeds decoder layers "
         f"({config.num_decoder_layers}); only models with as many decoder "
         "as encoder layers are supported.")
-  return config.num_encoder_layers, config.num_heads, 2, peft_io.TASK_TYPE
+  return config.num_encoder_layers, config.num_heads, 2, SEQ_2_SEQ_LM
 
 
 def _blocks(config: Any):

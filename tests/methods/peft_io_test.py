@@ -19,6 +19,7 @@ import pytest
 from flax import traverse_util
 
 from prompt_tuning.methods import peft_io
+from prompt_tuning.methods.peft_names import peft_names
 from prompt_tuning.methods import peft_prefix
 from prompt_tuning.methods import prefix as prefix_lib
 from prompt_tuning.models import T5
@@ -129,7 +130,7 @@ def _edit_config(directory, **changes):
 
 
 def test_projection_modules_names_every_projection_once():
-  modules = peft_io.projection_modules(GATED)
+  modules = peft_names(GATED).modules
   assert modules["encoder/layers_1/attention/query"] == (
       "encoder.block.1.layer.0.SelfAttention.q", 32, 32)
   assert modules["decoder/layers_0/encoder_decoder_attention/out"] == (
@@ -138,7 +139,7 @@ def test_projection_modules_names_every_projection_once():
       "decoder.block.1.layer.2.DenseReluDense.wo", 64, 32)
   # 2 encoder layers x (4 + 3), 2 decoder layers x (8 + 3); no lm_head.
   assert len(modules) == 2 * 7 + 2 * 11
-  assert len(peft_io.projection_modules(RELU)) == 3 * 6 + 3 * 10
+  assert len(peft_names(RELU).modules) == 3 * 6 + 3 * 10
 
 
 @pytest.mark.parametrize("targets", [

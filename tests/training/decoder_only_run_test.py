@@ -367,36 +367,35 @@ def test_adapter_methods_train_on_a_decoder_only_lm(checkpoints_dir, tmp_path,
       task_feature_lengths=LENGTHS, batch_size=8)
   np.testing.assert_allclose(flat["eval/loss"], result["eval"]["eval/loss"],
                              rtol=1e-5)
-  if mode in ("p_tuning", "prefix"):
-    # Merged, P-tuning's prompt is a PEFT prompt adapter (as PEFT saves it);
-    # a prefix run is PEFT's PREFIX_TUNING table.
-    adapter, _ = analysis.export_peft(
-        prompt_path=model_dir,
-        initial_checkpoint_path=checkpoints_dir["gemma2"],
-        output_dir=str(tmp_path / "adapter"))
-    with open(os.path.join(adapter, "adapter_config.json")) as f:
-      saved = json.load(f)
-    assert saved["task_type"] == "CAUSAL_LM"
-    assert saved["peft_type"] == {"p_tuning": "PROMPT_TUNING",
-                                  "prefix": "PREFIX_TUNING"}[mode]
-    if mode == "prefix":
-      # ... and comes back as a run directory that evaluates the same.
-      imported = str(tmp_path / "imported")
-      assert analysis.import_peft_run(
-          adapter_dir=adapter, output_dir=imported,
-          checkpoint=checkpoints_dir["gemma2"]) == "prefix"
-      again = runs.evaluate(
-          prompt_path=imported,
-          initial_checkpoint_path=checkpoints_dir["gemma2"],
-          model_config=None, mixture_or_task_name="tiny_copy",
-          task_feature_lengths=LENGTHS, batch_size=8)
-      np.testing.assert_allclose(again["eval/loss"], flat["eval/loss"],
-                                 rtol=1e-5)
+  if mode == "deep_prompt":
+    with pytest.raises(ValueError, match="PEFT has no per-layer"):
+      analysis.export_peft(prompt_path=model_dir,
+                           initial_checkpoint_path=checkpoints_dir["gemma2"],
+                           output_dir=str(tmp_path / "adapter"))
     return
-  with pytest.raises(ValueError, match="the PEFT adapters so far are"):
-    analysis.export_peft(prompt_path=model_dir,
-                         initial_checkpoint_path=checkpoints_dir["gemma2"],
-                         output_dir=str(tmp_path / "adapter"))
+  # Merged, P-tuning's prompt is a PEFT prompt adapter (as PEFT saves it);
+  # the others are PEFT's LORA, IA3 and PREFIX_TUNING adapters.
+  adapter, _ = analysis.export_peft(
+      prompt_path=model_dir, initial_checkpoint_path=checkpoints_dir["gemma2"],
+      output_dir=str(tmp_path / "adapter"))
+  with open(os.path.join(adapter, "adapter_config.json")) as f:
+    saved = json.load(f)
+  assert saved["task_type"] == "CAUSAL_LM"
+  assert saved["peft_type"] == {"p_tuning": "PROMPT_TUNING", "lora": "LORA",
+                                "ia3": "IA3", "prefix": "PREFIX_TUNING"}[mode]
+  if mode == "p_tuning":
+    return
+  # ... and comes back as a run directory that evaluates the same.
+  imported = str(tmp_path / "imported")
+  assert analysis.import_peft_run(
+      adapter_dir=adapter, output_dir=imported,
+      checkpoint=checkpoints_dir["gemma2"]) == mode
+  again = runs.evaluate(
+      prompt_path=imported, initial_checkpoint_path=checkpoints_dir["gemma2"],
+      model_config=None, mixture_or_task_name="tiny_copy",
+      task_feature_lengths=LENGTHS, batch_size=8)
+  np.testing.assert_allclose(again["eval/loss"], flat["eval/loss"],
+                             rtol=1e-5)
 
 
 @pytest.mark.parametrize("change, message", [

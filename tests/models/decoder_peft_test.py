@@ -1,9 +1,10 @@
-"""Prefix tuning on decoder-only LMs, against PEFT's CAUSAL_LM PREFIX_TUNING.
+"""Prefixes, LoRA and IA3 on decoder-only LMs against PEFT's CAUSAL_LM ones.
 
 Our LM with learned per-layer key/value prefixes equals a random HF Llama /
 Qwen2 / Gemma 2 under PEFT's prefix (float32, 1e-4): our table exported
 loads in `PeftModel.from_pretrained`, and a PEFT-made adapter imports as
-the same table (those need the torch extra). Without torch: cached decoding
+the same table; likewise LoRA and IA3 adapters on the q/k/v/o and
+gate/up/down projections (those need the torch extra). Without torch: cached decoding
 with a prefix equals the uncached forward, a prefix is the KV cache of real
 rows before the input (HF's meaning, positions included), and the PEFT
 files round trip with grouped-query heads.
@@ -16,6 +17,8 @@ import jax
 import numpy as np
 import pytest
 
+from prompt_tuning.methods import base
+from prompt_tuning.methods import peft_io
 from prompt_tuning.methods import peft_prefix
 from prompt_tuning.methods.prefix import PrefixConfig
 from prompt_tuning.models.decoder_only import DecoderOnlyLM
@@ -47,13 +50,19 @@ def _prefixed(config, length=P):
   return DecoderOnlyLM(config, method.adapters(config))
 
 
-@pytest.mark.parametrize("name", ["llama_gqa", "qwen2", "gemma2"])
-def test_equals_peft_causal_lm_prefix_tuning_both_ways(name, tmp_path):
+def _hf_base(name, tmp_path):
+  """(torch, peft, a random HF LM of shape `name`, our float32 config and
+  host params for it)."""
   torch, _ = lm_test._torch()  # pylint: disable=protected-access
   peft_lib = pytest.importorskip("peft")
   hf_model = lm_test._hf_model(name, str(tmp_path / "base"))  # pylint: disable=protected-access
   config, params = hf_decoder.load_host(str(tmp_path / "base"))
-  config = config.replace(dtype="float32")
+  return torch, peft_lib, hf_model, config.replace(dtype="float32"), params
+
+
+@pytest.mark.parametrize("name", ["llama_gqa", "qwen2", "gemma2"])
+def test_equals_peft_causal_lm_prefix_tuning_both_ways(name, tmp_path):
+  torch, peft_lib, hf_model, config, params = _hf_base(name, tmp_path)
   tokens, mask = lm_test._batch(left=False)  # pylint: disable=protected-access
   table = _table(config, seed=1)
   ours = np.asarray(_prefixed(config).apply(
@@ -168,3 +177,69 @@ def test_peft_files_round_trip_with_grouped_query_heads(tmp_path):
   other = config.replace(num_layers=config.num_layers + 1)
   with pytest.raises(ValueError, match="num_layers=3 but it must be 4"):
     peft_prefix.import_prefix(adapter, other)
+
+
+@pytest.mark.parametrize("name, kind", [("llama_gqa", "lora"),
+                                        ("qwen2", "ia3"),
+                                        ("gemma2", "lora")])
+def test_lora_and_ia3_equal_peft_causal_lm_both_ways(name, kind, tmp_path):
+  """Ours exported loads in PEFT with our logits; PEFT's own (made with its
+  API on other modules, weights moved off their init) imports and gives
+  PEFT's logits."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.models.adapters import AdapterConfig  # pylint: disable=g-import-not-at-top
+  torch, peft_lib, hf_model, config, params = _hf_base(name, tmp_path)
+  tokens, mask = lm_test._batch(left=False)  # pylint: disable=protected-access
+  rng = np.random.default_rng(3)
+
+  def ours_logits(hooks, names):
+    full = base.nested(dict(base.flat(params), **names))
+    return np.asarray(DecoderOnlyLM(config, hooks).apply(
+        {"params": full}, tokens, mask))
+
+  def moved(hooks):
+    init = nn.unbox(DecoderOnlyLM(config, hooks).init(
+        jax.random.PRNGKey(1), tokens)["params"])
+    return {k: np.asarray(v) + rng.normal(0, 0.3, v.shape).astype(np.float32)
+            for k, v in base.flat(init).items()
+            if k.rsplit("/", 1)[-1] in ("lora_a", "lora_b", "ia3_scaling")}
+
+  if kind == "lora":
+    targets = ("query", "value", "wi_0", "wo")
+    hooks = AdapterConfig(lora_rank=2, lora_alpha=4.0, lora_targets=targets)
+    names = moved(hooks)
+    adapter = peft_io.export_lora(names, config, str(tmp_path / "ours"),
+                                  rank=2, alpha=4.0, targets=targets)
+    made_config = peft_lib.LoraConfig(
+        task_type="CAUSAL_LM", r=3, lora_alpha=6,
+        target_modules=["k_proj", "o_proj", "up_proj"],
+        init_lora_weights=False)
+  else:
+    targets = ("key", "value", "wo")
+    hooks = AdapterConfig(ia3_targets=targets)
+    names = moved(hooks)
+    adapter = peft_io.export_ia3(names, config, str(tmp_path / "ours"),
+                                 targets=targets)
+    made_config = peft_lib.IA3Config(
+        task_type="CAUSAL_LM", target_modules=["q_proj", "v_proj", "down_proj"],
+        feedforward_modules=["down_proj"])
+  ours = ours_logits(hooks, names)
+  plain = np.asarray(DecoderOnlyLM(config).apply({"params": params}, tokens,
+                                                 mask))
+  assert np.abs(ours - plain)[mask].max() > 1e-2  # the adapter matters
+  loaded = peft_lib.PeftModel.from_pretrained(hf_model, adapter).eval()
+  theirs = lm_test._hf_logits(loaded, tokens, mask)  # pylint: disable=protected-access
+  np.testing.assert_allclose(theirs[mask], ours[mask], atol=1e-4, rtol=1e-4)
+
+  made = peft_lib.get_peft_model(
+      lm_test._hf_model(name, str(tmp_path / "base2")), made_config)  # pylint: disable=protected-access
+  with torch.no_grad():
+    for key, value in made.named_parameters():
+      if "ia3_l" in key:
+        value.normal_(1.0, 0.3)
+  made.save_pretrained(str(tmp_path / "made"))
+  reader = peft_io.import_lora if kind == "lora" else peft_io.import_ia3
+  options, imported = reader(str(tmp_path / "made"), config)
+  theirs = lm_test._hf_logits(made.eval(), tokens, mask)  # pylint: disable=protected-access
+  got = ours_logits(peft_io.to_adapter_config(options), imported)
+  np.testing.assert_allclose(got[mask], theirs[mask], atol=1e-4, rtol=1e-4)
