@@ -134,7 +134,8 @@ def _parser() -> argparse.ArgumentParser:
   source.add_argument("--run", metavar="RUN_DIR",
                       help="A run directory of any method PEFT can hold "
                       "(prompt, p_tuning, lora, ia3, prefix with layout "
-                      "'peft', multitask_prompt with mode 'mpt'): its best "
+                      "'peft' (either layout on a decoder-only LM), "
+                      "multitask_prompt with mode 'mpt' (T5)): its best "
                       "checkpoint, else the newest.")
   p.add_argument("--output_dir", required=True)
 
@@ -147,8 +148,9 @@ def _parser() -> argparse.ArgumentParser:
                  "directory (LORA, IA3, PREFIX_TUNING, "
                  "MULTITASK_PROMPT_TUNING).")
   p.add_argument("--checkpoint", default="",
-                 help="The frozen T5 the adapter is for (T5X or Hugging "
-                 "Face): a prompt's width is checked against it before "
+                 help="The frozen model the adapter is for (a T5X or "
+                 "Hugging Face T5, or a Hugging Face decoder-only LM): a "
+                 "prompt's width is checked against it before "
                  "writing; the adapters that become run directories need "
                  "it.")
   p.add_argument("--model", default="",
