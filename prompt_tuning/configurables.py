@@ -58,11 +58,14 @@ def model_config(name: str, dtype: str = "bfloat16",
 
 
 def decoder_model_config(name: str, dtype: str = "bfloat16",
-                         param_dtype: str = "float32") -> DecoderConfig:
+                         param_dtype: str = "float32",
+                         remat_policy: str = "none") -> DecoderConfig:
   """A named decoder-only preset (`models.decoder_only.PRESETS`, e.g.
   'qwen2_5_0_5b'): the run checks that its checkpoint's config.json is
-  this architecture, so a sweep's size axis cannot mix up checkpoints."""
-  return decoder_config(name, dtype=dtype, param_dtype=param_dtype)
+  this architecture, so a sweep's size axis cannot mix up checkpoints. The
+  run takes its dtype and remat_policy."""
+  return decoder_config(name, dtype=dtype, param_dtype=param_dtype,
+                        remat_policy=remat_policy)
 
 
 def task_class_labels(task: str) -> Tuple[str, ...]:

@@ -73,6 +73,8 @@ class DecoderBench:
   # Gradient accumulation over this many slices of the batch (training's
   # TrainConfig.num_microbatches): what bounds a large step's activations.
   microbatches: int = 1
+  # models.config.REMAT_POLICIES: recompute each layer in the backward pass.
+  remat: str = "none"
   compile_only: bool = False
 
   def describe(self) -> Dict[str, Any]:
@@ -90,7 +92,8 @@ class DecoderBench:
     from prompt_tuning.models.decoder_only import DecoderConfig  # pylint: disable=g-import-not-at-top
     from prompt_tuning.models.decoder_only import decoder_config  # pylint: disable=g-import-not-at-top
     if self.preset:
-      return decoder_config(self.preset, dtype=self.dtype)
+      return decoder_config(self.preset, dtype=self.dtype,
+                            remat_policy=self.remat)
     gemma = self.family == "gemma2"
     return DecoderConfig(
         vocab_size=self.vocab_size, emb_dim=self.emb_dim,
@@ -104,7 +107,8 @@ class DecoderBench:
         sliding_layers="even" if gemma else "none",
         query_pre_attn_scalar=float(self.head_dim) if gemma else 0.0,
         attn_softcap=50.0 if gemma else 0.0,
-        final_softcap=30.0 if gemma else 0.0, eos_id=1, dtype=self.dtype)
+        final_softcap=30.0 if gemma else 0.0, eos_id=1, dtype=self.dtype,
+        remat_policy=self.remat)
 
   def rows(self) -> np.ndarray:
     """[B, T + L] random token rows (the same for ours and the peer)."""
@@ -270,6 +274,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
   p.add_argument("--mesh", type=_pair, default=defaults.mesh,
                  help="data,model (e.g. 1,16)")
   p.add_argument("--fsdp", action="store_true")
+  p.add_argument("--remat", default=defaults.remat,
+                 help="none, dots_saveable, dots_with_no_batch_dims_saveable "
+                 "or full")
   p.add_argument("--compile_only", action="store_true")
   p.add_argument("--peer", choices=("none", "peft"), default="none")
   p.add_argument("--peer_python", default="",

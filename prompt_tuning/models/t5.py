@@ -24,14 +24,6 @@ from prompt_tuning.models.config import T5Config
 
 Array = jax.Array
 
-_REMAT_POLICIES = {
-    "full": None,  # save nothing, recompute the whole layer
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable":
-        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
-
 def _uniform_half(key, shape, dtype):
   """U[-0.5, 0.5]: the paper's random prompt init, for per-layer prompts."""
   return jax.random.uniform(key, shape, dtype, -0.5, 0.5)
@@ -188,11 +180,9 @@ def _run_stack(parent: nn.Module, layer_cls, num_layers: int,
   Must be called from within `parent`'s compact method so the layers become
   its children.
   """
-  if config.remat_policy != "none":
-    # Under scan the loop body is already a barrier, so CSE cannot undo remat.
-    layer_cls = nn.remat(layer_cls,
-                         policy=_REMAT_POLICIES[config.remat_policy],
-                         prevent_cse=not config.scan_layers)
+  # Under scan the loop body is already a barrier, so CSE cannot undo remat.
+  layer_cls = layers.remat(layer_cls, config.remat_policy,
+                           prevent_cse=not config.scan_layers)
   if config.scan_layers:
     scanned = nn.scan(
         layer_cls,

@@ -292,7 +292,8 @@ def _load_decoder_only(path: str, model_config: Any,
           f"MODEL_CONFIG differs from {path}/config.json in "
           f"{', '.join(differ)}: another model's checkpoint? Set "
           f"MODEL_CONFIG = None to use the checkpoint's.")
-    config = config.replace(dtype=model_config.dtype)
+    config = config.replace(dtype=model_config.dtype,
+                            remat_policy=model_config.remat_policy)
     if frozen_dtype is None:
       config = config.replace(param_dtype=model_config.param_dtype)
   return config, params

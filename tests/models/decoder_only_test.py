@@ -460,3 +460,43 @@ def test_gemma3_logits_prompt_and_export_equal_transformers(tmp_path):
       str(tmp_path / "out"), attn_implementation="eager").eval()
   back = _hf_logits(again, tokens, mask, positions)
   np.testing.assert_allclose(back[mask], ours[mask], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("policy", ["full", "dots_with_no_batch_dims_saveable"])
+def test_remat_keeps_logits_gradients_and_cached_decoding(policy):
+  """A rematerialised stack is the same function with the same gradients
+  (here of a prefix and deep prompts), and decodes through the KV cache."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.models.adapters import AdapterConfig  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.prompts.decoder_model import PromptedDecoderOnly  # pylint: disable=g-import-not-at-top
+  config = CACHED["gemma2"]
+  hooks = AdapterConfig(prefix_length=2, prefix_attentions=("decoder_self",),
+                        layer_prompt_length=3)
+  make = lambda cfg: PromptedDecoderOnly(cfg, hooks, prompt_length=3)
+  plain, remat = make(config), make(config.replace(remat_policy=policy))
+  params = _random_params(plain)
+  tokens, mask = _batch(left=False)
+  weights = np.random.default_rng(1).normal(size=(3, 8, VOCAB))
+
+  def loss(model):
+    return lambda p: jax.numpy.sum(model.apply({"params": p}, tokens, mask) *
+                                   weights)
+
+  # Remat keeps fewer activations for the backward pass.
+  def kept(model):  # bytes the backward pass's closure holds
+    _, backward = jax.vjp(loss(model), params)
+    return sum(x.size * x.dtype.itemsize
+               for x in jax.tree_util.tree_leaves(backward))
+  assert kept(remat) < kept(plain)
+  want, want_grad = jax.value_and_grad(loss(plain))(params)
+  got, got_grad = jax.value_and_grad(loss(remat))(params)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got_grad)[0],
+                          jax.tree_util.tree_leaves(want_grad)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5,
+                               err_msg=jax.tree_util.keystr(path))
+  greedy_is_the_full_forward(DecoderOnlyLM(config.replace(
+      remat_policy=policy)), _random_params(DecoderOnlyLM(config)),
+                             *_batch(left=True), 3)
+  with pytest.raises(ValueError, match="remat_policy='some' is not one of"):
+    config.replace(remat_policy="some")

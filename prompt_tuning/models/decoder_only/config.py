@@ -27,6 +27,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional
 
+from prompt_tuning.models.config import REMAT_POLICIES
+
 FAMILIES = ("llama", "gemma2", "gemma3")
 ROPE_TYPES = ("default", "linear", "llama3")
 # HF model_type -> family.
@@ -85,8 +87,14 @@ class DecoderConfig:
   eos_id: Optional[int] = None
   dtype: str = "bfloat16"
   param_dtype: str = "float32"
+  # Rematerialisation of each layer in the backward pass (runtime, like
+  # dtype): one of models.config.REMAT_POLICIES, as for T5.
+  remat_policy: str = "none"
 
   def __post_init__(self):
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"DecoderConfig.remat_policy={self.remat_policy!r} is "
+                       f"not one of {REMAT_POLICIES}.")
     if self.family not in FAMILIES:
       raise ValueError(f"Decoder-only family {self.family!r} is not one of "
                        f"{FAMILIES}.")

@@ -295,8 +295,11 @@ class Decoder(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.layers = [DecoderOnlyLayer(cfg, cfg.sliding(i), self.adapters,
-                                    name=f"layers_{i}")
+    # cache_length (argument 5, self counted) shapes the cache: static.
+    layer_cls = layers.remat(DecoderOnlyLayer, cfg.remat_policy,
+                             static_argnums=(5,))
+    self.layers = [layer_cls(cfg, cfg.sliding(i), self.adapters,
+                             name=f"layers_{i}")
                    for i in range(cfg.num_layers)]
     self.decoder_norm = Norm(cfg.norm_eps, 1.0 if cfg.gemma else 0.0,
                              cfg.dtype, cfg.param_dtype)
