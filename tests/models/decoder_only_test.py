@@ -144,10 +144,17 @@ def test_presets_build_abstractly():
   expected_billions = {"llama3_2_1b": 1.24, "llama3_1_8b": 8.03,
                        "qwen2_5_0_5b": 0.49, "qwen2_5_7b": 7.62,
                        "gemma2_2b": 2.61, "gemma2_9b": 9.24}
+  count = lambda name: sum(int(np.prod(s)) for _, s in model_lib.param_shapes(
+      config_lib.decoder_config(name)))
   for name, billions in expected_billions.items():
-    shapes = model_lib.param_shapes(config_lib.decoder_config(name))
-    total = sum(int(np.prod(s)) for _, s in shapes) / 1e9
-    assert abs(total - billions) < 0.01, (name, total)
+    assert abs(count(name) / 1e9 - billions) < 0.01, (name, count(name))
+  # Gemma 3 1B to the parameter: 262144 x 1152 tied embeddings, 26 layers
+  # of q/k/v/o (4 and 1 heads of 256), a 6912-wide gated MLP, four norms
+  # and the q/k norms.
+  layer = (1152 * 1024 * 2 + 1152 * 256 * 2 + 3 * 1152 * 6912 + 4 * 1152 +
+           2 * 256)
+  assert count("gemma3_1b") == 262144 * 1152 + 26 * layer + 1152
+  assert count("gemma3_1b") == 999_885_952  # the published size
 
 
 def test_loader_refuses_missing_unexpected_and_misshaped_tensors(tmp_path):

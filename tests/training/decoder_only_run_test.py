@@ -83,6 +83,14 @@ def _batch(run, task="tiny_copy"):
   return {k: jnp.asarray(v) for k, v in padded.features.items()}
 
 
+def test_a_preset_sets_the_runs_dtype_and_remat(checkpoints_dir):
+  run = _build(checkpoints_dir["llama"], dtype=None,
+               model_config=CONFIGS["llama"].replace(
+                   dtype="bfloat16", remat_policy="full"))
+  assert (run.config.dtype, run.config.remat_policy) == ("bfloat16", "full")
+  assert run.model.config.remat_policy == "full"
+
+
 def test_the_checkpoint_decides_the_family(checkpoints_dir, frozen):
   assert is_decoder_only(checkpoints_dir["llama"])
   assert not is_decoder_only(frozen)  # a T5X checkpoint

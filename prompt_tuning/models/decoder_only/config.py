@@ -302,6 +302,15 @@ PRESETS = {
     "gemma2_27b": _gemma2(emb_dim=4608, num_heads=32, num_kv_heads=16,
                           head_dim=128, mlp_dim=36864, num_layers=46,
                           query_pre_attn_scalar=144.0),
+    # Gemma 3 1B, the text-only size (Gemma3ForCausalLM); the larger ones
+    # are multimodal checkpoints.
+    "gemma3_1b": dict(
+        vocab_size=262144, family="gemma3", emb_dim=1152, num_heads=4,
+        num_kv_heads=1, head_dim=256, mlp_dim=6912, num_layers=26,
+        norm_eps=1e-6, rope_theta=1000000.0, rope_local_theta=10000.0,
+        tie_embeddings=True, activation="gelu", sliding_window=512,
+        sliding_layers="pattern", sliding_pattern=6, qk_norm=True,
+        query_pre_attn_scalar=256.0, bos_id=2, eos_id=1),
 }
 
 
