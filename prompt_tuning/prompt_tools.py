@@ -46,7 +46,8 @@ def _common(parser: argparse.ArgumentParser, prompts: bool = True,
             checkpoint: bool = True) -> None:
   if checkpoint:
     parser.add_argument("--checkpoint", required=True,
-                        help="The frozen T5 (T5X or Hugging Face directory).")
+                        help="The frozen model: a T5X checkpoint, or a Hugging "
+                        "Face T5 or decoder-only LM directory.")
     parser.add_argument("--model", default="",
                         help="Preset name (e.g. t5_1_1_base) for T5X "
                         "checkpoints, which carry no config.")
