@@ -12,8 +12,7 @@ P-tuning. What PEFT cannot represent is refused in one line saying why
 in Li & Liang's layout (PEFT's table feeds only the decoder's
 self-attention), multitask prompts of the other modes (PEFT's MPT is one
 combination) and model tuning (not an adapter). On a decoder-only LM
-(CAUSAL_LM) the same holds for prompts, P-tuning, LoRA and IA3, and prefixes
-of either layout are PEFT's; MPT is read and written for T5 only.
+(CAUSAL_LM) the same holds, and prefixes of either layout are PEFT's.
 Trees are '/'-joined names -> arrays; scanned trees ([layers, ...]) are
 unscanned for export and scanned again on import for a scanned model.
 """
@@ -49,10 +48,6 @@ def refusal(method: methods.Method,
             config: Optional[Any] = None) -> Optional[str]:
   """Why PEFT cannot hold `method`'s adapter on the frozen model `config`
   (None: any T5), or None when it can."""
-  if isinstance(config, DecoderConfig) and isinstance(
-      method, methods.MultitaskPromptConfig):
-    return ("PEFT's MULTITASK_PROMPT_TUNING is read and written here for "
-            "T5 only; evaluate the run directory itself")
   if isinstance(config, DecoderConfig) and isinstance(method,
                                                       methods.PrefixConfig):
     return None  # both layouts are PEFT's CAUSAL_LM table
@@ -169,11 +164,6 @@ def import_run(directory: str, config: T5Config, tasks: Sequence[str] = ()
   """
   unscanned = _unscanned(config)
   kind = peft_type(directory)
-  if isinstance(config, DecoderConfig) and kind == peft_multitask.MPT:
-    raise ValueError(
-        f"{directory}: {kind} adapters are read here for T5 only; a "
-        f"decoder-only LM's run directory comes from LORA, IA3 and "
-        f"PREFIX_TUNING adapters.")
   if kind == peft_io.LORA:
     options, names = peft_io.import_lora(directory, unscanned)
     method = methods.LoraConfig(rank=options["rank"], alpha=options["alpha"],

@@ -10,7 +10,9 @@ seq2seq default s = 2 doubles the tables: the first P rows prompt the encoder
 (in forward and generate); the other P are prepended to the decoder's inputs
 in forward only. Reading such an adapter keeps the encoder half, which is
 what PEFT's `generate` uses; its teacher-forced logits differ (said in a log
-line). PEFT numbers tasks; our tasks are names, given in task-index order.
+line). On a decoder-only LM (CAUSAL_LM, s = 1) the prompt goes before the
+input, our 'prefix' placement. PEFT numbers tasks; our tasks are names,
+given in task-index order.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import numpy as np
 
 from prompt_tuning.methods import peft_io
 from prompt_tuning.methods.multitask import PREFIX
+from prompt_tuning.methods.peft_names import peft_names
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.decoder_only.config import DecoderConfig
 from prompt_tuning.prompts import peft
 
 MPT = "MULTITASK_PROMPT_TUNING"
@@ -58,12 +62,15 @@ def export_mpt(params: Dict[str, np.ndarray], config: T5Config,
     raise ValueError(
         f"MPT shapes do not fit: shared {shared.shape}, cols {cols.shape}, "
         f"rows {rows.shape} for a model of width {config.emb_dim}.")
-  adapter = peft_io.base_config(MPT, base_model_name_or_path)
+  adapter = peft_io.base_config(MPT, base_model_name_or_path,
+                                peft_names(config).task_type)
+  decoder_only = isinstance(config, DecoderConfig)
   adapter.update({
       "num_virtual_tokens": int(length), "token_dim": int(width),
       "num_transformer_submodules": 1,
       "num_attention_heads": config.num_heads,
-      "num_layers": config.num_encoder_layers, "num_tasks": int(tasks),
+      "num_layers": (config.num_layers if decoder_only else
+                     config.num_encoder_layers), "num_tasks": int(tasks),
       "num_ranks": int(rank), "prompt_tuning_init": "RANDOM",
       "prompt_tuning_init_text": None, "tokenizer_name_or_path": None,
       "prompt_tuning_init_state_dict_path": None,
@@ -82,14 +89,17 @@ def import_mpt(directory: str, config: T5Config
     params {'multitask/shared', 'multitask/cols', 'multitask/rows'}).
   """
   config_file, adapter, weights, tensors = peft_io.read(directory)
-  peft_io.check_common(config_file, adapter, MPT)
+  names = peft_names(config)
+  peft_io.check_common(config_file, adapter, MPT, names.task_type)
   submodules = adapter.get("num_transformer_submodules") or 1
   length = adapter.get("num_virtual_tokens")
-  if submodules not in (1, 2) or not isinstance(length, int) or length < 1:
+  allowed = (1,) if isinstance(config, DecoderConfig) else (1, 2)
+  if submodules not in allowed or not isinstance(length, int) or length < 1:
     raise ValueError(
         f"{config_file}: num_virtual_tokens={length!r}, "
-        f"num_transformer_submodules={submodules!r}: an MPT adapter for T5 "
-        f"has a length >= 1 and 1 or 2 submodules.")
+        f"num_transformer_submodules={submodules!r}: an MPT adapter for "
+        f"this {names.model} has a length >= 1 and "
+        f"{' or '.join(map(str, allowed))} submodules.")
   if set(tensors) != set(_TENSORS):
     raise ValueError(f"{weights} holds {sorted(tensors)}, not PEFT's MPT "
                      f"tensors {sorted(_TENSORS)}.")

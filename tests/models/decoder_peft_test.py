@@ -243,3 +243,57 @@ def test_lora_and_ia3_equal_peft_causal_lm_both_ways(name, kind, tmp_path):
   theirs = lm_test._hf_logits(made.eval(), tokens, mask)  # pylint: disable=protected-access
   got = ours_logits(peft_io.to_adapter_config(options), imported)
   np.testing.assert_allclose(got[mask], theirs[mask], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["llama_gqa", "gemma2"])
+def test_mpt_equals_peft_causal_lm_both_ways(name, tmp_path):
+  """PEFT's MULTITASK_PROMPT_TUNING on a causal LM (task ids per row) gives
+  our prompted LM's logits with each row's task prompt; the adapter files
+  go both ways."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import methods  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.methods import peft_multitask  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.prompts.decoder_model import PromptedDecoderOnly  # pylint: disable=g-import-not-at-top
+  torch, peft_lib, hf_model, config, params = _hf_base(name, tmp_path)
+  tokens, mask = lm_test._batch(left=False)  # pylint: disable=protected-access
+  rank, tasks = 2, 3
+  made = peft_lib.get_peft_model(
+      lm_test._hf_model(name, str(tmp_path / "base2")),  # pylint: disable=protected-access
+      peft_lib.MultitaskPromptTuningConfig(
+          task_type="CAUSAL_LM", num_virtual_tokens=P, num_tasks=tasks,
+          num_ranks=rank))
+  encoder = made.prompt_encoder["default"]
+  with torch.no_grad():
+    encoder.embedding.weight.normal_(0, 0.5)
+    encoder.prefix_task_cols.normal_(1.0, 0.5)
+    encoder.prefix_task_rows.normal_(1.0, 0.5)
+  made.save_pretrained(str(tmp_path / "made"))
+  options, names = peft_multitask.import_mpt(str(tmp_path / "made"), config)
+  assert (options["length"], options["rank"], options["num_tasks"]) == (
+      P, rank, tasks)
+  task_ids = np.array([2, 0, 1])
+
+  def peft_logits(model):
+    with torch.no_grad():
+      return model.eval()(
+          input_ids=torch.tensor(tokens, dtype=torch.long),
+          attention_mask=torch.tensor(mask, dtype=torch.long),
+          task_ids=torch.tensor(task_ids, dtype=torch.long)).logits.numpy()
+
+  theirs = peft_logits(made)
+  method = methods.MultitaskPromptConfig(
+      mode="mpt", length=P, rank=rank,
+      tasks=("a", "b", "c")).bind(config)
+  prompts = method.prompts(base.nested({k: jnp.asarray(v)
+                                        for k, v in names.items()}),
+                           jnp.asarray(task_ids))
+  full = dict(params, decoder=dict(params["decoder"], prompt={
+      "prompt": np.zeros((P, config.emb_dim), np.float32)}))
+  ours = np.asarray(PromptedDecoderOnly(config, prompt_length=P).apply(
+      {"params": full}, tokens, mask, prompt=prompts))
+  np.testing.assert_allclose(theirs[:, P:][mask], ours[mask], atol=1e-4,
+                             rtol=1e-4)
+  again = peft_multitask.export_mpt(names, config, str(tmp_path / "ours"))
+  loaded = peft_lib.PeftModel.from_pretrained(hf_model, again)
+  np.testing.assert_allclose(peft_logits(loaded)[:, P:][mask], ours[mask],
+                             atol=1e-4, rtol=1e-4)

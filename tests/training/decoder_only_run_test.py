@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from prompt_tuning import methods
 from prompt_tuning import partitioning
 from prompt_tuning.data import decoder_features
 from prompt_tuning.data import pipeline
@@ -249,11 +250,9 @@ def test_train_then_evaluate_the_run_directory(checkpoints_dir, tmp_path):
                              rtol=1e-6)
   # export-peft: a CAUSAL_LM prompt adapter of the run's prompt; import-peft
   # checked against the same checkpoint gives it back.
-  adapter, _ = analysis.export_peft(
-      prompt_path=model_dir, initial_checkpoint_path=checkpoints_dir["llama"],
-      output_dir=str(tmp_path / "adapter"))
-  with open(os.path.join(adapter, "adapter_config.json")) as f:
-    assert json.load(f)["task_type"] == "CAUSAL_LM"
+  adapter, _, saved = _export_peft(model_dir, checkpoints_dir["llama"],
+                                   tmp_path)
+  assert saved["task_type"] == "CAUSAL_LM"
   back = str(tmp_path / "back.npy")
   assert analysis.import_peft(adapter_dir=adapter, output_path=back,
                               checkpoint=checkpoints_dir["llama"]) == (4, 16)
@@ -263,6 +262,31 @@ def test_train_then_evaluate_the_run_directory(checkpoints_dir, tmp_path):
       prompt_path=model_dir, initial_checkpoint_path=checkpoints_dir["llama"],
       k=2, task="tiny_classify")
   assert len(near) == 4
+
+
+def _export_peft(model_dir, checkpoint, tmp_path):
+  """export-peft of a run: (adapter directory, its tasks, its config)."""
+  adapter, tasks = analysis.export_peft(
+      prompt_path=model_dir, initial_checkpoint_path=checkpoint,
+      output_dir=str(tmp_path / "adapter"))
+  with open(os.path.join(adapter, "adapter_config.json")) as f:
+    return adapter, tasks, json.load(f)
+
+
+def _import_evaluates_the_same(adapter, checkpoint, task, want, tmp_path,
+                               tasks=()):
+  """import-peft of an adapter as a run directory, evaluated on `task`: its
+  loss is `want`'s; returns the imported run's method name."""
+  imported = str(tmp_path / "imported")
+  name = analysis.import_peft_run(adapter_dir=adapter, output_dir=imported,
+                                  checkpoint=checkpoint, tasks=tasks)
+  again = runs.evaluate(
+      prompt_path=imported, initial_checkpoint_path=checkpoint,
+      model_config=None, mixture_or_task_name=task,
+      task_feature_lengths=LENGTHS, batch_size=8)
+  np.testing.assert_allclose(again["eval/loss"], want["eval/loss"],
+                             rtol=1e-5)
+  return name
 
 
 def _read_jsonl(path):
@@ -334,6 +358,7 @@ def test_multitask_prompts_on_a_decoder_only_lm(checkpoints_dir, tmp_path):
       model_config=None, mixture_or_task_name="tiny_mix",
       task_feature_lengths=LENGTHS, mode="multitask_prompt",
       prompt=setup.PromptConfig(length=3, init="random_uniform"),
+      multitask_prompt=methods.MultitaskPromptConfig(mode="mpt"),
       schedule=_schedule(2))
   assert {"tiny_copy/accuracy", "tiny_classify/accuracy"} <= set(
       result["eval"])
@@ -346,6 +371,14 @@ def test_multitask_prompts_on_a_decoder_only_lm(checkpoints_dir, tmp_path):
       task_feature_lengths=LENGTHS, batch_size=8)
   np.testing.assert_allclose(flat["eval/loss"], result["eval"]["eval/loss"],
                              rtol=1e-5)
+  # Mode 'mpt' is PEFT's MULTITASK_PROMPT_TUNING (CAUSAL_LM), tasks named
+  # in task-index order; imported back, it evaluates the same.
+  adapter, tasks, saved = _export_peft(model_dir, checkpoints_dir["llama"],
+                                       tmp_path)
+  assert saved["task_type"] == "CAUSAL_LM"
+  assert _import_evaluates_the_same(
+      adapter, checkpoints_dir["llama"], "tiny_mix", flat, tmp_path,
+      tasks) == "multitask_prompt"
 
 
 def test_serving_refusals_are_one_line(checkpoints_dir, tmp_path):
@@ -383,27 +416,16 @@ def test_adapter_methods_train_on_a_decoder_only_lm(checkpoints_dir, tmp_path,
     return
   # Merged, P-tuning's prompt is a PEFT prompt adapter (as PEFT saves it);
   # the others are PEFT's LORA, IA3 and PREFIX_TUNING adapters.
-  adapter, _ = analysis.export_peft(
-      prompt_path=model_dir, initial_checkpoint_path=checkpoints_dir["gemma2"],
-      output_dir=str(tmp_path / "adapter"))
-  with open(os.path.join(adapter, "adapter_config.json")) as f:
-    saved = json.load(f)
+  adapter, _, saved = _export_peft(model_dir, checkpoints_dir["gemma2"],
+                                   tmp_path)
   assert saved["task_type"] == "CAUSAL_LM"
   assert saved["peft_type"] == {"p_tuning": "PROMPT_TUNING", "lora": "LORA",
                                 "ia3": "IA3", "prefix": "PREFIX_TUNING"}[mode]
   if mode == "p_tuning":
     return
   # ... and comes back as a run directory that evaluates the same.
-  imported = str(tmp_path / "imported")
-  assert analysis.import_peft_run(
-      adapter_dir=adapter, output_dir=imported,
-      checkpoint=checkpoints_dir["gemma2"]) == mode
-  again = runs.evaluate(
-      prompt_path=imported, initial_checkpoint_path=checkpoints_dir["gemma2"],
-      model_config=None, mixture_or_task_name="tiny_copy",
-      task_feature_lengths=LENGTHS, batch_size=8)
-  np.testing.assert_allclose(again["eval/loss"], flat["eval/loss"],
-                             rtol=1e-5)
+  assert _import_evaluates_the_same(
+      adapter, checkpoints_dir["gemma2"], "tiny_copy", flat, tmp_path) == mode
 
 
 @pytest.mark.parametrize("change, message", [
