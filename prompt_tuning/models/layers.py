@@ -37,6 +37,11 @@ def param_with_axes(module: nn.Module, name: str, init: Initializer,
                       tuple(shape), dtype)
 
 
+def uniform_half(key, shape, dtype):
+  """U[-0.5, 0.5]: the paper's random prompt init, for per-layer prompts."""
+  return jax.random.uniform(key, shape, dtype, -0.5, 0.5)
+
+
 # A model config's remat_policy -> jax.checkpoint's policy.
 _REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole layer

@@ -24,11 +24,6 @@ from prompt_tuning.models.config import T5Config
 
 Array = jax.Array
 
-def _uniform_half(key, shape, dtype):
-  """U[-0.5, 0.5]: the paper's random prompt init, for per-layer prompts."""
-  return jax.random.uniform(key, shape, dtype, -0.5, 0.5)
-
-
 def _dropout(rate: float, deterministic: bool, x: Array) -> Array:
   if deterministic or rate == 0:
     return x
@@ -101,7 +96,7 @@ def _layer_prompt_params(module: nn.Module, ad, length: int, batch: int,
   per example, its `layer_prompt_mask` [B, P] (else None)."""
   lead, lead_axes = ad.lead(batch)
   prompt = layers.param_with_axes(
-      module, "layer_prompt", _uniform_half, lead + (length, width),
+      module, "layer_prompt", layers.uniform_half, lead + (length, width),
       lead_axes + ("prompt", "prompt_embed"), module.config.param_dtype)
   if not ad.per_example:
     return prompt[None], None

@@ -231,11 +231,6 @@ class SelfAttention(nn.Module):
     return cached_key.value, cached_value.value, cached_mask.value
 
 
-def _uniform_half(key, shape, dtype):
-  """U[-0.5, 0.5], the paper's random prompt init (per-layer prompts)."""
-  return jax.random.uniform(key, shape, dtype, -0.5, 0.5)
-
-
 class DecoderOnlyLayer(nn.Module):
   """Pre-norm attention + gated MLP; Gemma 2 also norms each branch's
   output before the residual add."""
@@ -277,7 +272,7 @@ class DecoderOnlyLayer(nn.Module):
     added to) the rows `prompt_rows` marks."""
     ad = self.adapters
     prompt = layers.param_with_axes(
-        self, "layer_prompt", _uniform_half,
+        self, "layer_prompt", layers.uniform_half,
         (ad.layer_prompt_length, self.config.emb_dim),
         ("prompt", "prompt_embed"), self.config.param_dtype).astype(x.dtype)
     picked = jnp.take(prompt, jnp.maximum(prompt_rows, 0), axis=0)
