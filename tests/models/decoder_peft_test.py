@@ -96,9 +96,9 @@ def test_equals_peft_causal_lm_prefix_tuning_both_ways(name, tmp_path):
   np.testing.assert_allclose(theirs[mask], ours[mask], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", sorted(lm_test.CACHED))
-def test_cached_decoding_with_a_prefix_equals_the_full_forward(name):
-  config = lm_test.CACHED[name]
+def test_cached_decoding_with_a_prefix_equals_the_full_forward():
+  """Windows shorter than the rows count the prefix columns in both."""
+  config = lm_test.CACHED["llama_window"]
   model = _prefixed(config)
   params = lm_test._random_params(model)  # pylint: disable=protected-access
   tokens, mask = lm_test._batch(left=True)  # pylint: disable=protected-access

@@ -164,12 +164,12 @@ def test_text_init_is_the_lm_own_embedded_text(tmp_path, family):
 
 @pytest.mark.parametrize("name, placement, mode", [
     ("llama", "prefix", "prompt"), ("gemma2", "after_first", "prompt"),
-    ("llama", "prefix", "deep_prompt"), ("llama", "prefix", "prefix")])
+    ("llama", "prefix", "deep_prompt")])
 def test_predictions_are_the_prompted_lm_greedy_choices(checkpoints_dir, name,
                                                         placement, mode):
   """Cached decoding of left-padded contexts (deep prompts replacing the
-  prompt's rows in the prefill, prefixes in front of the cache) picks what
-  the uncached forward over right-padded rows picks."""
+  prompt's rows in the prefill) picks what the uncached forward over
+  right-padded rows picks (prefixes: tests/models/decoder_peft_test.py)."""
   run = _build(checkpoints_dir[name], placement=placement, mode=mode)
   batch = _batch(run)
   got = np.asarray(inference._predict(
