@@ -42,25 +42,6 @@ def uniform_half(key, shape, dtype):
   return jax.random.uniform(key, shape, dtype, -0.5, 0.5)
 
 
-# A model config's remat_policy -> jax.checkpoint's policy.
-_REMAT_POLICIES = {
-    "full": None,  # save nothing, recompute the whole layer
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable":
-        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
-
-def remat(layer_cls, policy: str, prevent_cse: bool = True,
-          static_argnums: Tuple[int, ...] = ()):
-  """`layer_cls` rematerialised in the backward pass under the named policy
-  (models.config.REMAT_POLICIES); 'none' returns it unchanged."""
-  if policy == "none":
-    return layer_cls
-  return nn.remat(layer_cls, policy=_REMAT_POLICIES[policy],
-                  prevent_cse=prevent_cse, static_argnums=static_argnums)
-
-
 def constrain(x: Array, axes: Tuple[str, ...]) -> Array:
   """Logical sharding constraint on an activation (no-op without a mesh)."""
   return nn.with_logical_constraint(x, axes)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning.models import layers
+from prompt_tuning.models import remat
 from prompt_tuning.models.config import T5Config
 
 Array = jax.Array
@@ -176,7 +177,7 @@ def _run_stack(parent: nn.Module, layer_cls, num_layers: int,
   its children.
   """
   # Under scan the loop body is already a barrier, so CSE cannot undo remat.
-  layer_cls = layers.remat(layer_cls, config.remat_policy,
+  layer_cls = remat.remat(layer_cls, config.remat_policy,
                            prevent_cse=not config.scan_layers)
   if config.scan_layers:
     scanned = nn.scan(

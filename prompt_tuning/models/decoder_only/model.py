@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.models import layers
+from prompt_tuning.models import remat
 from prompt_tuning.models.adapters import AdapterConfig
 from prompt_tuning.models.decoder_only.config import DecoderConfig
 
@@ -291,7 +292,7 @@ class Decoder(nn.Module):
   def setup(self):
     cfg = self.config
     # cache_length (argument 5, self counted) shapes the cache: static.
-    layer_cls = layers.remat(DecoderOnlyLayer, cfg.remat_policy,
+    layer_cls = remat.remat(DecoderOnlyLayer, cfg.remat_policy,
                              static_argnums=(5,))
     self.layers = [layer_cls(cfg, cfg.sliding(i), self.adapters,
                              name=f"layers_{i}")
