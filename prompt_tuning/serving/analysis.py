@@ -133,8 +133,8 @@ def export_peft(*, prompt_path: str, initial_checkpoint_path: str,
       checkpoint, else the newest, as LORA, IA3, PREFIX_TUNING or
       MULTITASK_PROMPT_TUNING. Deep prompts, Li & Liang prefixes, the other
       multitask modes and model tuning are refused in one line saying why.
-      On a decoder-only LM (CAUSAL_LM): prompts, P-tuning and prefix runs
-      of either layout (both are PEFT's there).
+      On a decoder-only LM (CAUSAL_LM) the same, with prefix runs of
+      either layout (both are PEFT's there).
     initial_checkpoint_path: the frozen model (only its config is read).
     output_dir: the adapter directory.
     model_config: for T5X checkpoints.
